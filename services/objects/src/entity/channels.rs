@@ -1,0 +1,23 @@
+//! `channels`.
+use sea_orm::entity::prelude::*;
+
+/// A channel row.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "channels")]
+pub struct Model {
+    /// UUIDv4.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    /// Owning user.
+    pub owner_id: Uuid,
+    /// Unique per owner.
+    pub name: String,
+    /// Creation time (ms).
+    pub created_ms: i64,
+}
+
+/// No declared relations.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

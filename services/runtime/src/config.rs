@@ -1,0 +1,471 @@
+//! Configuration: a TOML file, overridden by environment variables, overridden by flags, with
+//! validation that names the setting and says what is wrong with it.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// A setting that cannot be used: which one, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`{source_hint}: {problem}")]
+pub struct ConfigError {
+    /// The setting's name in the file (`server.listen`).
+    pub setting: String,
+    /// What is wrong and what to do.
+    pub problem: String,
+    source_hint: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, problem: impl Into<String>) -> Self {
+        let hint = match setting_sources(setting) {
+            Some((flag, env)) => format!(" (flag --{flag}, environment {env})"),
+            None => String::new(),
+        };
+        Self {
+            setting: setting.to_owned(),
+            problem: problem.into(),
+            source_hint: hint,
+        }
+    }
+}
+
+fn setting_sources(setting: &str) -> Option<(&'static str, &'static str)> {
+    Some(match setting {
+        "server.listen" => ("listen", "SIPMBA_LISTEN"),
+        "server.tls_cert" => ("tls-cert", "SIPMBA_TLS_CERT"),
+        "server.tls_key" => ("tls-key", "SIPMBA_TLS_KEY"),
+        "server.plaintext" => ("plaintext", "SIPMBA_PLAINTEXT"),
+        "server.shutdown_grace_secs" => ("shutdown-grace-secs", "SIPMBA_SHUTDOWN_GRACE_SECS"),
+        "database.url" => ("database-url", "SIPMBA_DATABASE_URL"),
+        "database.max_connections" => ("database-max-connections", "SIPMBA_DATABASE_MAX_CONNECTIONS"),
+        "auth.jwks_url" => ("jwks-url", "SIPMBA_JWKS_URL"),
+        "auth.issuer" => ("issuer", "SIPMBA_ISSUER"),
+        "auth.audience" => ("audience", "SIPMBA_AUDIENCE"),
+        "auth.leeway_secs" => ("leeway-secs", "SIPMBA_LEEWAY_SECS"),
+        "log.format" => ("log-format", "SIPMBA_LOG_FORMAT"),
+        _ => return None,
+    })
+}
+
+/// Settings given on the command line or in the environment; each one overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SIPMBA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC and HTTP on.
+    #[arg(long, env = "SIPMBA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// PEM certificate chain; with --tls-key, every listener speaks TLS.
+    #[arg(long, env = "SIPMBA_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SIPMBA_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS. Required to run without a certificate.
+    #[arg(long, env = "SIPMBA_PLAINTEXT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub plaintext: Option<bool>,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    #[arg(long, env = "SIPMBA_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Database URL: postgres://user@host/db or sqlite://path?mode=rwc.
+    #[arg(long, env = "SIPMBA_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "SIPMBA_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<u32>,
+    /// Where the token verification keys are published (sso's /.well-known/jwks.json).
+    #[arg(long, env = "SIPMBA_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// Expected token issuer (`iss`).
+    #[arg(long, env = "SIPMBA_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Expected token audience (`aud`).
+    #[arg(long, env = "SIPMBA_AUDIENCE", value_name = "AUD")]
+    pub audience: Option<String>,
+    /// Clock skew allowed when checking token times, in seconds (at most 300).
+    #[arg(long, env = "SIPMBA_LEEWAY_SECS", value_name = "SECS")]
+    pub leeway_secs: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long, env = "SIPMBA_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: FileServer,
+    #[serde(default)]
+    database: FileDatabase,
+    #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    plaintext: Option<bool>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    url: Option<String>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    jwks_url: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<String>,
+}
+
+/// Certificate and key files for TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Token verification settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// JWKS location; `None` when the process publishes its own keys (`--dev`, sso).
+    pub jwks_url: Option<String>,
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// Allowed clock skew.
+    pub leeway: Duration,
+}
+
+/// The validated configuration of a server process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// gRPC + HTTP address.
+    pub listen: SocketAddr,
+    /// TLS files; `None` only when plaintext was asked for.
+    pub tls: Option<TlsFiles>,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Database URL.
+    pub database_url: String,
+    /// Pool size.
+    pub database_max_connections: u32,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Defaults that differ between a production start and `--dev`.
+#[derive(Debug, Clone, Default)]
+pub struct Defaults {
+    /// Listen address when none is configured.
+    pub listen: Option<String>,
+    /// Plaintext when TLS is not configured (only `--dev`).
+    pub plaintext: bool,
+    /// Database URL when none is configured.
+    pub database_url: Option<String>,
+    /// Whether a missing JWKS URL is acceptable (the process serves its own keys).
+    pub own_keys: bool,
+}
+
+/// Default issuer and audience of SIP-MBA tokens.
+pub const DEFAULT_AUDIENCE: &str = "sipmba";
+
+impl Config {
+    /// Reads the file named by `args.config` (if any), applies `args` over it, fills `defaults`,
+    /// and validates the result.
+    pub fn load(args: &ConfigArgs, defaults: &Defaults) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, args, defaults)
+    }
+
+    /// Parses configuration text (the content of a file).
+    pub fn from_toml(text: &str, args: &ConfigArgs, defaults: &Defaults) -> Result<Self, ConfigError> {
+        let file = toml::from_str(text).map_err(|e| ConfigError::new("<file>", e.to_string()))?;
+        Self::resolve(file, args, defaults)
+    }
+
+    fn resolve(file: FileConfig, args: &ConfigArgs, defaults: &Defaults) -> Result<Self, ConfigError> {
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.server.listen)
+            .or_else(|| defaults.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:7400".to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new(
+                "server.listen",
+                format!("{listen_text:?} is not a socket address; use a form like 127.0.0.1:7400 or [::]:7400"),
+            )
+        })?;
+
+        let cert = args.tls_cert.clone().or(file.server.tls_cert);
+        let key = args.tls_key.clone().or(file.server.tls_key);
+        let plaintext = args.plaintext.or(file.server.plaintext);
+        let tls = match (cert, key, plaintext) {
+            (Some(_), Some(_), Some(true)) => {
+                return Err(ConfigError::new(
+                    "server.plaintext",
+                    "is true while a TLS certificate and key are configured; remove one or the other",
+                ));
+            }
+            (Some(cert), Some(key), _) => {
+                for (setting, path) in [("server.tls_cert", &cert), ("server.tls_key", &key)] {
+                    if !path.is_file() {
+                        return Err(ConfigError::new(
+                            setting,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+                Some(TlsFiles { cert, key })
+            }
+            (Some(_), None, _) => {
+                return Err(ConfigError::new(
+                    "server.tls_key",
+                    "is missing: a TLS certificate needs its private key",
+                ));
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::new(
+                    "server.tls_cert",
+                    "is missing: a TLS private key needs its certificate",
+                ));
+            }
+            (None, None, Some(true)) => None,
+            (None, None, None) if defaults.plaintext => None,
+            (None, None, _) => {
+                return Err(ConfigError::new(
+                    "server.tls_cert",
+                    "is not set: configure server.tls_cert and server.tls_key, or set server.plaintext = true to serve without TLS",
+                ));
+            }
+        };
+
+        let grace = args
+            .shutdown_grace_secs
+            .or(file.server.shutdown_grace_secs)
+            .unwrap_or(10);
+        if grace > 3600 {
+            return Err(ConfigError::new(
+                "server.shutdown_grace_secs",
+                format!("{grace} is more than an hour; use at most 3600"),
+            ));
+        }
+
+        let database_url = args
+            .database_url
+            .clone()
+            .or(file.database.url)
+            .or_else(|| defaults.database_url.clone())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "database.url",
+                    "is not set: use postgres://user@host:5432/db or sqlite://path/to/file.db?mode=rwc",
+                )
+            })?;
+        if !(database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+            || database_url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite: (the supported databases)",
+            ));
+        }
+        let max_conn = args
+            .database_max_connections
+            .or(file.database.max_connections)
+            .unwrap_or(10);
+        if !(1..=1000).contains(&max_conn) {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                format!("{max_conn} is outside 1 to 1000"),
+            ));
+        }
+
+        let jwks_url = args.jwks_url.clone().or(file.auth.jwks_url);
+        match &jwks_url {
+            Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                return Err(ConfigError::new(
+                    "auth.jwks_url",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+            None if !defaults.own_keys => {
+                return Err(ConfigError::new(
+                    "auth.jwks_url",
+                    "is not set: point it at sso's /.well-known/jwks.json",
+                ));
+            }
+            _ => {}
+        }
+        let issuer = args
+            .issuer
+            .clone()
+            .or(file.auth.issuer)
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let audience = args
+            .audience
+            .clone()
+            .or(file.auth.audience)
+            .unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned());
+        if audience.is_empty() {
+            return Err(ConfigError::new("auth.audience", "must not be empty"));
+        }
+        let leeway = args.leeway_secs.or(file.auth.leeway_secs).unwrap_or(30);
+        if Duration::from_secs(leeway) > sipmba_auth::MAX_LEEWAY {
+            return Err(ConfigError::new(
+                "auth.leeway_secs",
+                format!(
+                    "{leeway} is more than the maximum of {}; fix the clocks instead",
+                    sipmba_auth::MAX_LEEWAY.as_secs()
+                ),
+            ));
+        }
+
+        let log_format = match args.log_format.clone().or(file.log.format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "log.format",
+                    format!("{other:?} is not a log format; use text or json"),
+                ));
+            }
+        };
+
+        Ok(Self {
+            listen,
+            tls,
+            shutdown_grace: Duration::from_secs(grace),
+            database_url,
+            database_max_connections: max_conn,
+            auth: AuthConfig {
+                jwks_url,
+                issuer,
+                audience,
+                leeway: Duration::from_secs(leeway),
+            },
+            log_format,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "config",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        ConfigError::new(
+            "config",
+            format!("{} is not valid configuration: {e}", path.display()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prod() -> Defaults {
+        Defaults::default()
+    }
+
+    const MINIMAL: &str = r#"
+        [server]
+        plaintext = true
+        [database]
+        url = "sqlite::memory:"
+        [auth]
+        jwks_url = "http://127.0.0.1:7400/.well-known/jwks.json"
+    "#;
+
+    #[test]
+    fn flags_override_the_file() {
+        let args = ConfigArgs {
+            listen: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        };
+        let config = Config::from_toml(MINIMAL, &args, &prod()).unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.tls, None);
+        assert_eq!(config.auth.audience, "sipmba");
+    }
+
+    #[test]
+    fn tls_is_required_unless_plaintext_is_asked_for() {
+        let text = MINIMAL.replace("plaintext = true", "");
+        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        assert_eq!(err.setting, "server.tls_cert");
+        assert!(err.to_string().contains("plaintext = true"), "{err}");
+        let dev = Defaults { plaintext: true, ..Default::default() };
+        assert!(Config::from_toml(&text, &ConfigArgs::default(), &dev).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_way_to_set_it() {
+        let args = ConfigArgs { listen: Some("localhost".into()), ..Default::default() };
+        let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("server.listen") && text.contains("SIPMBA_LISTEN"), "{text}");
+
+        let args = ConfigArgs { leeway_secs: Some(3600), ..Default::default() };
+        let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
+        assert_eq!(err.setting, "auth.leeway_secs");
+
+        let err = Config::from_toml("[server]\nlisten_on = 1", &ConfigArgs::default(), &prod())
+            .unwrap_err();
+        assert!(err.to_string().contains("listen_on"), "{err}");
+
+        let text = MINIMAL.replace("sqlite::memory:", "mysql://x");
+        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        assert_eq!(err.setting, "database.url");
+
+        let args = ConfigArgs { tls_cert: Some("/nonexistent.pem".into()), ..Default::default() };
+        let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
+        assert_eq!(err.setting, "server.tls_key");
+    }
+}

@@ -1,0 +1,25 @@
+//! What every SIP-MBA server process needs: configuration, database connections, the error
+//! mapping to gRPC statuses, request-field parsing, metrics, and the server with health,
+//! reflection, TLS and graceful shutdown.
+
+pub mod config;
+pub mod db;
+mod error;
+pub mod ids;
+pub mod metrics;
+pub mod server;
+
+pub use config::{AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, TlsFiles};
+pub use error::{ServiceError, ServiceResult};
+pub use server::{Probe, Server, ServeError, Shutdown, ShutdownTrigger, termination_signal};
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_target(true);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,417 @@
+//! One listener per process serving gRPC (the services, health, reflection) and HTTP (`/metrics`,
+//! `/healthz`, `/readyz`, and whatever a service adds), over TLS unless plaintext was asked for.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use futures::FutureExt;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use sea_orm::DatabaseConnection;
+use sipmba_auth::{AccessPolicy, AuthLayer, Verifier};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::server::TcpIncoming,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{TlsFiles, metrics::{Metrics, MetricsLayer}};
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// Tells every part of the process that it is time to stop.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+/// Triggers a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl ShutdownTrigger {
+    /// Starts the shutdown.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+impl Shutdown {
+    /// A new shutdown signal and its trigger.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger { tx }, Shutdown { rx })
+    }
+
+    /// Completes once the shutdown has started (at once if it already has).
+    pub async fn wait(mut self) {
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+
+    /// True once the shutdown has started.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+/// What a server process serves, gathered from its services.
+pub struct Server {
+    routes: RoutesBuilder,
+    grpc_names: Vec<&'static str>,
+    policy: AccessPolicy,
+    http: Router,
+    probes: Vec<Probe>,
+    descriptor_sets: Vec<&'static [u8]>,
+}
+
+/// A readiness check: true while a dependency is usable.
+pub type Probe = Arc<dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("grpc", &self.grpc_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// An empty server; reflection knows the `sipmba.v1` descriptors.
+    pub fn new() -> Self {
+        Self {
+            routes: RoutesBuilder::default(),
+            grpc_names: Vec::new(),
+            policy: AccessPolicy::new(),
+            http: Router::new(),
+            probes: Vec::new(),
+            descriptor_sets: vec![sipmba_proto::FILE_DESCRIPTOR_SET],
+        }
+    }
+
+    /// Adds a gRPC service; it reports in health under its full name.
+    pub fn add_service<S>(&mut self, svc: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc_names.push(S::NAME);
+        self.routes.add_service(svc);
+        self
+    }
+
+    /// Declares what the added services' paths need.
+    pub fn access(&mut self, routes: impl IntoIterator<Item = (&'static str, sipmba_auth::Access)>) -> &mut Self {
+        self.policy = std::mem::take(&mut self.policy).routes(routes);
+        self
+    }
+
+    /// Adds HTTP routes (served without the gRPC token check).
+    pub fn http(&mut self, router: Router) -> &mut Self {
+        self.http = std::mem::take(&mut self.http).merge(router);
+        self
+    }
+
+    /// A database the services need: health says NOT_SERVING until it answers.
+    pub fn requires_database(&mut self, db: DatabaseConnection) -> &mut Self {
+        self.requires(Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { crate::db::is_reachable(&db).await })
+        }))
+    }
+
+    /// Any other readiness condition (migrations applied, keys loaded).
+    pub fn requires(&mut self, probe: Probe) -> &mut Self {
+        self.probes.push(probe);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown`, then lets in-flight calls finish for `grace`.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        tls: Option<&TlsFiles>,
+        verifier: Verifier,
+        shutdown: Shutdown,
+        grace: Duration,
+    ) -> Result<(), ServeError> {
+        let Server {
+            mut routes,
+            grpc_names,
+            policy,
+            http,
+            probes,
+            descriptor_sets,
+        } = self;
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in grpc_names.iter().copied().chain([""]) {
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        routes.add_service(health);
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for set in &descriptor_sets {
+            reflection = reflection.register_encoded_file_descriptor_set(set);
+        }
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let reflection_v1alpha = descriptor_sets
+            .iter()
+            .fold(reflection_v1alpha, |b, set| b.register_encoded_file_descriptor_set(set));
+        routes.add_service(
+            reflection
+                .build_v1()
+                .map_err(|e| ServeError::Reflection(e.to_string()))?,
+        );
+        routes.add_service(
+            reflection_v1alpha
+                .build_v1alpha()
+                .map_err(|e| ServeError::Reflection(e.to_string()))?,
+        );
+
+        let ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch_readiness(
+            reporter,
+            grpc_names,
+            probes,
+            ready.clone(),
+            shutdown.clone(),
+        ));
+
+        let policy = Arc::new(policy);
+        let known = policy.clone();
+        let metrics = Metrics::new(move |path| known.known_path(path), |_| {});
+        let grpc = routes
+            .routes()
+            .into_axum_router()
+            .layer(AuthLayer::new(verifier, (*policy).clone()));
+        let app = grpc
+            .merge(http)
+            .merge(
+                Router::new()
+                    .route("/metrics", get(metrics_handler))
+                    .with_state(metrics.clone()),
+            )
+            .merge(
+                Router::new()
+                    .route("/healthz", get(|| async { "ok" }))
+                    .route("/readyz", get(readyz))
+                    .with_state(ready),
+            )
+            .layer(MetricsLayer::new(metrics));
+
+        let local = listener.local_addr().ok();
+        let builder = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(Routes::from(app));
+        let stop = shutdown.clone().wait();
+        let serve = async move {
+            match tls {
+                Some(files) => {
+                    let acceptor = tls_acceptor(files)?;
+                    tracing::info!(addr = ?local, tls = true, "serving");
+                    builder
+                        .serve_with_incoming_shutdown(tls_incoming(listener, acceptor), stop)
+                        .await?;
+                }
+                None => {
+                    tracing::info!(addr = ?local, tls = false, "serving (plaintext)");
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    builder.serve_with_incoming_shutdown(incoming, stop).await?;
+                }
+            }
+            Ok::<_, ServeError>(())
+        };
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result,
+            () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight calls did not finish within the grace period; stopping");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn metrics_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: a dependency is not answering")
+    }
+}
+
+/// Reports SERVING while every probe passes, NOT_SERVING otherwise. Checks quickly until
+/// the first success, then every few seconds.
+async fn watch_readiness(
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+    probes: Vec<Probe>,
+    ready: Arc<AtomicBool>,
+    shutdown: Shutdown,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        if shutdown.is_triggered() {
+            for name in names.iter().copied().chain([""]) {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            ready.store(false, Ordering::Relaxed);
+            return;
+        }
+        let mut ok = true;
+        for probe in &probes {
+            ok = ok && probe().await;
+        }
+        if last != Some(ok) {
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for name in names.iter().copied().chain([""]) {
+                reporter.set_service_status(name, status).await;
+            }
+            ready.store(ok, Ordering::Relaxed);
+            if ok {
+                tracing::info!("dependencies reachable: serving");
+            } else {
+                tracing::warn!("a dependency is not ready: NOT_SERVING");
+            }
+            last = Some(ok);
+        }
+        let pause = if ok { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.clone().wait() => {}
+        }
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    let certs = read_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| ServeError::Tls(format!("{}: no usable private key: {e}", files.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(format!("certificate and key do not form an identity: {e}")))?;
+    // gRPC needs h2; HTTP/1.1 serves /metrics and probes for clients without HTTP/2.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop, so that a slow or
+/// silent client cannot hold up others.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,238 @@
+//! Test support: throwaway databases (a PostgreSQL schema or a SQLite file per test, removed
+//! afterwards), minted signing keys and tokens, and a JWKS served over loopback HTTP.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use sea_orm::{ConnectionTrait, Database};
+use sipmba_auth::{
+    Kind,
+    signing::{AccessClaims, SigningKey},
+};
+use uuid::Uuid;
+
+/// PostgreSQL used by the tests; override with `SIPMBA_TEST_POSTGRES_URL`.
+pub fn postgres_base_url() -> String {
+    std::env::var("SIPMBA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".to_owned())
+}
+
+/// The database engines every storage test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (a fresh schema in the `test` database).
+    Postgres,
+    /// SQLite (a fresh file in a temporary directory).
+    Sqlite,
+}
+
+/// A database that exists for one test and is removed when dropped (also when the test panics).
+#[derive(Debug)]
+pub struct TestDb {
+    /// URL to connect with; for PostgreSQL it selects the schema through `search_path`.
+    pub url: String,
+    /// Which engine.
+    pub backend: Backend,
+    schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+const SCHEMA_PREFIX: &str = "sipmba_t_";
+
+impl TestDb {
+    /// A fresh database on `backend`.
+    pub async fn new(backend: Backend) -> anyhow::Result<Self> {
+        match backend {
+            Backend::Postgres => Self::postgres().await,
+            Backend::Sqlite => Self::sqlite(),
+        }
+    }
+
+    /// A fresh SQLite file.
+    pub fn sqlite() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path: PathBuf = dir.path().join("test.db");
+        Ok(Self {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            backend: Backend::Sqlite,
+            schema: None,
+            _dir: Some(dir),
+        })
+    }
+
+    /// A fresh PostgreSQL schema. Schemas left behind by killed test runs more than an hour ago
+    /// are dropped on the way.
+    pub async fn postgres() -> anyhow::Result<Self> {
+        let base = postgres_base_url();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let schema = format!("{SCHEMA_PREFIX}{now}_{}", Uuid::new_v4().simple());
+        let admin = Database::connect(&base).await?;
+        let stale = admin
+            .query_all_raw(sea_orm::Statement::from_string(
+                admin.get_database_backend(),
+                format!(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE '{SCHEMA_PREFIX}%'"
+                ),
+            ))
+            .await?;
+        for row in stale {
+            let name: String = row.try_get("", "nspname")?;
+            let born = name
+                .strip_prefix(SCHEMA_PREFIX)
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|t| t.parse::<u64>().ok());
+            if born.is_some_and(|t| t + 3600 < now) {
+                let _ = admin
+                    .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                    .await;
+            }
+        }
+        admin
+            .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
+            .await?;
+        admin.close().await?;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Ok(Self {
+            url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+            backend: Backend::Postgres,
+            schema: Some(schema),
+            _dir: None,
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(schema) = self.schema.take() else {
+            return;
+        };
+        let base = postgres_base_url();
+        // Drop may run inside a runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(db) = Database::connect(&base).await {
+                    let _ = db
+                        .execute_unprepared(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .await;
+                    let _ = db.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Default issuer of test tokens.
+pub const ISSUER: &str = "https://sso.test.sipmba";
+/// Default audience of test tokens.
+pub const AUDIENCE: &str = "sipmba";
+
+/// A signing key and the means to mint tokens with it.
+#[derive(Debug)]
+pub struct TestIssuer {
+    /// The key.
+    pub key: SigningKey,
+    /// `iss` of minted tokens.
+    pub issuer: String,
+    /// `aud` of minted tokens.
+    pub audience: String,
+}
+
+impl TestIssuer {
+    /// A fresh key with the default issuer and audience.
+    pub fn new() -> Self {
+        Self::with_kid(&format!("test-{}", Uuid::new_v4().simple()))
+    }
+
+    /// A fresh key with the given key id.
+    pub fn with_kid(kid: &str) -> Self {
+        Self {
+            key: SigningKey::generate(kid).expect("generate key"),
+            issuer: ISSUER.to_owned(),
+            audience: AUDIENCE.to_owned(),
+        }
+    }
+
+    /// Claims for `subject` valid for an hour; adjust and pass to [`TestIssuer::sign`].
+    pub fn claims(&self, kind: Kind, subject: Uuid, scopes: &[&str]) -> AccessClaims {
+        AccessClaims::new(
+            &self.issuer,
+            &self.audience,
+            kind,
+            subject,
+            scopes,
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// Signs claims.
+    pub fn sign(&self, claims: &AccessClaims) -> String {
+        self.key.sign(claims).expect("sign token")
+    }
+
+    /// A user token with every user scope.
+    pub fn user_token(&self, user: Uuid) -> String {
+        self.sign(&self.claims(Kind::User, user, sipmba_auth::scopes::USER_SCOPES))
+    }
+
+    /// A service token with `objects:admin`, `objects:authorize` and `objects:events`.
+    pub fn admin_token(&self) -> String {
+        use sipmba_auth::scopes::*;
+        let mut scopes = USER_SCOPES.to_vec();
+        scopes.extend([OBJECTS_ADMIN, OBJECTS_AUTHORIZE, OBJECTS_EVENTS]);
+        self.sign(&self.claims(Kind::Service, Uuid::new_v4(), &scopes))
+    }
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `jwks` (a JSON value) at `http://127.0.0.1:<port>/.well-known/jwks.json` until the
+/// returned handle is dropped; returns the URL.
+pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, JwksServer)> {
+    let (tx, rx) = tokio::sync::watch::channel(jwks);
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let rx = rx.clone();
+            async move { axum::Json(rx.borrow().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((
+        format!("http://{addr}/.well-known/jwks.json"),
+        JwksServer { task, keys: tx },
+    ))
+}
+
+/// A running JWKS server; aborted on drop.
+#[derive(Debug)]
+pub struct JwksServer {
+    task: tokio::task::JoinHandle<()>,
+    keys: tokio::sync::watch::Sender<serde_json::Value>,
+}
+
+impl JwksServer {
+    /// Replaces the served key set (key rotation).
+    pub fn set_keys(&self, jwks: serde_json::Value) {
+        let _ = self.keys.send(jwks);
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
