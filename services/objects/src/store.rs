@@ -535,12 +535,16 @@ impl Store {
                 )));
             }
             let new_prefix = format!("{}{}/", parent.path, segment(target.id));
-            let keep_from = i64::try_from(target.path.len()).unwrap_or(i64::MAX) + 1;
+            let keep_from = i32::try_from(target.path.len()).unwrap_or(i32::MAX) + 1;
             users::Entity::update_many()
                 .col_expr(
                     users::Column::Path,
                     Expr::cust_with_values(
-                        "? || substr(path, ?)",
+                        // sea-query numbers placeholders on PostgreSQL and not on SQLite.
+                        match txn.get_database_backend() {
+                            DatabaseBackend::Postgres => "$1 || substr(path, $2)",
+                            _ => "? || substr(path, ?)",
+                        },
                         [sea_orm::Value::from(new_prefix), sea_orm::Value::from(keep_from)],
                     ),
                 )

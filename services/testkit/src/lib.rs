@@ -236,3 +236,13 @@ impl Drop for JwksServer {
         self.task.abort();
     }
 }
+
+/// Sends logs to the test's captured output (`RUST_LOG` filters; default `warn`).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
