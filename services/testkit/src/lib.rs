@@ -199,10 +199,13 @@ impl Default for TestIssuer {
 /// returned handle is dropped; returns the URL.
 pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, JwksServer)> {
     let (tx, rx) = tokio::sync::watch::channel(jwks);
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
     let app = axum::Router::new().route(
         "/.well-known/jwks.json",
         axum::routing::get(move || {
             let rx = rx.clone();
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move { axum::Json(rx.borrow().clone()) }
         }),
     );
@@ -213,7 +216,7 @@ pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, Jwks
     });
     Ok((
         format!("http://{addr}/.well-known/jwks.json"),
-        JwksServer { task, keys: tx },
+        JwksServer { task, keys: tx, hits },
     ))
 }
 
@@ -222,12 +225,18 @@ pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, Jwks
 pub struct JwksServer {
     task: tokio::task::JoinHandle<()>,
     keys: tokio::sync::watch::Sender<serde_json::Value>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl JwksServer {
     /// Replaces the served key set (key rotation).
     pub fn set_keys(&self, jwks: serde_json::Value) {
         let _ = self.keys.send(jwks);
+    }
+
+    /// How many times the key set was fetched.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -1,0 +1,333 @@
+//! The `sipmba` binary as a process: configuration errors, health that waits for the database,
+//! reflection, metrics, TLS, `--dev`, and graceful shutdown on SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use sipmba_proto::v1 as pb;
+use sipmba_testkit::{Backend, TestDb, TestIssuer, serve_jwks};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command},
+};
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sipmba");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[&str], dir: &Path) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env_remove("SIPMBA_CONFIG")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start sipmba")
+}
+
+async fn run_to_end(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().await.unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Connects once the process listens.
+async fn connect(endpoint: Endpoint) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return channel,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "server did not come up: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn health(channel: &Channel, service: &str) -> ServingStatus {
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: service.into() })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap()
+}
+
+async fn wait_for_health(channel: &Channel, service: &str, want: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(channel, service).await != want {
+        assert!(Instant::now() < deadline, "{service:?} never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sigterm_and_wait(mut child: Child) {
+    let pid = child.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM, got {exit}");
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Forwards `listen` to PostgreSQL: the database "comes up" when this starts.
+async fn forward(listener: TcpListener, to: SocketAddr) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else { return };
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(to).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn bad_invocations_exit_with_a_message_that_names_the_problem() {
+    let (code, err) = run_to_end(&["server", "--target", "sso", "--plaintext"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("target `sso` is not available") && err.contains("objects"), "{err}");
+
+    let base = ["server", "--target", "objects", "--database-url", "sqlite::memory:", "--jwks-url", "http://127.0.0.1:1/jwks"];
+    let (code, err) = run_to_end(&base).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("server.tls_cert") && err.contains("plaintext"), "{err}");
+
+    let mut args = base.to_vec();
+    args.extend(["--plaintext", "--listen", "not-an-address"]);
+    let (code, err) = run_to_end(&args).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("server.listen") && err.contains("SIPMBA_LISTEN"), "{err}");
+
+    let (code, err) = run_to_end(&["server", "--target", "objects", "--plaintext", "--database-url", "mysql://x"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("database.url"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sipmba.toml");
+    std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\ntypo = 1\n").unwrap();
+    let (code, err) = run_to_end(&["server", "--config", file.to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("typo"), "{err}");
+
+    let (code, err) = run_to_end(&["server", "--target", "nonsense"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nonsense"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops_on_sigterm() {
+    sipmba_testkit::init_logs();
+    let db = TestDb::new(Backend::Postgres).await.unwrap();
+    let issuer = TestIssuer::new();
+    let (jwks_url, _jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
+        .await
+        .unwrap();
+    // The database is reached through a port where nothing listens yet.
+    let db_port = free_port();
+    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{db_port}"));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn(
+        &[
+            "server", "--target", "objects", "--plaintext", "--listen", &listen,
+            "--database-url", &url, "--jwks-url", &jwks_url,
+            "--issuer", &issuer.issuer, "--audience", &issuer.audience,
+        ],
+        dir.path(),
+    );
+    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    for service in ["", "sipmba.v1.UserService", "sipmba.v1.ThingService"] {
+        assert_eq!(health(&channel, service).await, ServingStatus::NotServing, "{service:?}");
+    }
+    let ready = http_get(listen.parse().unwrap(), "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+
+    // The database comes up: health follows, without a restart.
+    let proxy = TcpListener::bind(("127.0.0.1", db_port)).await.unwrap();
+    tokio::spawn(forward(proxy, "127.0.0.1:5432".parse().unwrap()));
+    wait_for_health(&channel, "sipmba.v1.UserService", ServingStatus::Serving).await;
+    assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+
+    // A real call with a real token.
+    let mut request = tonic::Request::new(pb::CreateUserRequest { username: "proc-root".into(), parent: None });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", issuer.admin_token()).parse().unwrap(),
+    );
+    let user = pb::user_service_client::UserServiceClient::new(channel.clone())
+        .create_user(request)
+        .await
+        .expect("create user")
+        .into_inner();
+    assert_eq!(user.username, "proc-root");
+
+    // Reflection lists the services with no proto files at hand.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let responses = reflection
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    let Some(Ok(first)) = responses.first() else { panic!("no reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = &first.message_response else {
+        panic!("unexpected reflection answer {first:?}")
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in ["sipmba.v1.UserService", "sipmba.v1.ThingService", "sipmba.v1.ChannelService", "grpc.health.v1.Health"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+
+    // Metrics over plain HTTP/1.1 on the same port, with bounded labels.
+    let metrics = http_get(listen.parse().unwrap(), "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains(r#"sipmba_grpc_requests_total{method="/sipmba.v1.UserService/CreateUser",code="0"} 1"#),
+        "{metrics}"
+    );
+
+    sigterm_and_wait(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_spoken_on_every_listener_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    std::fs::write(dir.path().join("tls.crt"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = spawn(
+        &[
+            "server", "--target", "objects", "--listen", &listen,
+            "--tls-cert", "tls.crt", "--tls-key", "tls.key",
+            "--database-url", "sqlite://objects.db", "--jwks-url", "http://127.0.0.1:1/jwks",
+        ],
+        dir.path(),
+    );
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(format!("https://{listen}")).unwrap().tls_config(tls).unwrap();
+    let channel = connect(endpoint).await;
+    wait_for_health(&channel, "sipmba.v1.UserService", ServingStatus::Serving).await;
+
+    // Plaintext HTTP/2 is not answered.
+    let plain = Endpoint::from_shared(format!("http://{listen}")).unwrap().connect().await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(channel) => HealthClient::new(channel)
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plaintext must not be served when TLS is configured");
+
+    // A client without HTTP/2 (a probe, a scraper) still gets /healthz over TLS.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(&listen).await.unwrap();
+    let mut stream = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS with HTTP/1.1 only");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}");
+
+    sigterm_and_wait(child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
+    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    wait_for_health(&channel, "", ServingStatus::Serving).await;
+    assert!(dir.path().join(".sipmba/sipmba.db").is_file(), "SQLite is the embedded default");
+    let token = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token")).unwrap();
+    let mut users = pb::user_service_client::UserServiceClient::new(channel.clone());
+    let mut request = tonic::Request::new(pb::CreateUserRequest { username: "dev-root".into(), parent: None });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    users.create_user(request).await.expect("the dev token works");
+    let jwks = http_get(listen.parse().unwrap(), "/.well-known/jwks.json").await;
+    assert!(jwks.contains(r#""kty":"OKP""#) && jwks.contains("Ed25519"), "{jwks}");
+    sigterm_and_wait(child).await;
+
+    // A restart keeps the key, the data and the token valid.
+    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
+    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    wait_for_health(&channel, "", ServingStatus::Serving).await;
+    let mut request = tonic::Request::new(pb::CreateUserRequest { username: "dev-root".into(), parent: None });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let err = pb::user_service_client::UserServiceClient::new(channel)
+        .create_user(request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    sigterm_and_wait(child).await;
+}
