@@ -10,4 +10,5 @@ pub mod v1 {
 }
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every `sipmba.v1` file, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sipmba_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sipmba_descriptor.bin"));

@@ -220,8 +220,7 @@ impl Verifier {
             &principal.token_id,
             principal.subject,
             principal.issued_at,
-        )
-        {
+        ) {
             return Err(AuthError::Revoked);
         }
         Ok(principal)
@@ -235,7 +234,11 @@ impl Verifier {
             || cache
                 .fetched
                 .is_some_and(|at| at.elapsed() < self.inner.config.max_key_age);
-        if fresh { cache.keys.get(kid).cloned() } else { None }
+        if fresh {
+            cache.keys.get(kid).cloned()
+        } else {
+            None
+        }
     }
 
     /// Refetches the JWKS unless another fetch happened within the minimum interval.

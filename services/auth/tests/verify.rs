@@ -1,4 +1,5 @@
 //! The shared verifier against a JWKS served over loopback HTTP, with minted keys.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::time::Duration;
 
@@ -15,7 +16,10 @@ async fn setup(issuer: &TestIssuer) -> (Verifier, sipmba_testkit::JwksServer) {
     let mut config = VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience);
     config.leeway = Duration::from_secs(5);
     config.min_refresh_interval = Duration::ZERO;
-    (Verifier::new(config, Revocations::default()).unwrap(), server)
+    (
+        Verifier::new(config, Revocations::default()).unwrap(),
+        server,
+    )
 }
 
 #[tokio::test]
@@ -61,14 +65,23 @@ async fn bad_tokens_are_refused_for_the_right_reason() {
     sub.sub = "root".into();
     let ownerless = issuer.claims(Kind::Thing, user, &["telemetry:write"]);
 
-    let cases: Vec<(String, fn(&AuthError) -> bool)> = vec![
+    type Expect = fn(&AuthError) -> bool;
+    let cases: Vec<(String, Expect)> = vec![
         (issuer.sign(&expired), |e| matches!(e, AuthError::Expired)),
         (issuer.sign(&early), |e| matches!(e, AuthError::NotYetValid)),
-        (issuer.sign(&audience), |e| matches!(e, AuthError::WrongAudience)),
+        (issuer.sign(&audience), |e| {
+            matches!(e, AuthError::WrongAudience)
+        }),
         (issuer.sign(&iss), |e| matches!(e, AuthError::WrongIssuer)),
-        (issuer.sign(&kind), |e| matches!(e, AuthError::InvalidClaims(_))),
-        (issuer.sign(&sub), |e| matches!(e, AuthError::InvalidClaims(_))),
-        (issuer.sign(&ownerless), |e| matches!(e, AuthError::InvalidClaims(_))),
+        (issuer.sign(&kind), |e| {
+            matches!(e, AuthError::InvalidClaims(_))
+        }),
+        (issuer.sign(&sub), |e| {
+            matches!(e, AuthError::InvalidClaims(_))
+        }),
+        (issuer.sign(&ownerless), |e| {
+            matches!(e, AuthError::InvalidClaims(_))
+        }),
         ("a.b.c".into(), |e| matches!(e, AuthError::Malformed(_))),
         ("".into(), |e| matches!(e, AuthError::Malformed(_))),
     ];
@@ -79,7 +92,10 @@ async fn bad_tokens_are_refused_for_the_right_reason() {
         // Messages never echo the token.
         assert!(token.is_empty() || !err.to_string().contains(&token));
     }
-    assert!(verifier.verify(&issuer.sign(&within_leeway)).await.is_ok(), "leeway applies");
+    assert!(
+        verifier.verify(&issuer.sign(&within_leeway)).await.is_ok(),
+        "leeway applies"
+    );
 }
 
 #[tokio::test]
@@ -93,13 +109,15 @@ async fn forged_and_unsigned_tokens_are_refused() {
     assert!(matches!(err, AuthError::BadSignature), "{err:?}");
     // An unknown kid.
     let stranger = TestIssuer::new();
-    let err = verifier.verify(&stranger.user_token(user)).await.unwrap_err();
+    let err = verifier
+        .verify(&stranger.user_token(user))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AuthError::UnknownKey), "{err:?}");
     // alg=none and HS256 (a classic key-confusion attempt).
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    let body = URL_SAFE_NO_PAD.encode(
-        serde_json::to_vec(&issuer.claims(Kind::User, user, &["users:read"])).unwrap(),
-    );
+    let body = URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&issuer.claims(Kind::User, user, &["users:read"])).unwrap());
     for header in [
         format!(r#"{{"alg":"none","kid":"{}"}}"#, issuer.key.kid()),
         format!(r#"{{"alg":"HS256","kid":"{}"}}"#, issuer.key.kid()),
@@ -119,7 +137,14 @@ async fn a_rotated_key_is_fetched_when_its_kid_appears() {
     // sso publishes a new key next to the old one.
     let new = TestIssuer::with_kid("k2");
     jwks.set_keys(serde_json::json!({ "keys": [old.key.jwk(), new.key.jwk()] }));
-    assert_eq!(verifier.verify(&new.user_token(user)).await.unwrap().subject, user);
+    assert_eq!(
+        verifier
+            .verify(&new.user_token(user))
+            .await
+            .unwrap()
+            .subject,
+        user
+    );
     // The retired key still verifies its live tokens.
     assert!(verifier.verify(&old.user_token(user)).await.is_ok());
 }
@@ -132,7 +157,12 @@ async fn unknown_kids_do_not_turn_into_a_fetch_per_request() {
         .unwrap();
     let config = VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience);
     let verifier = Verifier::new(config, Revocations::default()).unwrap();
-    assert!(verifier.verify(&issuer.user_token(Uuid::new_v4())).await.is_ok());
+    assert!(
+        verifier
+            .verify(&issuer.user_token(Uuid::new_v4()))
+            .await
+            .is_ok()
+    );
     // Within the minimum refresh interval a burst of forged kids is answered from the cache.
     for _ in 0..50 {
         let err = verifier
@@ -141,7 +171,11 @@ async fn unknown_kids_do_not_turn_into_a_fetch_per_request() {
             .unwrap_err();
         assert!(matches!(err, AuthError::UnknownKey));
     }
-    assert_eq!(jwks.hits(), 1, "one fetch at start, none for the forged kids");
+    assert_eq!(
+        jwks.hits(),
+        1,
+        "one fetch at start, none for the forged kids"
+    );
 }
 
 #[tokio::test]
@@ -156,11 +190,17 @@ async fn revoked_tokens_and_subjects_are_refused() {
     verifier
         .revocations()
         .revoke_token(claims.jti.clone(), claims.exp, unix_now());
-    assert!(matches!(verifier.verify(&token).await, Err(AuthError::Revoked)));
+    assert!(matches!(
+        verifier.verify(&token).await,
+        Err(AuthError::Revoked)
+    ));
     assert!(verifier.verify(&other).await.is_ok(), "only that jti");
     // Subject-wide: everything issued before the cut-off.
     verifier.revocations().revoke_subject(user, unix_now() + 1);
-    assert!(matches!(verifier.verify(&other).await, Err(AuthError::Revoked)));
+    assert!(matches!(
+        verifier.verify(&other).await,
+        Err(AuthError::Revoked)
+    ));
     let mut later = issuer.claims(Kind::User, user, &[]);
     later.iat = unix_now() + 2;
     assert!(verifier.verify(&issuer.sign(&later)).await.is_ok());

@@ -112,9 +112,19 @@ impl MigrationTrait for Init {
                 Table::create()
                     .table(Users::Table)
                     .col(ColumnDef::new(Users::Id).uuid().not_null().primary_key())
-                    .col(ColumnDef::new(Users::Username).string_len(64).not_null().unique_key())
+                    .col(
+                        ColumnDef::new(Users::Username)
+                            .string_len(64)
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Users::ParentId).uuid().null())
-                    .col(ColumnDef::new(Users::Path).text().not_null().extra(path_collation))
+                    .col(
+                        ColumnDef::new(Users::Path)
+                            .text()
+                            .not_null()
+                            .extra(path_collation),
+                    )
                     .col(ColumnDef::new(Users::Depth).integer().not_null())
                     .col(ColumnDef::new(Users::State).small_integer().not_null())
                     .col(ColumnDef::new(Users::CreatedMs).big_integer().not_null())
@@ -128,8 +138,22 @@ impl MigrationTrait for Init {
                     .to_owned(),
             )
             .await?;
-        index(manager, "users_path", Users::Table, &[Users::Path.into_iden()], true).await?;
-        index(manager, "users_parent", Users::Table, &[Users::ParentId.into_iden()], false).await?;
+        index(
+            manager,
+            "users_path",
+            Users::Table,
+            &[Users::Path.into_iden()],
+            true,
+        )
+        .await?;
+        index(
+            manager,
+            "users_parent",
+            Users::Table,
+            &[Users::ParentId.into_iden()],
+            false,
+        )
+        .await?;
 
         manager
             .create_table(
@@ -165,8 +189,16 @@ impl MigrationTrait for Init {
                     .table(ThingLabels::Table)
                     .col(ColumnDef::new(ThingLabels::ThingId).uuid().not_null())
                     .col(ColumnDef::new(ThingLabels::Key).string_len(63).not_null())
-                    .col(ColumnDef::new(ThingLabels::Value).string_len(256).not_null())
-                    .primary_key(Index::create().col(ThingLabels::ThingId).col(ThingLabels::Key))
+                    .col(
+                        ColumnDef::new(ThingLabels::Value)
+                            .string_len(256)
+                            .not_null(),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(ThingLabels::ThingId)
+                            .col(ThingLabels::Key),
+                    )
                     .foreign_key(
                         ForeignKey::create()
                             .from(ThingLabels::Table, ThingLabels::ThingId)
@@ -252,10 +284,26 @@ impl MigrationTrait for Init {
                     .table(ChannelGrants::Table)
                     .col(ColumnDef::new(ChannelGrants::ChannelId).uuid().not_null())
                     .col(ColumnDef::new(ChannelGrants::GranteeId).uuid().not_null())
-                    .col(ColumnDef::new(ChannelGrants::ReadTelemetry).boolean().not_null())
-                    .col(ColumnDef::new(ChannelGrants::SendCommands).boolean().not_null())
-                    .col(ColumnDef::new(ChannelGrants::ExpiresMs).big_integer().null())
-                    .col(ColumnDef::new(ChannelGrants::CreatedMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(ChannelGrants::ReadTelemetry)
+                            .boolean()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ChannelGrants::SendCommands)
+                            .boolean()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ChannelGrants::ExpiresMs)
+                            .big_integer()
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(ChannelGrants::CreatedMs)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .primary_key(
                         Index::create()
                             .col(ChannelGrants::ChannelId)
@@ -297,11 +345,23 @@ impl MigrationTrait for Init {
                             .primary_key(),
                     )
                     .col(ColumnDef::new(ObjectEvents::Kind).integer().not_null())
-                    .col(ColumnDef::new(ObjectEvents::Subject).string_len(64).not_null())
+                    .col(
+                        ColumnDef::new(ObjectEvents::Subject)
+                            .string_len(64)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(ObjectEvents::Users).text().not_null())
                     .col(ColumnDef::new(ObjectEvents::Things).text().not_null())
-                    .col(ColumnDef::new(ObjectEvents::Actor).string_len(128).not_null())
-                    .col(ColumnDef::new(ObjectEvents::CreatedMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(ObjectEvents::Actor)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ObjectEvents::CreatedMs)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, TransactionOptions, TransactionTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    TransactionOptions, TransactionTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
 use sipmba_auth::{Kind, Principal, scopes};
@@ -74,6 +75,13 @@ pub struct Store {
     events: std::sync::Arc<Notify>,
 }
 
+/// The path of user `$1` and the number of non-ACTIVE users among it and its ancestors.
+const EFFECTIVE_STATE_SQL: &str = "WITH RECURSIVE anc(id, parent_id, state) AS ( \
+       SELECT id, parent_id, state FROM users WHERE id = $1 \
+       UNION ALL SELECT u.id, u.parent_id, u.state FROM users u JOIN anc ON u.id = anc.parent_id) \
+     SELECT u.path AS path, (SELECT COUNT(*) FROM anc WHERE anc.state <> 1) AS disabled \
+     FROM users u WHERE u.id = $1";
+
 /// One path segment: a user id in unpadded base64url (22 characters).
 fn segment(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
@@ -111,11 +119,15 @@ fn state_enum(state: i16) -> pb::ObjectState {
 }
 
 fn user_id(id: Uuid) -> Option<pb::UserId> {
-    Some(pb::UserId { value: id.to_string() })
+    Some(pb::UserId {
+        value: id.to_string(),
+    })
 }
 
 fn thing_id(id: Uuid) -> pb::ThingId {
-    pb::ThingId { value: id.to_string() }
+    pb::ThingId {
+        value: id.to_string(),
+    }
 }
 
 fn unique_violation(e: &sea_orm::DbErr) -> bool {
@@ -170,23 +182,20 @@ impl Store {
                 actor: principal.actor(),
             }),
             Kind::User => {
-                let user = users::Entity::find_by_id(principal.subject)
-                    .one(&self.db)
-                    .await?
-                    .ok_or_else(|| {
-                        ServiceError::Unauthenticated(
-                            "the user this token was issued to no longer exists".into(),
-                        )
-                    })?;
-                if !self.path_active(&user.path).await? {
+                let (path, active) = self.lookup(principal.subject).await?.ok_or_else(|| {
+                    ServiceError::Unauthenticated(
+                        "the user this token was issued to no longer exists".into(),
+                    )
+                })?;
+                if !active {
                     return Err(ServiceError::Unauthenticated(
                         "the user this token was issued to is disabled, or a user above it is"
                             .into(),
                     ));
                 }
                 Ok(Caller::User {
-                    id: user.id,
-                    path: user.path,
+                    id: principal.subject,
+                    path,
                 })
             }
             kind => Err(ServiceError::PermissionDenied(format!(
@@ -196,15 +205,23 @@ impl Store {
         }
     }
 
-    /// True when every user along `path` is ACTIVE.
-    pub async fn path_active(&self, path: &str) -> ServiceResult<bool> {
-        let ids = path_ids(path);
-        let disabled = users::Entity::find()
-            .filter(users::Column::Id.is_in(ids))
-            .filter(users::Column::State.ne(ACTIVE))
-            .count(&self.db)
+    /// A user's path, and whether it and every ancestor are ACTIVE, in one round trip: the
+    /// ancestors are walked up `parent_id` by primary key inside the database (measured faster
+    /// than an `IN` list built from the path; see the `tree` benchmark).
+    pub async fn lookup(&self, id: Uuid) -> ServiceResult<Option<(String, bool)>> {
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            DatabaseBackend::Postgres => EFFECTIVE_STATE_SQL.to_owned(),
+            _ => EFFECTIVE_STATE_SQL.replace("$1", "?1"),
+        };
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(backend, sql, [id.into()]))
             .await?;
-        Ok(disabled == 0)
+        let Some(row) = row else { return Ok(None) };
+        let path: String = row.try_get("", "path")?;
+        let disabled: i64 = row.try_get("", "disabled")?;
+        Ok(Some((path, disabled == 0)))
     }
 
     /// Users along the given paths that are not ACTIVE (one query for a whole page).
@@ -238,7 +255,12 @@ impl Store {
     }
 
     /// A user the caller controls, or NOT_FOUND (whether it exists or not).
-    async fn visible_user(&self, caller: &Caller, id: Uuid, what: &str) -> ServiceResult<users::Model> {
+    async fn visible_user(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        what: &str,
+    ) -> ServiceResult<users::Model> {
         match users::Entity::find_by_id(id).one(&self.db).await? {
             Some(user) if caller.controls(&user.path) => Ok(user),
             _ => Err(ServiceError::not_found(format!("{what} {id} not found"))),
@@ -336,7 +358,10 @@ impl Store {
             created_ms: Set(now),
             updated_ms: Set(now),
         };
-        match users::Entity::insert(model).exec_without_returning(&txn).await {
+        match users::Entity::insert(model)
+            .exec_without_returning(&txn)
+            .await
+        {
             Ok(_) => {}
             Err(e) if unique_violation(&e) => {
                 return Err(ServiceError::AlreadyExists(format!(
@@ -458,7 +483,12 @@ impl Store {
     }
 
     /// Enables `id` (and its subtree when `recursive`).
-    pub async fn enable_user(&self, caller: &Caller, id: Uuid, recursive: bool) -> ServiceResult<u64> {
+    pub async fn enable_user(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        recursive: bool,
+    ) -> ServiceResult<u64> {
         let target = self.visible_user(caller, id, "user").await?;
         let txn = self.write(true).await?;
         let scope = if recursive {
@@ -481,8 +511,15 @@ impl Store {
             .filter(users::Column::State.ne(ACTIVE))
             .exec(&txn)
             .await?;
-        self.record_event(&txn, pb::ObjectEventKind::UserEnabled, id, &affected, &[], caller)
-            .await?;
+        self.record_event(
+            &txn,
+            pb::ObjectEventKind::UserEnabled,
+            id,
+            &affected,
+            &[],
+            caller,
+        )
+        .await?;
         txn.commit().await?;
         self.events.notify_waiters();
         Ok(affected.len() as u64)
@@ -545,7 +582,10 @@ impl Store {
                             DatabaseBackend::Postgres => "$1 || substr(path, $2)",
                             _ => "? || substr(path, ?)",
                         },
-                        [sea_orm::Value::from(new_prefix), sea_orm::Value::from(keep_from)],
+                        [
+                            sea_orm::Value::from(new_prefix),
+                            sea_orm::Value::from(keep_from),
+                        ],
                     ),
                 )
                 .col_expr(
@@ -590,7 +630,10 @@ impl Store {
             return Ok((thing, owner, ThingAccess::Control));
         }
         if let Some(user) = caller.user_id()
-            && self.granted(user, &thing, &owner, None).await?.is_some()
+            && self
+                .granted(user, &thing, &owner.path, None)
+                .await?
+                .is_some()
         {
             return Ok((thing, owner, ThingAccess::Grant));
         }
@@ -619,7 +662,7 @@ impl Store {
         &self,
         user: Uuid,
         thing: &things::Model,
-        owner: &users::Model,
+        owner_path: &str,
         permission: Option<pb::ChannelPermission>,
     ) -> ServiceResult<Option<Uuid>> {
         let now = now_ms();
@@ -667,14 +710,20 @@ impl Store {
             .into_tuple()
             .all(&self.db)
             .await?;
-        if owner_paths.iter().any(|p| owner.path.starts_with(p.as_str())) {
+        if owner_paths
+            .iter()
+            .any(|p| owner_path.starts_with(p.as_str()))
+        {
             Ok(channel_ids.first().copied())
         } else {
             Ok(None)
         }
     }
 
-    async fn labels_of(&self, ids: &[Uuid]) -> ServiceResult<HashMap<Uuid, HashMap<String, String>>> {
+    async fn labels_of(
+        &self,
+        ids: &[Uuid],
+    ) -> ServiceResult<HashMap<Uuid, HashMap<String, String>>> {
         let mut out: HashMap<Uuid, HashMap<String, String>> = HashMap::new();
         if ids.is_empty() {
             return Ok(out);
@@ -684,7 +733,9 @@ impl Store {
             .all(&self.db)
             .await?;
         for row in rows {
-            out.entry(row.thing_id).or_default().insert(row.key, row.value);
+            out.entry(row.thing_id)
+                .or_default()
+                .insert(row.key, row.value);
         }
         Ok(out)
     }
@@ -710,7 +761,9 @@ impl Store {
             .map(|t| {
                 let owner_state = owners
                     .get(&t.owner_id)
-                    .map_or(pb::ObjectState::Disabled, |p| Self::path_state(p, &disabled));
+                    .map_or(pb::ObjectState::Disabled, |p| {
+                        Self::path_state(p, &disabled)
+                    });
                 let effective = if t.state == ACTIVE && owner_state == pb::ObjectState::Active {
                     pb::ObjectState::Active
                 } else {
@@ -773,7 +826,10 @@ impl Store {
             created_ms: Set(now),
             updated_ms: Set(now),
         };
-        match things::Entity::insert(model).exec_without_returning(&txn).await {
+        match things::Entity::insert(model)
+            .exec_without_returning(&txn)
+            .await
+        {
             Ok(_) => {}
             Err(e) if unique_violation(&e) => return Err(exists()),
             Err(e) => return Err(e.into()),
@@ -936,8 +992,15 @@ impl Store {
             .exec(&txn)
             .await?;
         if !active {
-            self.record_event(&txn, pb::ObjectEventKind::ThingDisabled, id, &[], &[id], caller)
-                .await?;
+            self.record_event(
+                &txn,
+                pb::ObjectEventKind::ThingDisabled,
+                id,
+                &[],
+                &[id],
+                caller,
+            )
+            .await?;
         }
         txn.commit().await?;
         self.events.notify_waiters();
@@ -958,7 +1021,14 @@ impl Store {
             .await?;
         things::Entity::delete_by_id(id).exec(&txn).await?;
         let seq = self
-            .record_event(&txn, pb::ObjectEventKind::ThingDeleted, id, &[], &[id], caller)
+            .record_event(
+                &txn,
+                pb::ObjectEventKind::ThingDeleted,
+                id,
+                &[],
+                &[id],
+                caller,
+            )
             .await?;
         txn.commit().await?;
         self.events.notify_waiters();
@@ -967,7 +1037,11 @@ impl Store {
 
     // ----- channels ---------------------------------------------------------------------------
 
-    async fn controlled_channel(&self, caller: &Caller, id: Uuid) -> ServiceResult<channels::Model> {
+    async fn controlled_channel(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> ServiceResult<channels::Model> {
         let not_found = || ServiceError::not_found(format!("channel {id} not found"));
         let channel = channels::Entity::find_by_id(id)
             .one(&self.db)
@@ -1005,7 +1079,9 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok(pb::Channel {
-            id: Some(pb::ChannelId { value: channel.id.to_string() }),
+            id: Some(pb::ChannelId {
+                value: channel.id.to_string(),
+            }),
             owner: user_id(channel.owner_id),
             name: channel.name,
             things: things.into_iter().map(thing_id).collect(),
@@ -1063,7 +1139,10 @@ impl Store {
             name: Set(name.to_owned()),
             created_ms: Set(now_ms()),
         };
-        match channels::Entity::insert(model).exec_without_returning(&txn).await {
+        match channels::Entity::insert(model)
+            .exec_without_returning(&txn)
+            .await
+        {
             Ok(_) => {}
             Err(e) if unique_violation(&e) => return Err(exists()),
             Err(e) => return Err(e.into()),
@@ -1204,8 +1283,14 @@ impl Store {
             ));
         }
         let channel = self.controlled_channel(caller, channel).await?;
-        if users::Entity::find_by_id(grantee).one(&self.db).await?.is_none() {
-            return Err(ServiceError::not_found(format!("grantee user {grantee} not found")));
+        if users::Entity::find_by_id(grantee)
+            .one(&self.db)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::not_found(format!(
+                "grantee user {grantee} not found"
+            )));
         }
         let txn = self.write(false).await?;
         channel_grants::Entity::delete_many()
@@ -1253,37 +1338,34 @@ impl Store {
         thing: Uuid,
         permission: pb::ChannelPermission,
     ) -> ServiceResult<Option<(&'static str, Uuid)>> {
-        let Some(user) = users::Entity::find_by_id(user).one(&self.db).await? else {
+        let Some((user_path, true)) = self.lookup(user).await? else {
             return Ok(None);
         };
         let Some(thing) = things::Entity::find_by_id(thing).one(&self.db).await? else {
             return Ok(None);
         };
-        let Some(owner) = users::Entity::find_by_id(thing.owner_id).one(&self.db).await? else {
+        if thing.state != ACTIVE {
+            return Ok(None);
+        }
+        let Some((owner_path, true)) = self.lookup(thing.owner_id).await? else {
             return Ok(None);
         };
-        if thing.state != ACTIVE
-            || !self.path_active(&user.path).await?
-            || !self.path_active(&owner.path).await?
-        {
-            return Ok(None);
-        }
-        if owner.path.starts_with(&user.path) {
-            return Ok(Some(("subtree", owner.id)));
+        if owner_path.starts_with(&user_path) {
+            return Ok(Some(("subtree", thing.owner_id)));
         }
         Ok(self
-            .granted(user.id, &thing, &owner, Some(permission))
+            .granted(user, &thing, &owner_path, Some(permission))
             .await?
-            .map(|_| ("grant", owner.id)))
+            .map(|_| ("grant", thing.owner_id)))
     }
 
     /// Effective state of a user.
     pub async fn user_effective_state(&self, id: Uuid) -> ServiceResult<pb::ObjectState> {
-        let user = users::Entity::find_by_id(id)
-            .one(&self.db)
+        let (_, active) = self
+            .lookup(id)
             .await?
             .ok_or_else(|| ServiceError::not_found(format!("user {id} not found")))?;
-        Ok(if self.path_active(&user.path).await? {
+        Ok(if active {
             pb::ObjectState::Active
         } else {
             pb::ObjectState::Disabled
@@ -1337,7 +1419,11 @@ impl Store {
     }
 
     /// Events after `after`, oldest first, at most `limit`.
-    pub async fn events_after(&self, after: u64, limit: u64) -> ServiceResult<Vec<pb::ObjectEvent>> {
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> ServiceResult<Vec<pb::ObjectEvent>> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = object_events::Entity::find()
             .filter(object_events::Column::Seq.gt(after))
@@ -1411,7 +1497,11 @@ mod tests {
         let sibling = format!("/{}/", segment(Uuid::new_v4()));
         let (lo, hi) = subtree_range(&root);
         for (path, inside) in [(&root, true), (&child, true), (&sibling, false)] {
-            assert_eq!(path.as_str() >= lo.as_str() && path.as_str() < hi.as_str(), inside, "{path}");
+            assert_eq!(
+                path.as_str() >= lo.as_str() && path.as_str() < hi.as_str(),
+                inside,
+                "{path}"
+            );
         }
         assert_eq!(path_ids(&child).len(), 2);
     }

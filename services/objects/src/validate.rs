@@ -33,7 +33,9 @@ pub fn username(name: &str) -> ServiceResult<()> {
 pub fn object_name(field: &str, name: &str) -> ServiceResult<()> {
     let len = name.chars().count();
     if name.trim().is_empty() {
-        return Err(ServiceError::invalid(format!("`{field}` must not be empty")));
+        return Err(ServiceError::invalid(format!(
+            "`{field}` must not be empty"
+        )));
     }
     if len > 128 {
         return Err(ServiceError::invalid(format!(

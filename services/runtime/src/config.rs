@@ -42,7 +42,10 @@ fn setting_sources(setting: &str) -> Option<(&'static str, &'static str)> {
         "server.plaintext" => ("plaintext", "SIPMBA_PLAINTEXT"),
         "server.shutdown_grace_secs" => ("shutdown-grace-secs", "SIPMBA_SHUTDOWN_GRACE_SECS"),
         "database.url" => ("database-url", "SIPMBA_DATABASE_URL"),
-        "database.max_connections" => ("database-max-connections", "SIPMBA_DATABASE_MAX_CONNECTIONS"),
+        "database.max_connections" => (
+            "database-max-connections",
+            "SIPMBA_DATABASE_MAX_CONNECTIONS",
+        ),
         "auth.jwks_url" => ("jwks-url", "SIPMBA_JWKS_URL"),
         "auth.issuer" => ("issuer", "SIPMBA_ISSUER"),
         "auth.audience" => ("audience", "SIPMBA_AUDIENCE"),
@@ -219,12 +222,20 @@ impl Config {
     }
 
     /// Parses configuration text (the content of a file).
-    pub fn from_toml(text: &str, args: &ConfigArgs, defaults: &Defaults) -> Result<Self, ConfigError> {
+    pub fn from_toml(
+        text: &str,
+        args: &ConfigArgs,
+        defaults: &Defaults,
+    ) -> Result<Self, ConfigError> {
         let file = toml::from_str(text).map_err(|e| ConfigError::new("<file>", e.to_string()))?;
         Self::resolve(file, args, defaults)
     }
 
-    fn resolve(file: FileConfig, args: &ConfigArgs, defaults: &Defaults) -> Result<Self, ConfigError> {
+    fn resolve(
+        file: FileConfig,
+        args: &ConfigArgs,
+        defaults: &Defaults,
+    ) -> Result<Self, ConfigError> {
         let listen_text = args
             .listen
             .clone()
@@ -392,12 +403,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            "config",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
         ConfigError::new(
             "config",
@@ -441,18 +448,30 @@ mod tests {
         let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
         assert_eq!(err.setting, "server.tls_cert");
         assert!(err.to_string().contains("plaintext = true"), "{err}");
-        let dev = Defaults { plaintext: true, ..Default::default() };
+        let dev = Defaults {
+            plaintext: true,
+            ..Default::default()
+        };
         assert!(Config::from_toml(&text, &ConfigArgs::default(), &dev).is_ok());
     }
 
     #[test]
     fn errors_name_the_setting_and_the_way_to_set_it() {
-        let args = ConfigArgs { listen: Some("localhost".into()), ..Default::default() };
+        let args = ConfigArgs {
+            listen: Some("localhost".into()),
+            ..Default::default()
+        };
         let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("server.listen") && text.contains("SIPMBA_LISTEN"), "{text}");
+        assert!(
+            text.contains("server.listen") && text.contains("SIPMBA_LISTEN"),
+            "{text}"
+        );
 
-        let args = ConfigArgs { leeway_secs: Some(3600), ..Default::default() };
+        let args = ConfigArgs {
+            leeway_secs: Some(3600),
+            ..Default::default()
+        };
         let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
         assert_eq!(err.setting, "auth.leeway_secs");
 
@@ -464,7 +483,10 @@ mod tests {
         let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
         assert_eq!(err.setting, "database.url");
 
-        let args = ConfigArgs { tls_cert: Some("/nonexistent.pem".into()), ..Default::default() };
+        let args = ConfigArgs {
+            tls_cert: Some("/nonexistent.pem".into()),
+            ..Default::default()
+        };
         let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
         assert_eq!(err.setting, "server.tls_key");
     }

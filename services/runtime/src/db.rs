@@ -24,7 +24,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                 })?;
             }
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
             }
         }
     }

@@ -70,7 +70,10 @@ pub struct Page {
 impl Page {
     /// Decodes `page`; `filters` must describe every filter of the request, so that a token is
     /// refused when used with other filters.
-    pub fn decode(page: Option<&sipmba_proto::v1::PageRequest>, filters: &str) -> ServiceResult<Self> {
+    pub fn decode(
+        page: Option<&sipmba_proto::v1::PageRequest>,
+        filters: &str,
+    ) -> ServiceResult<Self> {
         let fingerprint = fnv1a(filters.as_bytes());
         let (size, token) = page.map_or((0, ""), |p| (p.page_size, p.page_token.as_str()));
         if size > MAX_PAGE_SIZE {
@@ -156,9 +159,7 @@ pub fn timestamp_to_ms(field: &str, ts: &prost_types::Timestamp) -> ServiceResul
         .checked_mul(1000)
         .and_then(|ms| ms.checked_add(i64::from(ts.nanos / 1_000_000)))
         .filter(|ms| (0..=253_402_300_799_000).contains(ms))
-        .ok_or_else(|| {
-            ServiceError::invalid(format!("`{field}` is outside years 1970 to 9999"))
-        })
+        .ok_or_else(|| ServiceError::invalid(format!("`{field}` is outside years 1970 to 9999")))
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -182,24 +183,54 @@ mod tests {
         let mut items = ids.clone();
         let token = page.finish(&mut items, |u| *u);
         assert_eq!(items.len(), 100);
-        let req = PageRequest { page_size: 0, page_token: token.clone() };
-        assert_eq!(Page::decode(Some(&req), "owner=a").unwrap().after, Some(ids[99]));
+        let req = PageRequest {
+            page_size: 0,
+            page_token: token.clone(),
+        };
+        assert_eq!(
+            Page::decode(Some(&req), "owner=a").unwrap().after,
+            Some(ids[99])
+        );
         let err = Page::decode(Some(&req), "owner=b").unwrap_err();
         assert!(err.to_string().contains("different filters"), "{err}");
     }
 
     #[test]
     fn bad_pages_are_refused_with_a_reason() {
-        let huge = PageRequest { page_size: 1_000_000, page_token: String::new() };
-        assert!(Page::decode(Some(&huge), "").unwrap_err().to_string().contains("maximum of 1000"));
-        let junk = PageRequest { page_size: 10, page_token: "!!".into() };
-        assert!(matches!(Page::decode(Some(&junk), ""), Err(ServiceError::InvalidArgument(_))));
+        let huge = PageRequest {
+            page_size: 1_000_000,
+            page_token: String::new(),
+        };
+        assert!(
+            Page::decode(Some(&huge), "")
+                .unwrap_err()
+                .to_string()
+                .contains("maximum of 1000")
+        );
+        let junk = PageRequest {
+            page_size: 10,
+            page_token: "!!".into(),
+        };
+        assert!(matches!(
+            Page::decode(Some(&junk), ""),
+            Err(ServiceError::InvalidArgument(_))
+        ));
     }
 
     #[test]
     fn uuids_are_checked() {
-        assert!(parse_uuid("id.value", "nope").unwrap_err().to_string().contains("not a UUID"));
-        assert!(parse_uuid("id.value", "").unwrap_err().to_string().contains("required"));
+        assert!(
+            parse_uuid("id.value", "nope")
+                .unwrap_err()
+                .to_string()
+                .contains("not a UUID")
+        );
+        assert!(
+            parse_uuid("id.value", "")
+                .unwrap_err()
+                .to_string()
+                .contains("required")
+        );
         assert!(parse_uuid("id.value", &Uuid::new_v4().to_string()).is_ok());
     }
 }

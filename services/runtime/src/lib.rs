@@ -11,7 +11,7 @@ pub mod server;
 
 pub use config::{AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, TlsFiles};
 pub use error::{ServiceError, ServiceResult};
-pub use server::{Probe, Server, ServeError, Shutdown, ShutdownTrigger, termination_signal};
+pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
 pub fn init_tracing(format: LogFormat) {

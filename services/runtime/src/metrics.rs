@@ -33,8 +33,11 @@ pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
-    known: Arc<dyn Fn(&str) -> Option<&'static str> + Send + Sync>,
+    known: Arc<PathLabel>,
 }
+
+/// Maps a request path to its metric label; `None` for paths that are not served.
+type PathLabel = dyn Fn(&str) -> Option<&'static str> + Send + Sync;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,7 +60,9 @@ impl Metrics {
             requests.clone(),
         );
         let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
         });
         registry.register(
             "grpc_request_duration_seconds",

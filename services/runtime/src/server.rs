@@ -27,7 +27,10 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{TlsFiles, metrics::{Metrics, MetricsLayer}};
+use crate::{
+    TlsFiles,
+    metrics::{Metrics, MetricsLayer},
+};
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +160,10 @@ impl Server {
     }
 
     /// Declares what the added services' paths need.
-    pub fn access(&mut self, routes: impl IntoIterator<Item = (&'static str, sipmba_auth::Access)>) -> &mut Self {
+    pub fn access(
+        &mut self,
+        routes: impl IntoIterator<Item = (&'static str, sipmba_auth::Access)>,
+    ) -> &mut Self {
         self.policy = std::mem::take(&mut self.policy).routes(routes);
         self
     }
@@ -202,7 +208,9 @@ impl Server {
 
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in grpc_names.iter().copied().chain([""]) {
-            reporter.set_service_status(name, ServingStatus::NotServing).await;
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
         routes.add_service(health);
         let mut reflection = tonic_reflection::server::Builder::configure()
@@ -212,9 +220,9 @@ impl Server {
         }
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        let reflection_v1alpha = descriptor_sets
-            .iter()
-            .fold(reflection_v1alpha, |b, set| b.register_encoded_file_descriptor_set(set));
+        let reflection_v1alpha = descriptor_sets.iter().fold(reflection_v1alpha, |b, set| {
+            b.register_encoded_file_descriptor_set(set)
+        });
         routes.add_service(
             reflection
                 .build_v1()
@@ -305,7 +313,10 @@ async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
     if ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: a dependency is not answering")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: a dependency is not answering",
+        )
     }
 }
 
@@ -322,7 +333,9 @@ async fn watch_readiness(
     loop {
         if shutdown.is_triggered() {
             for name in names.iter().copied().chain([""]) {
-                reporter.set_service_status(name, ServingStatus::NotServing).await;
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
             }
             ready.store(false, Ordering::Relaxed);
             return;
@@ -332,7 +345,11 @@ async fn watch_readiness(
             ok = ok && probe().await;
         }
         if last != Some(ok) {
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             for name in names.iter().copied().chain([""]) {
                 reporter.set_service_status(name, status).await;
             }
@@ -344,7 +361,11 @@ async fn watch_readiness(
             }
             last = Some(ok);
         }
-        let pause = if ok { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        let pause = if ok {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.clone().wait() => {}
@@ -354,15 +375,21 @@ async fn watch_readiness(
 
 fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
     let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| ServeError::Tls(format!("{}: no usable private key: {e}", files.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        ServeError::Tls(format!(
+            "{}: no usable private key: {e}",
+            files.key.display()
+        ))
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServeError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Tls(format!("certificate and key do not form an identity: {e}")))?;
+        .map_err(|e| {
+            ServeError::Tls(format!("certificate and key do not form an identity: {e}"))
+        })?;
     // gRPC needs h2; HTTP/1.1 serves /metrics and probes for clients without HTTP/2.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
@@ -374,7 +401,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(ServeError::Tls(format!("{}: no certificate found", path.display())));
+        return Err(ServeError::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }

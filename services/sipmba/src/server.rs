@@ -110,7 +110,8 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             available_names()
         )));
     }
-    let config = Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
+    let config =
+        Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
     sipmba_runtime::init_tracing(config.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -138,7 +139,10 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             .jwks_url
             .clone()
             .ok_or_else(|| Failure::Usage("auth.jwks_url is not set".into()))?;
-        Verifier::new(verifier_config(JwksSource::Url(url), &config), Revocations::default())
+        Verifier::new(
+            verifier_config(JwksSource::Url(url), &config),
+            Revocations::default(),
+        )
     }
     .context("building the token verifier")?;
 
@@ -146,7 +150,11 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         .await
         .with_context(|| "opening the database (database.url)".to_string())?;
     let migrated = Arc::new(AtomicBool::new(false));
-    tokio::spawn(migrate_until_done(db.clone(), migrated.clone(), shutdown.clone()));
+    tokio::spawn(migrate_until_done(
+        db.clone(),
+        migrated.clone(),
+        shutdown.clone(),
+    ));
     server.requires(Arc::new(move || {
         let migrated = migrated.clone();
         Box::pin(async move { migrated.load(Ordering::Relaxed) })
@@ -201,7 +209,11 @@ fn verifier_config(jwks: JwksSource, config: &Config) -> VerifierConfig {
 
 /// Applies migrations, retrying while the database is unreachable; health stays NOT_SERVING
 /// until they are in place.
-async fn migrate_until_done(db: sea_orm::DatabaseConnection, done: Arc<AtomicBool>, shutdown: Shutdown) {
+async fn migrate_until_done(
+    db: sea_orm::DatabaseConnection,
+    done: Arc<AtomicBool>,
+    shutdown: Shutdown,
+) {
     let mut pause = Duration::from_millis(250);
     loop {
         match sipmba_objects::migrate(&db).await {

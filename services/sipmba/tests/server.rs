@@ -1,5 +1,6 @@
 //! The `sipmba` binary as a process: configuration errors, health that waits for the database,
 //! reflection, metrics, TLS, `--dev`, and graceful shutdown on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks fail loudly
 
 use std::{
     net::SocketAddr,
@@ -46,7 +47,10 @@ fn spawn(args: &[&str], dir: &Path) -> Child {
 
 async fn run_to_end(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().await.unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Connects once the process listens.
@@ -65,7 +69,9 @@ async fn connect(endpoint: Endpoint) -> Channel {
 
 async fn health(channel: &Channel, service: &str) -> ServingStatus {
     let status = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest { service: service.into() })
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
         .await
         .expect("health answers")
         .into_inner()
@@ -76,7 +82,10 @@ async fn health(channel: &Channel, service: &str) -> ServingStatus {
 async fn wait_for_health(channel: &Channel, service: &str, want: ServingStatus) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while health(channel, service).await != want {
-        assert!(Instant::now() < deadline, "{service:?} never became {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{service:?} never became {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -98,7 +107,9 @@ async fn sigterm_and_wait(mut child: Child) {
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut out = String::new();
@@ -109,7 +120,9 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 /// Forwards `listen` to PostgreSQL: the database "comes up" when this starts.
 async fn forward(listener: TcpListener, to: SocketAddr) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { return };
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
         tokio::spawn(async move {
             if let Ok(mut outbound) = TcpStream::connect(to).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -122,20 +135,45 @@ async fn forward(listener: TcpListener, to: SocketAddr) {
 async fn bad_invocations_exit_with_a_message_that_names_the_problem() {
     let (code, err) = run_to_end(&["server", "--target", "sso", "--plaintext"]).await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("target `sso` is not available") && err.contains("objects"), "{err}");
+    assert!(
+        err.contains("target `sso` is not available") && err.contains("objects"),
+        "{err}"
+    );
 
-    let base = ["server", "--target", "objects", "--database-url", "sqlite::memory:", "--jwks-url", "http://127.0.0.1:1/jwks"];
+    let base = [
+        "server",
+        "--target",
+        "objects",
+        "--database-url",
+        "sqlite::memory:",
+        "--jwks-url",
+        "http://127.0.0.1:1/jwks",
+    ];
     let (code, err) = run_to_end(&base).await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("server.tls_cert") && err.contains("plaintext"), "{err}");
+    assert!(
+        err.contains("server.tls_cert") && err.contains("plaintext"),
+        "{err}"
+    );
 
     let mut args = base.to_vec();
     args.extend(["--plaintext", "--listen", "not-an-address"]);
     let (code, err) = run_to_end(&args).await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("server.listen") && err.contains("SIPMBA_LISTEN"), "{err}");
+    assert!(
+        err.contains("server.listen") && err.contains("SIPMBA_LISTEN"),
+        "{err}"
+    );
 
-    let (code, err) = run_to_end(&["server", "--target", "objects", "--plaintext", "--database-url", "mysql://x"]).await;
+    let (code, err) = run_to_end(&[
+        "server",
+        "--target",
+        "objects",
+        "--plaintext",
+        "--database-url",
+        "mysql://x",
+    ])
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("database.url"), "{err}");
 
@@ -161,21 +199,38 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
         .unwrap();
     // The database is reached through a port where nothing listens yet.
     let db_port = free_port();
-    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{db_port}"));
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{db_port}"));
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let child = spawn(
         &[
-            "server", "--target", "objects", "--plaintext", "--listen", &listen,
-            "--database-url", &url, "--jwks-url", &jwks_url,
-            "--issuer", &issuer.issuer, "--audience", &issuer.audience,
+            "server",
+            "--target",
+            "objects",
+            "--plaintext",
+            "--listen",
+            &listen,
+            "--database-url",
+            &url,
+            "--jwks-url",
+            &jwks_url,
+            "--issuer",
+            &issuer.issuer,
+            "--audience",
+            &issuer.audience,
         ],
         dir.path(),
     );
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     for service in ["", "sipmba.v1.UserService", "sipmba.v1.ThingService"] {
-        assert_eq!(health(&channel, service).await, ServingStatus::NotServing, "{service:?}");
+        assert_eq!(
+            health(&channel, service).await,
+            ServingStatus::NotServing,
+            "{service:?}"
+        );
     }
     let ready = http_get(listen.parse().unwrap(), "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
@@ -187,7 +242,10 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
     assert_eq!(health(&channel, "").await, ServingStatus::Serving);
 
     // A real call with a real token.
-    let mut request = tonic::Request::new(pb::CreateUserRequest { username: "proc-root".into(), parent: None });
+    let mut request = tonic::Request::new(pb::CreateUserRequest {
+        username: "proc-root".into(),
+        parent: None,
+    });
     request.metadata_mut().insert(
         "authorization",
         format!("Bearer {}", issuer.admin_token()).parse().unwrap(),
@@ -215,12 +273,19 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
         .into_inner()
         .collect::<Vec<_>>()
         .await;
-    let Some(Ok(first)) = responses.first() else { panic!("no reflection answer") };
+    let Some(Ok(first)) = responses.first() else {
+        panic!("no reflection answer")
+    };
     let Some(MessageResponse::ListServicesResponse(list)) = &first.message_response else {
         panic!("unexpected reflection answer {first:?}")
     };
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for want in ["sipmba.v1.UserService", "sipmba.v1.ThingService", "sipmba.v1.ChannelService", "grpc.health.v1.Health"] {
+    for want in [
+        "sipmba.v1.UserService",
+        "sipmba.v1.ThingService",
+        "sipmba.v1.ChannelService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
 
@@ -228,7 +293,9 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
     let metrics = http_get(listen.parse().unwrap(), "/metrics").await;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(
-        metrics.contains(r#"sipmba_grpc_requests_total{method="/sipmba.v1.UserService/CreateUser",code="0"} 1"#),
+        metrics.contains(
+            r#"sipmba_grpc_requests_total{method="/sipmba.v1.UserService/CreateUser",code="0"} 1"#
+        ),
         "{metrics}"
     );
 
@@ -246,34 +313,57 @@ async fn tls_is_spoken_on_every_listener_when_configured() {
     let listen = format!("127.0.0.1:{port}");
     let child = spawn(
         &[
-            "server", "--target", "objects", "--listen", &listen,
-            "--tls-cert", "tls.crt", "--tls-key", "tls.key",
-            "--database-url", "sqlite://objects.db", "--jwks-url", "http://127.0.0.1:1/jwks",
+            "server",
+            "--target",
+            "objects",
+            "--listen",
+            &listen,
+            "--tls-cert",
+            "tls.crt",
+            "--tls-key",
+            "tls.key",
+            "--database-url",
+            "sqlite://objects.db",
+            "--jwks-url",
+            "http://127.0.0.1:1/jwks",
         ],
         dir.path(),
     );
     let tls = ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&cert_pem))
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(format!("https://{listen}")).unwrap().tls_config(tls).unwrap();
+    let endpoint = Endpoint::from_shared(format!("https://{listen}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
     let channel = connect(endpoint).await;
     wait_for_health(&channel, "sipmba.v1.UserService", ServingStatus::Serving).await;
 
     // Plaintext HTTP/2 is not answered.
-    let plain = Endpoint::from_shared(format!("http://{listen}")).unwrap().connect().await;
+    let plain = Endpoint::from_shared(format!("http://{listen}"))
+        .unwrap()
+        .connect()
+        .await;
     let refused = match plain {
         Err(_) => true,
         Ok(channel) => HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .is_err(),
     };
-    assert!(refused, "plaintext must not be served when TLS is configured");
+    assert!(
+        refused,
+        "plaintext must not be served when TLS is configured"
+    );
 
     // A client without HTTP/2 (a probe, a scraper) still gets /healthz over TLS.
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec()))
+        .add(rustls::pki_types::CertificateDer::from(
+            cert.cert.der().to_vec(),
+        ))
         .unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -296,7 +386,10 @@ async fn tls_is_spoken_on_every_listener_when_configured() {
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out).await;
     let out = String::from_utf8_lossy(&out);
-    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("ok"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+        "{out}"
+    );
 
     sigterm_and_wait(child).await;
 }
@@ -308,22 +401,41 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
-    assert!(dir.path().join(".sipmba/sipmba.db").is_file(), "SQLite is the embedded default");
+    assert!(
+        dir.path().join(".sipmba/sipmba.db").is_file(),
+        "SQLite is the embedded default"
+    );
     let token = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token")).unwrap();
     let mut users = pb::user_service_client::UserServiceClient::new(channel.clone());
-    let mut request = tonic::Request::new(pb::CreateUserRequest { username: "dev-root".into(), parent: None });
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    users.create_user(request).await.expect("the dev token works");
+    let mut request = tonic::Request::new(pb::CreateUserRequest {
+        username: "dev-root".into(),
+        parent: None,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    users
+        .create_user(request)
+        .await
+        .expect("the dev token works");
     let jwks = http_get(listen.parse().unwrap(), "/.well-known/jwks.json").await;
-    assert!(jwks.contains(r#""kty":"OKP""#) && jwks.contains("Ed25519"), "{jwks}");
+    assert!(
+        jwks.contains(r#""kty":"OKP""#) && jwks.contains("Ed25519"),
+        "{jwks}"
+    );
     sigterm_and_wait(child).await;
 
     // A restart keeps the key, the data and the token valid.
     let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
-    let mut request = tonic::Request::new(pb::CreateUserRequest { username: "dev-root".into(), parent: None });
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut request = tonic::Request::new(pb::CreateUserRequest {
+        username: "dev-root".into(),
+        parent: None,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let err = pb::user_service_client::UserServiceClient::new(channel)
         .create_user(request)
         .await

@@ -1,6 +1,9 @@
 //! Test support: throwaway databases (a PostgreSQL schema or a SQLite file per test, removed
 //! afterwards), minted signing keys and tokens, and a JWKS served over loopback HTTP.
 
+// Test support panics on setup failures: a test that cannot set up must fail loudly.
+#![allow(clippy::expect_used)]
+
 use std::{
     path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -72,9 +75,7 @@ impl TestDb {
         let stale = admin
             .query_all_raw(sea_orm::Statement::from_string(
                 admin.get_database_backend(),
-                format!(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE '{SCHEMA_PREFIX}%'"
-                ),
+                format!("SELECT nspname FROM pg_namespace WHERE nspname LIKE '{SCHEMA_PREFIX}%'"),
             ))
             .await?;
         for row in stale {
@@ -111,7 +112,10 @@ impl Drop for TestDb {
         let base = postgres_base_url();
         // Drop may run inside a runtime; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -216,7 +220,11 @@ pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, Jwks
     });
     Ok((
         format!("http://{addr}/.well-known/jwks.json"),
-        JwksServer { task, keys: tx, hits },
+        JwksServer {
+            task,
+            keys: tx,
+            hits,
+        },
     ))
 }
 

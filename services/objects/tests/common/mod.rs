@@ -28,7 +28,9 @@ impl Harness {
     pub async fn start(backend: Backend) -> Self {
         sipmba_testkit::init_logs();
         let db = TestDb::new(backend).await.expect("test database");
-        let conn = sipmba_runtime::db::connect(&db.url, 5).await.expect("connect");
+        let conn = sipmba_runtime::db::connect(&db.url, 5)
+            .await
+            .expect("connect");
         sipmba_objects::migrate(&conn).await.expect("migrate");
         let issuer = TestIssuer::new();
         let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
@@ -52,7 +54,15 @@ impl Harness {
             .await
             .expect("connect to the server");
         let admin = issuer.admin_token();
-        Self { issuer, admin, channel, store, _trigger: trigger, _jwks: jwks, _db: db }
+        Self {
+            issuer,
+            admin,
+            channel,
+            store,
+            _trigger: trigger,
+            _jwks: jwks,
+            _db: db,
+        }
     }
 
     pub fn users(&self) -> UserServiceClient<Channel> {
@@ -75,7 +85,13 @@ impl Harness {
     pub async fn root(&self, name: &str) -> (Uuid, String) {
         let user = self
             .users()
-            .create_user(req(&self.admin, pb::CreateUserRequest { username: name.into(), parent: None }))
+            .create_user(req(
+                &self.admin,
+                pb::CreateUserRequest {
+                    username: name.into(),
+                    parent: None,
+                },
+            ))
             .await
             .expect("create root user")
             .into_inner();
@@ -89,7 +105,10 @@ impl Harness {
             .users()
             .create_user(req(
                 token,
-                pb::CreateUserRequest { username: name.into(), parent: Some(user_id(parent)) },
+                pb::CreateUserRequest {
+                    username: name.into(),
+                    parent: Some(user_id(parent)),
+                },
             ))
             .await
             .expect("create child user")
@@ -106,7 +125,10 @@ impl Harness {
                 pb::CreateThingRequest {
                     name: name.into(),
                     owner: None,
-                    labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                 },
             ))
             .await
@@ -117,7 +139,12 @@ impl Harness {
 
     pub async fn user(&self, id: Uuid) -> pb::User {
         self.users()
-            .get_user(req(&self.admin, pb::GetUserRequest { id: Some(user_id(id)) }))
+            .get_user(req(
+                &self.admin,
+                pb::GetUserRequest {
+                    id: Some(user_id(id)),
+                },
+            ))
             .await
             .expect("get user")
             .into_inner()
@@ -133,11 +160,15 @@ pub fn req<T>(token: &str, msg: T) -> Request<T> {
 }
 
 pub fn user_id(id: Uuid) -> pb::UserId {
-    pb::UserId { value: id.to_string() }
+    pb::UserId {
+        value: id.to_string(),
+    }
 }
 
 pub fn thing_id(id: Uuid) -> pb::ThingId {
-    pb::ThingId { value: id.to_string() }
+    pb::ThingId {
+        value: id.to_string(),
+    }
 }
 
 pub fn uuid<T: HasValue>(id: &Option<T>) -> Uuid {
@@ -165,7 +196,11 @@ impl HasValue for pb::ChannelId {
 
 /// Asserts the call failed with `code` and a message containing `needle`.
 #[track_caller]
-pub fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    needle: &str,
+) {
     match result {
         Ok(v) => panic!("expected {code:?} ({needle}), got Ok({v:?})"),
         Err(status) => {
