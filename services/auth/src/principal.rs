@@ -91,8 +91,16 @@ pub mod scopes {
     pub const TELEMETRY_WRITE: &str = "telemetry:write";
     /// Send commands.
     pub const COMMANDS_WRITE: &str = "commands:write";
-    /// Receive one's own commands (things).
+    /// Receive one's own commands (things); read the state of sent commands (users).
     pub const COMMANDS_READ: &str = "commands:read";
+    /// Read processing rules and their firings.
+    pub const RULES_READ: &str = "rules:read";
+    /// Create, change and delete processing rules.
+    pub const RULES_WRITE: &str = "rules:write";
+    /// Introspect tokens (RFC 7662; services).
+    pub const TOKENS_INTROSPECT: &str = "tokens:introspect";
+    /// Revoke any subject's tokens (services).
+    pub const TOKENS_ADMIN: &str = "tokens:admin";
     /// Act on every object, create root users (sso, operator).
     pub const OBJECTS_ADMIN: &str = "objects:admin";
     /// Ask Objects for authorization decisions (control, processing, sso).
@@ -109,6 +117,12 @@ pub mod scopes {
         CHANNELS_READ,
         CHANNELS_WRITE,
         TELEMETRY_READ,
+        COMMANDS_READ,
         COMMANDS_WRITE,
+        RULES_READ,
+        RULES_WRITE,
     ];
+
+    /// Every scope a thing token may carry.
+    pub const THING_SCOPES: &[&str] = &[TELEMETRY_WRITE, COMMANDS_READ];
 }

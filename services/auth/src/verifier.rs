@@ -209,10 +209,17 @@ impl Verifier {
 
         let key = match self.cached_key(&kid, false) {
             Some(key) => key,
-            None => {
-                self.refresh(false).await?;
-                self.cached_key(&kid, true).ok_or(AuthError::UnknownKey)?
-            }
+            None => match self.refresh(false).await {
+                Ok(()) => self.cached_key(&kid, true).ok_or(AuthError::UnknownKey)?,
+                // sso unreachable: keep verifying with the keys already known.
+                Err(e) => match self.cached_key(&kid, true) {
+                    Some(key) => {
+                        tracing::warn!(error = %e, "cannot refresh signing keys; using the cached ones");
+                        key
+                    }
+                    None => return Err(e),
+                },
+            },
         };
         let data = decode::<Claims>(token, &key, &self.inner.validation).map_err(map_jwt_error)?;
         let principal = principal_from(data.claims)?;

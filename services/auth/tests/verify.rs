@@ -207,6 +207,33 @@ async fn revoked_tokens_and_subjects_are_refused() {
 }
 
 #[tokio::test]
+async fn cached_keys_keep_working_while_the_jwks_is_unreachable() {
+    let issuer = TestIssuer::new();
+    let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
+        .await
+        .unwrap();
+    let mut config = VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience);
+    config.max_key_age = Duration::ZERO; // every verification wants fresh keys
+    config.min_refresh_interval = Duration::ZERO;
+    let verifier = Verifier::new(config, Revocations::default()).unwrap();
+    let token = issuer.user_token(Uuid::new_v4());
+    assert!(verifier.verify(&token).await.is_ok());
+    jwks.go_down(); // sso stops answering
+    assert!(
+        verifier.verify(&token).await.is_ok(),
+        "known keys still verify"
+    );
+    let err = verifier
+        .verify(&TestIssuer::new().user_token(Uuid::new_v4()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthError::Jwks(_)),
+        "an unknown key cannot be checked: {err:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_jwks_is_unavailable_not_unauthenticated() {
     let issuer = TestIssuer::new();
     let config = VerifierConfig::new(

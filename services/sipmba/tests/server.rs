@@ -45,6 +45,14 @@ fn spawn(args: &[&str], dir: &Path) -> Child {
         .expect("start sipmba")
 }
 
+fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 async fn run_to_end(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().await.unwrap();
     (
@@ -242,13 +250,12 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
     assert_eq!(health(&channel, "").await, ServingStatus::Serving);
 
     // A real call with a real token.
-    let mut request = tonic::Request::new(pb::CreateUserRequest {
-        username: "proc-root".into(),
-        parent: None,
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", issuer.admin_token()).parse().unwrap(),
+    let request = with_token(
+        &issuer.admin_token(),
+        pb::CreateUserRequest {
+            username: "proc-root".into(),
+            parent: None,
+        },
     );
     let user = pb::user_service_client::UserServiceClient::new(channel.clone())
         .create_user(request)
@@ -289,6 +296,17 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
 
+    // A change-feed stream is open when the shutdown starts: it must end cleanly, not break.
+    let watch = with_token(
+        &issuer.admin_token(),
+        pb::WatchEventsRequest { after_sequence: 0 },
+    );
+    let mut events = pb::event_service_client::EventServiceClient::new(channel.clone())
+        .watch_events(watch)
+        .await
+        .unwrap()
+        .into_inner();
+
     // Metrics over plain HTTP/1.1 on the same port, with bounded labels.
     let metrics = http_get(listen.parse().unwrap(), "/metrics").await;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
@@ -300,6 +318,10 @@ async fn objects_waits_for_its_database_then_serves_reflection_metrics_and_stops
     );
 
     sigterm_and_wait(child).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("the stream ends with the server");
+    assert!(end.is_none(), "a clean end of stream, got {end:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,13 +429,13 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     );
     let token = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token")).unwrap();
     let mut users = pb::user_service_client::UserServiceClient::new(channel.clone());
-    let mut request = tonic::Request::new(pb::CreateUserRequest {
-        username: "dev-root".into(),
-        parent: None,
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = with_token(
+        &token,
+        pb::CreateUserRequest {
+            username: "dev-root".into(),
+            parent: None,
+        },
+    );
     users
         .create_user(request)
         .await
@@ -429,13 +451,13 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
-    let mut request = tonic::Request::new(pb::CreateUserRequest {
-        username: "dev-root".into(),
-        parent: None,
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = with_token(
+        &token,
+        pb::CreateUserRequest {
+            username: "dev-root".into(),
+            parent: None,
+        },
+    );
     let err = pb::user_service_client::UserServiceClient::new(channel)
         .create_user(request)
         .await

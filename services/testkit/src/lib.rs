@@ -204,13 +204,22 @@ impl Default for TestIssuer {
 pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, JwksServer)> {
     let (tx, rx) = tokio::sync::watch::channel(jwks);
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = hits.clone();
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counter, is_down) = (hits.clone(), down.clone());
     let app = axum::Router::new().route(
         "/.well-known/jwks.json",
         axum::routing::get(move || {
             let rx = rx.clone();
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            async move { axum::Json(rx.borrow().clone()) }
+            let unavailable = is_down.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                use axum::response::IntoResponse;
+                if unavailable {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+                } else {
+                    axum::Json(rx.borrow().clone()).into_response()
+                }
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -224,6 +233,7 @@ pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, Jwks
             task,
             keys: tx,
             hits,
+            down,
         },
     ))
 }
@@ -234,12 +244,18 @@ pub struct JwksServer {
     task: tokio::task::JoinHandle<()>,
     keys: tokio::sync::watch::Sender<serde_json::Value>,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JwksServer {
     /// Replaces the served key set (key rotation).
     pub fn set_keys(&self, jwks: serde_json::Value) {
         let _ = self.keys.send(jwks);
+    }
+
+    /// Answers 503 from now on (sso unreachable).
+    pub fn go_down(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many times the key set was fetched.
