@@ -8,7 +8,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
     jwk::{
-        AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm,
+        AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, KeyAlgorithm,
         OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse,
     },
 };
@@ -16,6 +16,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::Kind;
+
+/// JSON Web Key types, re-exported for the services that publish keys.
+pub use jsonwebtoken::jwk::{Jwk as PublicJwk, JwkSet};
 
 /// An Ed25519 signing key with its key id.
 pub struct SigningKey {

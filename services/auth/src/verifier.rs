@@ -61,12 +61,25 @@ impl AuthError {
 }
 
 /// Where the verification keys come from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum JwksSource {
     /// Fetched over HTTP(S), e.g. `https://sso:7400/.well-known/jwks.json`.
     Url(String),
-    /// A fixed key set (sso verifying its own tokens, embedded use).
+    /// A fixed key set (embedded use, tests).
     Static(JwkSet),
+    /// Read from the process itself whenever an unknown `kid` shows up (sso verifying the tokens
+    /// it issues, across its own key rotations).
+    Local(std::sync::Arc<dyn Fn() -> JwkSet + Send + Sync>),
+}
+
+impl std::fmt::Debug for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksSource::Url(url) => f.debug_tuple("Url").field(url).finish(),
+            JwksSource::Static(set) => f.debug_tuple("Static").field(&set.keys.len()).finish(),
+            JwksSource::Local(_) => f.write_str("Local"),
+        }
+    }
 }
 
 /// Settings of a [`Verifier`].
@@ -175,6 +188,7 @@ impl Verifier {
                 (Some(client), HashMap::new())
             }
             JwksSource::Static(set) => (None, decoding_keys(set)),
+            JwksSource::Local(keys) => (None, decoding_keys(&keys())),
         };
         let fetched = http.is_none().then(Instant::now);
         Ok(Self {
@@ -250,6 +264,13 @@ impl Verifier {
 
     /// Refetches the JWKS unless another fetch happened within the minimum interval.
     async fn refresh(&self, force: bool) -> Result<(), AuthError> {
+        if let JwksSource::Local(keys) = &self.inner.config.jwks {
+            let keys = decoding_keys(&keys());
+            let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
+            cache.keys = keys;
+            cache.fetched = Some(Instant::now());
+            return Ok(());
+        }
         let (Some(http), JwksSource::Url(url)) = (&self.inner.http, &self.inner.config.jwks) else {
             return Ok(());
         };

@@ -1,0 +1,172 @@
+//! The SSO service: an OAuth 2.0 authorization server (RFC 6749) for users, things and services,
+//! with introspection (RFC 7662), revocation (RFC 7009), rotating Ed25519 signing keys and the
+//! JWKS every service verifies with.
+//!
+//! Users log in with the `password` grant (argon2id hashes; only effectively ACTIVE users) and
+//! keep their session with rotating refresh tokens: presenting a refresh token twice revokes its
+//! whole family (RFC 9700 §4.14). Things and services use `client_credentials`.
+
+pub mod entity;
+mod grants;
+mod http;
+pub mod keys;
+pub mod migration;
+mod objects;
+pub mod secrets;
+pub mod throttle;
+
+use std::{sync::Arc, time::Duration};
+
+pub use grants::{Introspection, Issued, OAuthError, OAuthErrorCode};
+pub use http::router;
+pub use objects::SSO_SERVICE_ID;
+use sea_orm::DatabaseConnection;
+use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
+use sipmba_runtime::{ServiceError, ServiceResult};
+
+/// Settings of the SSO service.
+#[derive(Debug, Clone)]
+pub struct SsoConfig {
+    /// `iss` of issued tokens (the public URL of sso).
+    pub issuer: String,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// Access-token lifetime for users.
+    pub user_token_lifetime: Duration,
+    /// Access-token lifetime for things.
+    pub thing_token_lifetime: Duration,
+    /// Access-token lifetime for services.
+    pub service_token_lifetime: Duration,
+    /// Refresh-token lifetime (each rotation starts a new one).
+    pub refresh_token_lifetime: Duration,
+    /// Whether anyone may register a root user.
+    pub open_registration: bool,
+    /// argon2id cost of new password hashes.
+    pub password_cost: secrets::PasswordCost,
+    /// Failed-login limits.
+    pub throttle: throttle::ThrottleLimits,
+    /// Where Objects answers (http://host:port).
+    pub objects_url: String,
+}
+
+impl SsoConfig {
+    /// Defaults: 15 minutes for users, an hour for things and services, 30-day refresh tokens,
+    /// closed registration.
+    pub fn new(issuer: &str, audience: &str, objects_url: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            user_token_lifetime: Duration::from_secs(15 * 60),
+            thing_token_lifetime: Duration::from_secs(3600),
+            service_token_lifetime: Duration::from_secs(3600),
+            refresh_token_lifetime: Duration::from_secs(30 * 24 * 3600),
+            open_registration: false,
+            password_cost: secrets::PasswordCost::default(),
+            throttle: throttle::ThrottleLimits::default(),
+            objects_url: objects_url.to_owned(),
+        }
+    }
+
+    fn longest_access_lifetime(&self) -> Duration {
+        self.user_token_lifetime
+            .max(self.thing_token_lifetime)
+            .max(self.service_token_lifetime)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) keys: Arc<keys::KeyRing>,
+    pub(crate) objects: objects::ObjectsClient,
+    pub(crate) config: SsoConfig,
+    pub(crate) revocations: Revocations,
+    pub(crate) verifier: Verifier,
+    pub(crate) throttle: throttle::Throttle,
+    /// A hash to check unknown usernames against, so that they take as long as known ones.
+    pub(crate) dummy_hash: String,
+}
+
+/// The SSO service. Cheap to clone.
+#[derive(Clone)]
+pub struct Sso {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sso")
+            .field("issuer", &self.inner.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sso {
+    /// Starts sso on a migrated database: loads (or creates) the signing keys.
+    pub async fn start(
+        db: DatabaseConnection,
+        config: SsoConfig,
+        revocations: Revocations,
+    ) -> ServiceResult<Self> {
+        let keep_retired =
+            i64::try_from(config.longest_access_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
+        let keys = keys::KeyRing::load(db.clone(), keep_retired).await?;
+        let objects =
+            objects::ObjectsClient::new(&config.objects_url, &config.issuer, &config.audience)?;
+        let cost = config.password_cost;
+        let dummy_hash = tokio::task::spawn_blocking(move || cost.hash(&secrets::random_secret()))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(ServiceError::Internal)?;
+        let keys = Arc::new(keys);
+        let ring = keys.clone();
+        let source = JwksSource::Local(Arc::new(move || ring.jwks()));
+        let verifier = Verifier::new(
+            VerifierConfig::new(source, &config.issuer, &config.audience),
+            revocations.clone(),
+        )
+        .map_err(|e| ServiceError::Internal(format!("sso verifier: {e}")))?;
+        let inner = Arc::new(Inner {
+            db,
+            keys,
+            objects,
+            throttle: throttle::Throttle::new(config.throttle),
+            config,
+            revocations,
+            verifier,
+            dummy_hash,
+        });
+        let sso = Self { inner };
+        sso.load_revocations().await?;
+        Ok(sso)
+    }
+
+    /// Verifies tokens issued by this sso (its own key ring, its revocations).
+    pub fn verifier(&self) -> Verifier {
+        self.inner.verifier.clone()
+    }
+
+    /// The published keys.
+    pub fn jwks(&self) -> sipmba_auth::signing::JwkSet {
+        self.inner.keys.jwks()
+    }
+
+    /// Starts signing with a new key; the old one stays published until its tokens expire.
+    pub async fn rotate_keys(&self) -> ServiceResult<String> {
+        self.inner.keys.rotate().await
+    }
+}
+
+/// Applies the SSO migrations (one transaction under an advisory lock on PostgreSQL).
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
+    use sea_orm_migration::MigratorTrait;
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(74000003)")
+            .await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await
+    } else {
+        migration::Migrator::up(db, None).await
+    }
+}

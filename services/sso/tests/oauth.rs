@@ -1,0 +1,665 @@
+//! sso over real HTTP, driven by the `oauth2` crate as a standard client, with Objects running
+//! beside it, on PostgreSQL and SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::time::Duration;
+
+use oauth2::{
+    ClientId, ClientSecret, RefreshToken, RequestTokenError, ResourceOwnerPassword,
+    ResourceOwnerUsername, Scope, TokenResponse, TokenUrl,
+    basic::{BasicClient, BasicErrorResponseType},
+};
+use sipmba_auth::{AuthError, JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
+use sipmba_proto::v1 as pb;
+use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
+use sipmba_sso::{Sso, SsoConfig};
+use sipmba_testkit::{Backend, TestDb};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+struct Platform {
+    sso: Sso,
+    base: String,
+    channel: Channel,
+    _trigger: ShutdownTrigger,
+    _db: TestDb,
+}
+
+const AUDIENCE: &str = "sipmba";
+
+async fn start(backend: Backend) -> Platform {
+    sipmba_testkit::init_logs();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new(backend).await.unwrap();
+    let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
+    sipmba_objects::migrate(&conn).await.unwrap();
+    sipmba_sso::migrate(&conn).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let mut config = SsoConfig::new(&base, AUDIENCE, &base);
+    config.password_cost = sipmba_sso::secrets::PasswordCost {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let revocations = Revocations::default();
+    let sso = Sso::start(conn.clone(), config, revocations).await.unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let mut server = Server::new();
+    sipmba_objects::ObjectsService::new(sipmba_objects::Store::new(conn), shutdown.clone())
+        .register(&mut server);
+    server.http(sipmba_sso::router(sso.clone()));
+    tokio::spawn(server.run(
+        listener,
+        None,
+        sso.verifier(),
+        shutdown,
+        Duration::from_secs(1),
+    ));
+    let channel = Channel::from_shared(base.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Platform {
+        sso,
+        base,
+        channel,
+        _trigger: trigger,
+        _db: db,
+    }
+}
+
+async fn http(request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, reqwest::Error> {
+    let (parts, body) = request.into_parts();
+    let response = reqwest::Client::new()
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body)
+        .send()
+        .await?;
+    let mut builder = http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    Ok(builder.body(response.bytes().await?.to_vec()).unwrap())
+}
+
+impl Platform {
+    fn client(
+        &self,
+        id: &str,
+        secret: Option<&str>,
+    ) -> oauth2::basic::BasicClient<
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointSet,
+    > {
+        let mut client = BasicClient::new(ClientId::new(id.into()))
+            .set_token_uri(TokenUrl::new(format!("{}/oauth2/token", self.base)).unwrap());
+        if let Some(secret) = secret {
+            client = client.set_client_secret(ClientSecret::new(secret.into()));
+        }
+        client
+    }
+
+    /// A service client with objects:admin, as the operator would hold.
+    async fn admin_token(&self) -> String {
+        let secret = sipmba_sso::secrets::random_secret();
+        let mut all = scopes::USER_SCOPES.to_vec();
+        all.extend([
+            scopes::OBJECTS_ADMIN,
+            scopes::OBJECTS_AUTHORIZE,
+            scopes::TOKENS_INTROSPECT,
+        ]);
+        self.sso
+            .ensure_service_client("operator", &secret, Uuid::new_v4(), &all)
+            .await
+            .unwrap();
+        let token = self
+            .client("operator", Some(&secret))
+            .exchange_client_credentials()
+            .request_async(&http)
+            .await
+            .expect("service client_credentials");
+        token.access_token().secret().clone()
+    }
+
+    async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<oauth2::basic::BasicTokenResponse, BasicErrorResponseType> {
+        self.client("sipmba-cli", None)
+            .exchange_password(
+                &ResourceOwnerUsername::new(username.into()),
+                &ResourceOwnerPassword::new(password.into()),
+            )
+            .request_async(&http)
+            .await
+            .map_err(oauth_error)
+    }
+
+    fn verifier(&self) -> Verifier {
+        let config = VerifierConfig::new(
+            JwksSource::Url(format!("{}/.well-known/jwks.json", self.base)),
+            &self.base,
+            AUDIENCE,
+        );
+        Verifier::new(config, Revocations::default()).unwrap()
+    }
+}
+
+fn oauth_error<RE: std::error::Error + 'static>(
+    e: RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+) -> BasicErrorResponseType {
+    match e {
+        RequestTokenError::ServerResponse(r) => r.error().clone(),
+        other => panic!("expected an OAuth error response, got {other:?}"),
+    }
+}
+
+fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(sipmba_testkit::Backend::Postgres).await; }
+        )* }
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(sipmba_testkit::Backend::Sqlite).await; }
+        )* }
+    };
+}
+
+on_both_databases!(
+    password_login_and_rotating_refresh_with_reuse_detection,
+    wrong_passwords_are_throttled_and_disabled_users_refused,
+    things_get_thing_tokens_with_client_credentials,
+    introspection_revocation_and_key_rotation,
+);
+
+async fn password_login_and_rotating_refresh_with_reuse_detection(backend: Backend) {
+    let p = start(backend).await;
+    let user = p
+        .sso
+        .register("alice", "correct horse battery")
+        .await
+        .unwrap();
+    let first = p.login("alice", "correct horse battery").await.unwrap();
+    let verifier = p.verifier();
+    let principal = verifier
+        .verify(first.access_token().secret())
+        .await
+        .unwrap();
+    assert_eq!((principal.kind, principal.subject), (Kind::User, user));
+    assert!(principal.has_scope("things:write"));
+    let expires = first.expires_in().unwrap();
+    assert!(expires <= Duration::from_secs(15 * 60) && expires > Duration::from_secs(14 * 60));
+
+    // The token works against Objects.
+    let me = pb::user_service_client::UserServiceClient::new(p.channel.clone())
+        .get_user(with_token(
+            first.access_token().secret(),
+            pb::GetUserRequest {
+                id: Some(pb::UserId {
+                    value: user.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.username, "alice");
+
+    // Narrower scopes on request; others refused.
+    let narrow = p
+        .client("sipmba-cli", None)
+        .exchange_password(
+            &ResourceOwnerUsername::new("alice".into()),
+            &ResourceOwnerPassword::new("correct horse battery".into()),
+        )
+        .add_scope(Scope::new("telemetry:read".into()))
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert_eq!(narrow.scopes().unwrap()[0].as_str(), "telemetry:read");
+    let refused = p
+        .client("sipmba-cli", None)
+        .exchange_password(
+            &ResourceOwnerUsername::new("alice".into()),
+            &ResourceOwnerPassword::new("correct horse battery".into()),
+        )
+        .add_scope(Scope::new("objects:admin".into()))
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(refused, BasicErrorResponseType::InvalidScope);
+
+    // Rotation: every refresh returns a new refresh token.
+    let old = first.refresh_token().unwrap().clone();
+    let second = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(&old)
+        .request_async(&http)
+        .await
+        .unwrap();
+    let newer = second.refresh_token().unwrap().clone();
+    assert_ne!(newer.secret(), old.secret());
+    assert!(
+        verifier
+            .verify(second.access_token().secret())
+            .await
+            .is_ok()
+    );
+
+    // Presenting the rotated token again revokes the whole family.
+    let reuse = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(&old)
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(reuse, BasicErrorResponseType::InvalidGrant);
+    let after = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(&newer)
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(
+        after,
+        BasicErrorResponseType::InvalidGrant,
+        "the newest token of the family is dead too"
+    );
+    for token in [
+        first.access_token().secret(),
+        second.access_token().secret(),
+    ] {
+        assert!(matches!(
+            p.sso.verifier().verify(token).await,
+            Err(AuthError::Revoked)
+        ));
+    }
+    // Another login (another family) is unaffected.
+    assert!(
+        p.sso
+            .verifier()
+            .verify(narrow.access_token().secret())
+            .await
+            .is_ok()
+    );
+    let garbage = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(&RefreshToken::new("nope".into()))
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(garbage, BasicErrorResponseType::InvalidGrant);
+}
+
+async fn wrong_passwords_are_throttled_and_disabled_users_refused(backend: Backend) {
+    let p = start(backend).await;
+    let root = p
+        .sso
+        .register("root-user", "root password 1")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            p.login("root-user", "wrong password").await.unwrap_err(),
+            BasicErrorResponseType::InvalidGrant
+        );
+    }
+    // The sixth attempt is slowed down, even with the right password.
+    let response = reqwest::Client::new()
+        .post(format!("{}/oauth2/token", p.base))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "root-user"),
+            ("password", "root password 1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "slow_down");
+    // Unknown users answer like wrong passwords.
+    assert_eq!(
+        p.login("nobody-here", "whatever pw").await.unwrap_err(),
+        BasicErrorResponseType::InvalidGrant
+    );
+
+    // A child whose parent is disabled cannot log in.
+    let admin = p.admin_token().await;
+    let mut users = pb::user_service_client::UserServiceClient::new(p.channel.clone());
+    let child = users
+        .create_user(with_token(
+            &admin,
+            pb::CreateUserRequest {
+                username: "child-user".into(),
+                parent: Some(pb::UserId {
+                    value: root.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let child_id = Uuid::parse_str(&child.id.unwrap().value).unwrap();
+    p.sso
+        .set_password(child_id, "child-user", "child password")
+        .await
+        .unwrap();
+    let child_token = p.login("child-user", "child password").await.unwrap();
+    users
+        .disable_user(with_token(
+            &admin,
+            pb::DisableUserRequest {
+                id: Some(pb::UserId {
+                    value: root.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.login("child-user", "child password").await.unwrap_err(),
+        BasicErrorResponseType::InvalidGrant
+    );
+    let refresh = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(child_token.refresh_token().unwrap())
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(refresh, BasicErrorResponseType::InvalidGrant);
+    // Bad requests get RFC 6749 bodies.
+    let response = reqwest::Client::new()
+        .post(format!("{}/oauth2/token", p.base))
+        .form(&[("grant_type", "authorization_code")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_grant_type");
+    let response = reqwest::Client::new()
+        .post(format!("{}/oauth2/token", p.base))
+        .form(&[("grant_type", "password"), ("username", "x")])
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("`password`")
+    );
+}
+
+async fn things_get_thing_tokens_with_client_credentials(backend: Backend) {
+    let p = start(backend).await;
+    let owner = p
+        .sso
+        .register("thing-owner", "owner password")
+        .await
+        .unwrap();
+    let login = p.login("thing-owner", "owner password").await.unwrap();
+    let user_token = login.access_token().secret().clone();
+    let thing = pb::thing_service_client::ThingServiceClient::new(p.channel.clone())
+        .create_thing(with_token(
+            &user_token,
+            pb::CreateThingRequest {
+                name: "pi-1".into(),
+                owner: None,
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let thing_id = Uuid::parse_str(&thing.id.unwrap().value).unwrap();
+    let caller = p.sso.verifier().verify(&user_token).await.unwrap();
+    let (client_id, secret) = p.sso.issue_thing_secret(&caller, thing_id).await.unwrap();
+
+    let token = p
+        .client(&client_id, Some(&secret))
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert!(
+        token.refresh_token().is_none(),
+        "things get no refresh token"
+    );
+    let principal = p
+        .verifier()
+        .verify(token.access_token().secret())
+        .await
+        .unwrap();
+    assert_eq!(principal.kind, Kind::Thing);
+    assert_eq!(principal.subject, thing_id);
+    assert_eq!(principal.owner, Some(owner));
+    assert!(principal.has_scope("telemetry:write") && principal.has_scope("commands:read"));
+
+    // A thing cannot obtain user scopes, nor authenticate with a wrong secret.
+    let err = p
+        .client(&client_id, Some(&secret))
+        .exchange_client_credentials()
+        .add_scope(Scope::new("users:write".into()))
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(err, BasicErrorResponseType::InvalidScope);
+    let err = p
+        .client(&client_id, Some("not-the-secret"))
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(err, BasicErrorResponseType::InvalidClient);
+
+    // Rotation: the old secret stops working at once.
+    let (_, rotated) = p.sso.issue_thing_secret(&caller, thing_id).await.unwrap();
+    let err = p
+        .client(&client_id, Some(&secret))
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(err, BasicErrorResponseType::InvalidClient);
+    assert!(
+        p.client(&client_id, Some(&rotated))
+            .exchange_client_credentials()
+            .request_async(&http)
+            .await
+            .is_ok()
+    );
+
+    // A user who does not control the thing cannot issue its secret.
+    let stranger = p
+        .sso
+        .register("stranger", "stranger password")
+        .await
+        .unwrap();
+    let stranger_token = p.login("stranger", "stranger password").await.unwrap();
+    let stranger_principal = p
+        .sso
+        .verifier()
+        .verify(stranger_token.access_token().secret())
+        .await
+        .unwrap();
+    assert_eq!(stranger_principal.subject, stranger);
+    assert!(
+        p.sso
+            .issue_thing_secret(&stranger_principal, thing_id)
+            .await
+            .is_err()
+    );
+
+    // A disabled thing gets no token.
+    pb::thing_service_client::ThingServiceClient::new(p.channel.clone())
+        .disable_thing(with_token(
+            &user_token,
+            pb::DisableThingRequest {
+                id: Some(pb::ThingId {
+                    value: thing_id.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let err = p
+        .client(&client_id, Some(&rotated))
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(err, BasicErrorResponseType::InvalidGrant);
+}
+
+async fn introspection_revocation_and_key_rotation(backend: Backend) {
+    let p = start(backend).await;
+    p.sso
+        .register("intro-user", "intro password")
+        .await
+        .unwrap();
+    let login = p.login("intro-user", "intro password").await.unwrap();
+    let access = login.access_token().secret().clone();
+    let refresh = login.refresh_token().unwrap().secret().clone();
+    let admin = p.admin_token().await;
+    let http_client = reqwest::Client::new();
+    let introspect = |token: String| {
+        let client = http_client.clone();
+        let url = format!("{}/oauth2/introspect", p.base);
+        let admin = admin.clone();
+        async move {
+            client
+                .post(url)
+                .bearer_auth(admin)
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let info = introspect(access.clone()).await;
+    assert_eq!(info["active"], true);
+    assert_eq!(info["kind"], "user");
+    assert_eq!(info["token_type"], "access_token");
+    assert_eq!(
+        introspect(refresh.clone()).await["token_type"],
+        "refresh_token"
+    );
+    assert_eq!(
+        introspect("garbage".into()).await,
+        serde_json::json!({ "active": false })
+    );
+    // Introspection needs tokens:introspect.
+    let denied = http_client
+        .post(format!("{}/oauth2/introspect", p.base))
+        .bearer_auth(&access)
+        .form(&[("token", access.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+
+    // RFC 7009: revoke the access token; unknown tokens are fine too.
+    for token in [access.clone(), "unknown".to_string()] {
+        let response = http_client
+            .post(format!("{}/oauth2/revoke", p.base))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(introspect(access.clone()).await["active"], false);
+    assert!(matches!(
+        p.sso.verifier().verify(&access).await,
+        Err(AuthError::Revoked)
+    ));
+    assert_eq!(
+        introspect(refresh.clone()).await["active"],
+        true,
+        "the refresh token lives on"
+    );
+    http_client
+        .post(format!("{}/oauth2/revoke", p.base))
+        .form(&[("token", refresh.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(introspect(refresh).await["active"], false);
+
+    // Discovery names the endpoints; key rotation keeps old tokens valid.
+    let discovery: serde_json::Value = http_client
+        .get(format!("{}/.well-known/openid-configuration", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{}/oauth2/token", p.base)
+    );
+    let before = p.login("intro-user", "intro password").await.unwrap();
+    let new_kid = p.sso.rotate_keys().await.unwrap();
+    let after = p.login("intro-user", "intro password").await.unwrap();
+    let verifier = p.verifier();
+    assert!(
+        verifier
+            .verify(before.access_token().secret())
+            .await
+            .is_ok(),
+        "a retired key still verifies"
+    );
+    assert!(verifier.verify(after.access_token().secret()).await.is_ok());
+    let jwks: serde_json::Value = http_client
+        .get(format!("{}/.well-known/jwks.json", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.contains(&new_kid.as_str()));
+}
