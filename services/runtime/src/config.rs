@@ -51,6 +51,8 @@ fn setting_sources(setting: &str) -> Option<(&'static str, &'static str)> {
         "auth.audience" => ("audience", "SIPMBA_AUDIENCE"),
         "auth.leeway_secs" => ("leeway-secs", "SIPMBA_LEEWAY_SECS"),
         "log.format" => ("log-format", "SIPMBA_LOG_FORMAT"),
+        "sso.objects_url" => ("objects-url", "SIPMBA_OBJECTS_URL"),
+        "sso.open_registration" => ("open-registration", "SIPMBA_OPEN_REGISTRATION"),
         _ => return None,
     })
 }
@@ -97,6 +99,12 @@ pub struct ConfigArgs {
     /// Log format: text or json.
     #[arg(long, env = "SIPMBA_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// sso: where Objects answers (default: this process, when it runs objects too).
+    #[arg(long, env = "SIPMBA_OBJECTS_URL", value_name = "URL")]
+    pub objects_url: Option<String>,
+    /// sso: let anyone register a root user.
+    #[arg(long, env = "SIPMBA_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub open_registration: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +118,36 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    sso: FileSso,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSso {
+    objects_url: Option<String>,
+    open_registration: Option<bool>,
+    user_token_lifetime_secs: Option<u64>,
+    thing_token_lifetime_secs: Option<u64>,
+    service_token_lifetime_secs: Option<u64>,
+    refresh_token_lifetime_secs: Option<u64>,
+}
+
+/// Settings of the sso service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoSettings {
+    /// Where Objects answers; `None` means this process.
+    pub objects_url: Option<String>,
+    /// Anyone may register a root user.
+    pub open_registration: bool,
+    /// Access-token lifetime of users.
+    pub user_token_lifetime: Duration,
+    /// Access-token lifetime of things.
+    pub thing_token_lifetime: Duration,
+    /// Access-token lifetime of services.
+    pub service_token_lifetime: Duration,
+    /// Refresh-token lifetime.
+    pub refresh_token_lifetime: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +230,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Log format.
     pub log_format: LogFormat,
+    /// sso settings.
+    pub sso: SsoSettings,
 }
 
 /// Defaults that differ between a production start and `--dev`.
@@ -385,7 +425,60 @@ impl Config {
             }
         };
 
+        let objects_url = args.objects_url.clone().or(file.sso.objects_url);
+        if let Some(url) = &objects_url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::new(
+                "sso.objects_url",
+                format!("{url:?} must be an http:// URL (TLS to Objects is not supported yet)"),
+            ));
+        }
+        let lifetime = |setting: &str, value: Option<u64>, default: u64, max: u64| {
+            let secs = value.unwrap_or(default);
+            if !(60..=max).contains(&secs) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{secs} is outside 60 to {max} seconds"),
+                ));
+            }
+            Ok(Duration::from_secs(secs))
+        };
+        let day = 24 * 3600;
+        let sso = SsoSettings {
+            objects_url,
+            open_registration: args
+                .open_registration
+                .or(file.sso.open_registration)
+                .unwrap_or(false),
+            user_token_lifetime: lifetime(
+                "sso.user_token_lifetime_secs",
+                file.sso.user_token_lifetime_secs,
+                900,
+                day,
+            )?,
+            thing_token_lifetime: lifetime(
+                "sso.thing_token_lifetime_secs",
+                file.sso.thing_token_lifetime_secs,
+                3600,
+                30 * day,
+            )?,
+            service_token_lifetime: lifetime(
+                "sso.service_token_lifetime_secs",
+                file.sso.service_token_lifetime_secs,
+                3600,
+                day,
+            )?,
+            refresh_token_lifetime: lifetime(
+                "sso.refresh_token_lifetime_secs",
+                file.sso.refresh_token_lifetime_secs,
+                30 * day,
+                365 * day,
+            )?,
+        };
+
         Ok(Self {
+            sso,
             listen,
             tls,
             shutdown_grace: Duration::from_secs(grace),

@@ -9,7 +9,9 @@ pub mod ids;
 pub mod metrics;
 pub mod server;
 
-pub use config::{AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, TlsFiles};
+pub use config::{
+    AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, SsoSettings, TlsFiles,
+};
 pub use error::{ServiceError, ServiceResult};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};
 

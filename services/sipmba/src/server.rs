@@ -10,11 +10,9 @@ use std::{
 };
 
 use anyhow::Context;
-use sipmba_auth::{
-    JwksSource, Kind, Revocations, Verifier, VerifierConfig,
-    signing::{AccessClaims, SigningKey},
-};
+use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
 use sipmba_runtime::{Config, ConfigArgs, Defaults, Server, Shutdown};
+use sipmba_sso::SsoConfig;
 
 /// The micro-services of the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,7 +45,7 @@ impl Target {
 }
 
 /// Targets this build can serve.
-const AVAILABLE: &[Target] = &[Target::Objects];
+const AVAILABLE: &[Target] = &[Target::Sso, Target::Objects];
 
 /// Arguments of `sipmba server`.
 #[derive(Debug, clap::Args)]
@@ -56,8 +54,7 @@ pub struct ServerArgs {
     #[arg(long, value_enum, default_value = "all", env = "SIPMBA_TARGET")]
     target: Target,
     /// Run every service on embedded defaults: SQLite in --data-dir, plaintext on
-    /// 127.0.0.1:7400, and a development signing key with an admin token written to
-    /// <data-dir>/dev-admin.token.
+    /// 127.0.0.1:7400, and an admin token written to <data-dir>/dev-admin.token.
     #[arg(long)]
     dev: bool,
     /// Where --dev keeps its database and key.
@@ -84,18 +81,18 @@ impl From<anyhow::Error> for Failure {
 
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn run(args: ServerArgs) -> Result<(), Failure> {
-    let defaults = if args.dev {
-        Defaults {
-            listen: Some("127.0.0.1:7400".into()),
-            plaintext: true,
-            database_url: Some(format!(
+    let runs = |t: Target| args.target == t || args.target == Target::All;
+    let defaults = Defaults {
+        listen: args.dev.then(|| "127.0.0.1:7400".into()),
+        plaintext: args.dev,
+        database_url: args.dev.then(|| {
+            format!(
                 "sqlite://{}?mode=rwc",
                 args.data_dir.join("sipmba.db").display()
-            )),
-            own_keys: true,
-        }
-    } else {
-        Defaults::default()
+            )
+        }),
+        // sso verifies with its own keys; so does every service running beside it.
+        own_keys: runs(Target::Sso),
     };
     if args.dev && args.target != Target::All {
         return Err(Failure::Usage(format!(
@@ -112,59 +109,71 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     }
     let config =
         Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
+    if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
+        return Err(Failure::Usage(
+            "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
+             is not set: sso needs Objects; give its http:// address"
+                .into(),
+        ));
+    }
+    if runs(Target::Sso)
+        && runs(Target::Objects)
+        && config.tls.is_some()
+        && config.sso.objects_url.is_none()
+    {
+        return Err(Failure::Usage(
+            "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
+             with TLS on, sso reaches Objects over a separate plaintext address only; run them as separate targets"
+                .into(),
+        ));
+    }
     sipmba_runtime::init_tracing(config.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let (trigger, shutdown) = Shutdown::new();
     let mut server = Server::new();
+    let db = sipmba_runtime::db::connect(&config.database_url, config.database_max_connections)
+        .await
+        .context("opening the database (database.url)")?;
+    let revocations = Revocations::default();
 
-    let verifier = if args.dev {
-        let key = dev_key(&args.data_dir)?;
-        let jwks = serde_json::to_value(key.jwks()).context("encoding the JWKS")?;
-        server.http(axum::Router::new().route(
-            "/.well-known/jwks.json",
-            axum::routing::get(move || {
-                let jwks = jwks.clone();
-                async move { axum::Json(jwks) }
-            }),
+    if runs(Target::Objects) {
+        let migrated = Arc::new(AtomicBool::new(false));
+        tokio::spawn(migrate_until_done(
+            db.clone(),
+            migrated.clone(),
+            shutdown.clone(),
         ));
-        write_dev_token(&args.data_dir, &key, &config)?;
-        Verifier::new(
-            verifier_config(JwksSource::Static(key.jwks()), &config),
-            Revocations::default(),
-        )
+        server.requires(Arc::new(move || {
+            let migrated = migrated.clone();
+            Box::pin(async move { migrated.load(Ordering::Relaxed) })
+        }));
+        let store = sipmba_objects::Store::new(db.clone());
+        sipmba_objects::ObjectsService::new(store, shutdown.clone()).register(&mut server);
+    }
+
+    let verifier = if runs(Target::Sso) {
+        let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
+        server.http(sipmba_sso::router(sso.clone()));
+        if !runs(Target::Objects) {
+            server.requires_database(db.clone());
+        }
+        if args.dev {
+            write_dev_token(&args.data_dir, &sso).await?;
+        }
+        sso.verifier()
     } else {
         let url = config
             .auth
             .jwks_url
             .clone()
             .ok_or_else(|| Failure::Usage("auth.jwks_url is not set".into()))?;
-        Verifier::new(
-            verifier_config(JwksSource::Url(url), &config),
-            Revocations::default(),
-        )
-    }
-    .context("building the token verifier")?;
-
-    let db = sipmba_runtime::db::connect(&config.database_url, config.database_max_connections)
-        .await
-        .with_context(|| "opening the database (database.url)".to_string())?;
-    let migrated = Arc::new(AtomicBool::new(false));
-    tokio::spawn(migrate_until_done(
-        db.clone(),
-        migrated.clone(),
-        shutdown.clone(),
-    ));
-    server.requires(Arc::new(move || {
-        let migrated = migrated.clone();
-        Box::pin(async move { migrated.load(Ordering::Relaxed) })
-    }));
-
-    let store = sipmba_objects::Store::new(db.clone());
-    sipmba_objects::ObjectsService::new(store, shutdown.clone()).register(&mut server);
+        Verifier::new(verifier_config(JwksSource::Url(url), &config), revocations)
+            .context("building the token verifier")?
+    };
     if args.target == Target::All {
         tracing::info!(
-            "running objects; sso, collect, control and processing are not in this build yet"
+            "running sso and objects; collect, control and processing are not in this build yet"
         );
     }
 
@@ -190,6 +199,56 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     db.close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Migrates the sso schema and loads its keys, retrying while the database is unreachable
+/// (sso cannot verify or issue anything before).
+async fn start_sso(
+    db: &sea_orm::DatabaseConnection,
+    config: &Config,
+    revocations: Revocations,
+    shutdown: &Shutdown,
+) -> Result<sipmba_sso::Sso, Failure> {
+    let objects_url = config
+        .sso
+        .objects_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", loopback(config.listen)));
+    let mut sso_config = SsoConfig::new(&config.auth.issuer, &config.auth.audience, &objects_url);
+    sso_config.open_registration = config.sso.open_registration;
+    sso_config.user_token_lifetime = config.sso.user_token_lifetime;
+    sso_config.thing_token_lifetime = config.sso.thing_token_lifetime;
+    sso_config.service_token_lifetime = config.sso.service_token_lifetime;
+    sso_config.refresh_token_lifetime = config.sso.refresh_token_lifetime;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            sipmba_sso::migrate(db).await.map_err(|e| e.to_string())?;
+            sipmba_sso::Sso::start(db.clone(), sso_config.clone(), revocations.clone())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(sso) => return Ok(sso),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot start sso yet")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.clone().wait() => return Err(Failure::Runtime(anyhow::anyhow!("stopped before sso could start"))),
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The address this process answers on, for calls to itself.
+fn loopback(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    if listen.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    }
 }
 
 fn available_names() -> String {
@@ -234,46 +293,30 @@ async fn migrate_until_done(
     }
 }
 
-/// The development signing key, created once in `data_dir`.
-fn dev_key(data_dir: &Path) -> Result<SigningKey, Failure> {
+/// Writes a 24-hour admin token for trying the platform (never logged).
+async fn write_dev_token(data_dir: &Path, sso: &sipmba_sso::Sso) -> Result<(), Failure> {
+    use sipmba_auth::scopes::*;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let path = data_dir.join("dev-signing.key");
-    let secret: [u8; 32] = match std::fs::read(&path) {
-        Ok(bytes) => bytes.try_into().map_err(|_| {
-            Failure::Usage(format!(
-                "{} is not a 32-byte key; delete it to get a new one",
-                path.display()
-            ))
-        })?,
-        Err(_) => {
-            let key = SigningKey::generate("dev-1").context("generating a key")?;
-            write_private(&path, &key.secret_bytes())?;
-            key.secret_bytes()
-        }
-    };
-    Ok(SigningKey::from_bytes("dev-1", &secret).context("loading the dev key")?)
-}
-
-/// Writes a 24-hour admin token for trying the platform (never logged).
-fn write_dev_token(data_dir: &Path, key: &SigningKey, config: &Config) -> Result<(), Failure> {
-    use sipmba_auth::scopes::*;
     let mut scopes = USER_SCOPES.to_vec();
-    scopes.extend([OBJECTS_ADMIN, OBJECTS_AUTHORIZE, OBJECTS_EVENTS]);
-    let claims = AccessClaims::new(
-        &config.auth.issuer,
-        &config.auth.audience,
-        Kind::Service,
-        uuid::Uuid::new_v4(),
-        &scopes,
-        Duration::from_secs(24 * 3600),
-    );
-    let token = key.sign(&claims).context("signing the dev token")?;
+    scopes.extend([
+        OBJECTS_ADMIN,
+        OBJECTS_AUTHORIZE,
+        OBJECTS_EVENTS,
+        TOKENS_INTROSPECT,
+    ]);
+    let issued = sso
+        .issue_service_token(DEV_ADMIN_ID, &scopes)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("issuing the dev token: {e}")))?;
     let path = data_dir.join("dev-admin.token");
-    write_private(&path, token.as_bytes())?;
-    tracing::info!(path = %path.display(), "wrote a 24-hour admin token for development");
+    write_private(&path, issued.access_token.as_bytes())?;
+    tracing::info!(path = %path.display(), "wrote an admin token for development");
     Ok(())
 }
+
+/// The service principal of the `--dev` admin token.
+const DEV_ADMIN_ID: uuid::Uuid = uuid::Uuid::from_u128(0x5350_5353_4445_4000_8000_0000_0000_0001);
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     use std::io::Write;

@@ -141,12 +141,23 @@ async fn forward(listener: TcpListener, to: SocketAddr) {
 
 #[tokio::test]
 async fn bad_invocations_exit_with_a_message_that_names_the_problem() {
-    let (code, err) = run_to_end(&["server", "--target", "sso", "--plaintext"]).await;
+    let (code, err) = run_to_end(&["server", "--target", "collect", "--plaintext"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("target `sso` is not available") && err.contains("objects"),
+        err.contains("target `collect` is not available") && err.contains("sso, objects"),
         "{err}"
     );
+    let (code, err) = run_to_end(&[
+        "server",
+        "--target",
+        "sso",
+        "--plaintext",
+        "--database-url",
+        "sqlite::memory:",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sso.objects_url"), "{err}");
 
     let base = [
         "server",
@@ -444,6 +455,13 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     assert!(
         jwks.contains(r#""kty":"OKP""#) && jwks.contains("Ed25519"),
         "{jwks}"
+    );
+    let discovery = http_get(listen.parse().unwrap(), "/.well-known/openid-configuration").await;
+    assert!(
+        discovery.contains(&format!(
+            "\"token_endpoint\":\"http://{listen}/oauth2/token\""
+        )),
+        "{discovery}"
     );
     sigterm_and_wait(child).await;
 

@@ -753,6 +753,24 @@ impl Sso {
         Ok((client_id, secret))
     }
 
+    /// Issues an access token to a service principal without a client (the `--dev` bootstrap).
+    pub async fn issue_service_token(
+        &self,
+        subject: Uuid,
+        scopes: &[&str],
+    ) -> Result<Issued, OAuthError> {
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let (access_token, expires_in) = self
+            .issue_access(Kind::Service, subject, None, &scopes, None)
+            .await?;
+        Ok(Issued {
+            access_token,
+            expires_in,
+            refresh_token: None,
+            scope: scopes.join(" "),
+        })
+    }
+
     /// Creates or replaces a service client (configuration bootstrap: the operator, processing).
     pub async fn ensure_service_client(
         &self,
