@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::Kind;
 
 /// JSON Web Key types, re-exported for the services that publish keys.
-pub use jsonwebtoken::jwk::{Jwk as PublicJwk, JwkSet};
+pub use jsonwebtoken::jwk::{AlgorithmParameters as PublicJwkParams, Jwk as PublicJwk, JwkSet};
 
 /// An Ed25519 signing key with its key id.
 pub struct SigningKey {

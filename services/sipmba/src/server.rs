@@ -155,6 +155,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     let verifier = if runs(Target::Sso) {
         let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
         server.http(sipmba_sso::router(sso.clone()));
+        sso.register_grpc(&mut server);
         if !runs(Target::Objects) {
             server.requires_database(db.clone());
         }

@@ -678,6 +678,65 @@ impl Sso {
         Ok(user)
     }
 
+    /// Changes the caller's password and revokes its other logins; returns how many.
+    pub async fn change_password(
+        &self,
+        caller: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<u32, OAuthError> {
+        if caller.kind != Kind::User {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnauthorizedClient,
+                "only users have passwords",
+            ));
+        }
+        if new.len() < 8 || new.len() > 1024 {
+            return Err(OAuthError::invalid_request(
+                "`new_password` must be 8 to 1024 bytes long",
+            ));
+        }
+        let account = caller.subject.to_string();
+        if let Some(wait) = self.inner.throttle.check(&account, None) {
+            return Err(OAuthError::slow_down(wait));
+        }
+        let credential = credentials::Entity::find_by_id(caller.subject)
+            .one(&self.inner.db)
+            .await?
+            .ok_or_else(|| OAuthError::invalid_grant("this user has no password"))?;
+        let (presented, hash) = (current.to_owned(), credential.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&presented, &hash))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if !ok {
+            self.inner.throttle.failed(&account, None);
+            return Err(OAuthError::invalid_grant("the current password is wrong"));
+        }
+        self.set_password(caller.subject, &credential.username, new)
+            .await?;
+        let keep = match Uuid::parse_str(&caller.token_id) {
+            Ok(jti) => issued::Entity::find_by_id(jti)
+                .one(&self.inner.db)
+                .await?
+                .and_then(|t| t.family),
+            Err(_) => None,
+        };
+        let families: std::collections::HashSet<Uuid> = refresh_tokens::Entity::find()
+            .filter(refresh_tokens::Column::UserId.eq(caller.subject))
+            .filter(refresh_tokens::Column::Revoked.eq(false))
+            .all(&self.inner.db)
+            .await?
+            .into_iter()
+            .map(|t| t.family)
+            .filter(|f| Some(*f) != keep)
+            .collect();
+        for family in &families {
+            self.revoke_family(*family).await?;
+        }
+        tracing::info!(user = %caller.subject, revoked = families.len(), "password changed");
+        Ok(u32::try_from(families.len()).unwrap_or(u32::MAX))
+    }
+
     /// Stores (or replaces) the password of `user`.
     pub async fn set_password(
         &self,
@@ -712,6 +771,17 @@ impl Sso {
         caller: &Principal,
         thing: Uuid,
     ) -> ServiceResult<(String, String)> {
+        self.thing_secret(caller, thing, None).await
+    }
+
+    /// Issues (`rotate` = Some(false): only when there is none yet) or rotates (Some(true): only
+    /// when there is one) a thing's secret; `None` does whichever applies.
+    pub async fn thing_secret(
+        &self,
+        caller: &Principal,
+        thing: Uuid,
+        rotate: Option<bool>,
+    ) -> ServiceResult<(String, String)> {
         let allowed = match caller.kind {
             Kind::User => {
                 self.inner
@@ -734,6 +804,23 @@ impl Sso {
             return Err(ServiceError::not_found(format!("thing {thing} not found")));
         };
         let client_id = thing.to_string();
+        let exists = clients::Entity::find_by_id(client_id.clone())
+            .one(&self.inner.db)
+            .await?
+            .is_some();
+        match (rotate, exists) {
+            (Some(false), true) => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "thing {thing} already has a secret; rotate it instead"
+                )));
+            }
+            (Some(true), false) => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "thing {thing} has no secret yet; issue one first"
+                )));
+            }
+            _ => {}
+        }
         let secret = secrets::random_secret();
         clients::Entity::delete_by_id(client_id.clone())
             .exec(&self.inner.db)

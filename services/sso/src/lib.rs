@@ -8,6 +8,7 @@
 
 pub mod entity;
 mod grants;
+mod grpc;
 mod http;
 pub mod keys;
 pub mod migration;
@@ -18,6 +19,7 @@ pub mod throttle;
 use std::{sync::Arc, time::Duration};
 
 pub use grants::{Introspection, Issued, OAuthError, OAuthErrorCode};
+pub use grpc::access_policy;
 pub use http::router;
 pub use objects::SSO_SERVICE_ID;
 use sea_orm::DatabaseConnection;
