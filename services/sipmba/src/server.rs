@@ -156,6 +156,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
         server.http(sipmba_sso::router(sso.clone()));
         sso.register_grpc(&mut server);
+        sso.follow_objects(shutdown.clone());
         if !runs(Target::Objects) {
             server.requires_database(db.clone());
         }

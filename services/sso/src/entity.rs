@@ -180,3 +180,25 @@ pub mod revocations {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Positions in the feeds sso follows (the Objects change feed).
+pub mod cursors {
+    use sea_orm::entity::prelude::*;
+
+    /// A cursor row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sso_cursors")]
+    pub struct Model {
+        /// Which feed.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub feed: String,
+        /// Last position processed.
+        pub position: i64,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

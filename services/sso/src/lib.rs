@@ -7,6 +7,7 @@
 //! whole family (RFC 9700 §4.14). Things and services use `client_credentials`.
 
 pub mod entity;
+mod events;
 mod grants;
 mod grpc;
 mod http;

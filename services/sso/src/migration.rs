@@ -3,7 +3,7 @@
 use sea_orm::{EntityTrait, Schema};
 use sea_orm_migration::{async_trait, prelude::*};
 
-use crate::entity::{clients, credentials, issued, keys, refresh_tokens, revocations};
+use crate::entity::{clients, credentials, cursors, issued, keys, refresh_tokens, revocations};
 
 /// The SSO migrator.
 #[derive(Debug)]
@@ -49,11 +49,13 @@ impl MigrationTrait for Init {
         create(manager, issued::Entity).await?;
         create(manager, keys::Entity).await?;
         create(manager, revocations::Entity).await?;
+        create(manager, cursors::Entity).await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
+            "sso_cursors",
             "sso_revocations",
             "sso_keys",
             "sso_issued",

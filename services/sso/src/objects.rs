@@ -197,3 +197,25 @@ impl ObjectsClient {
         Ok(resp.allowed && resp.via == "subtree")
     }
 }
+
+impl ObjectsClient {
+    /// The Objects change feed after `after`.
+    pub async fn watch_events(
+        &self,
+        keys: &KeyRing,
+        after: u64,
+    ) -> ServiceResult<tonic::Streaming<pb::ObjectEvent>> {
+        let mut client = pb::event_service_client::EventServiceClient::new(self.channel.clone());
+        let request = self.request(
+            keys,
+            pb::WatchEventsRequest {
+                after_sequence: after,
+            },
+        )?;
+        Ok(client
+            .watch_events(request)
+            .await
+            .map_err(unavailable)?
+            .into_inner())
+    }
+}

@@ -51,6 +51,7 @@ async fn start(backend: Backend) -> Platform {
         .register(&mut server);
     server.http(sipmba_sso::router(sso.clone()));
     sso.register_grpc(&mut server);
+    sso.follow_objects(shutdown.clone());
     tokio::spawn(server.run(
         listener,
         None,
@@ -190,6 +191,7 @@ on_both_databases!(
     things_get_thing_tokens_with_client_credentials,
     introspection_revocation_and_key_rotation,
     the_grpc_api_registers_logs_in_and_manages_credentials,
+    disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second,
 );
 
 async fn password_login_and_rotating_refresh_with_reuse_detection(backend: Backend) {
@@ -911,4 +913,114 @@ async fn the_grpc_api_registers_logs_in_and_manages_credentials(backend: Backend
         .into_inner();
     assert_eq!(jwks.keys.len(), 1);
     assert_eq!(jwks.keys[0].kty, "OKP");
+}
+
+async fn disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second(backend: Backend) {
+    let p = start(backend).await;
+    let root = p
+        .sso
+        .register("org-root", "org root password")
+        .await
+        .unwrap();
+    let root_login = p.login("org-root", "org root password").await.unwrap();
+    let root_token = root_login.access_token().secret().clone();
+    let mut users = pb::user_service_client::UserServiceClient::new(p.channel.clone());
+    let team = users
+        .create_user(with_token(
+            &root_token,
+            pb::CreateUserRequest {
+                username: "org-team".into(),
+                parent: Some(pb::UserId {
+                    value: root.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let team_id = Uuid::parse_str(&team.id.unwrap().value).unwrap();
+    let member = users
+        .create_user(with_token(
+            &root_token,
+            pb::CreateUserRequest {
+                username: "org-member".into(),
+                parent: Some(pb::UserId {
+                    value: team_id.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let member_id = Uuid::parse_str(&member.id.unwrap().value).unwrap();
+    p.sso
+        .set_password(member_id, "org-member", "member password")
+        .await
+        .unwrap();
+    let member_login = p.login("org-member", "member password").await.unwrap();
+    let member_token = member_login.access_token().secret().clone();
+    let thing = pb::thing_service_client::ThingServiceClient::new(p.channel.clone())
+        .create_thing(with_token(
+            &member_token,
+            pb::CreateThingRequest {
+                name: "member-pi".into(),
+                owner: None,
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let thing_id = Uuid::parse_str(&thing.id.unwrap().value).unwrap();
+    let member_principal = p.sso.verifier().verify(&member_token).await.unwrap();
+    let (client_id, secret) = p
+        .sso
+        .issue_thing_secret(&member_principal, thing_id)
+        .await
+        .unwrap();
+    let thing_token = p
+        .client(&client_id, Some(&secret))
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .unwrap();
+    let thing_token = thing_token.access_token().secret().clone();
+
+    // The root disables the team: the member (two levels down) and the member's thing lose
+    // their live tokens.
+    users
+        .disable_user(with_token(
+            &root_token,
+            pb::DisableUserRequest {
+                id: Some(pb::UserId {
+                    value: team_id.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let disabled_at = std::time::Instant::now();
+    let verifier = p.sso.verifier();
+    loop {
+        let member = verifier.verify(&member_token).await;
+        let thing = verifier.verify(&thing_token).await;
+        if matches!(member, Err(AuthError::Revoked)) && matches!(thing, Err(AuthError::Revoked)) {
+            break;
+        }
+        assert!(
+            disabled_at.elapsed() < Duration::from_secs(1),
+            "not revoked within a second: {member:?} {thing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The refresh token is dead too, and the root is untouched.
+    let refresh = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(member_login.refresh_token().unwrap())
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(refresh, BasicErrorResponseType::InvalidGrant);
+    assert!(verifier.verify(&root_token).await.is_ok());
 }
