@@ -52,6 +52,7 @@ fn setting_sources(setting: &str) -> Option<(&'static str, &'static str)> {
         "auth.leeway_secs" => ("leeway-secs", "SIPMBA_LEEWAY_SECS"),
         "log.format" => ("log-format", "SIPMBA_LOG_FORMAT"),
         "sso.objects_url" => ("objects-url", "SIPMBA_OBJECTS_URL"),
+        "queue.brokers" => ("brokers", "SIPMBA_BROKERS"),
         "sso.open_registration" => ("open-registration", "SIPMBA_OPEN_REGISTRATION"),
         _ => return None,
     })
@@ -99,6 +100,9 @@ pub struct ConfigArgs {
     /// Log format: text or json.
     #[arg(long, env = "SIPMBA_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Kafka-protocol brokers, comma-separated host:port (revocations, and later the data plane).
+    #[arg(long, env = "SIPMBA_BROKERS", value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
     /// sso: where Objects answers (default: this process, when it runs objects too).
     #[arg(long, env = "SIPMBA_OBJECTS_URL", value_name = "URL")]
     pub objects_url: Option<String>,
@@ -120,6 +124,24 @@ struct FileConfig {
     log: FileLog,
     #[serde(default)]
     sso: FileSso,
+    #[serde(default)]
+    queue: FileQueue,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueue {
+    brokers: Option<Vec<String>>,
+    topic_prefix: Option<String>,
+}
+
+/// The Kafka-protocol log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueSettings {
+    /// Bootstrap brokers; empty when no log is configured.
+    pub brokers: Vec<String>,
+    /// Put in front of every topic name.
+    pub topic_prefix: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +254,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// sso settings.
     pub sso: SsoSettings,
+    /// The log.
+    pub queue: QueueSettings,
 }
 
 /// Defaults that differ between a production start and `--dev`.
@@ -477,7 +501,31 @@ impl Config {
             )?,
         };
 
+        let brokers: Vec<String> = match args.brokers.as_deref() {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|b| !b.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => file.queue.brokers.unwrap_or_default(),
+        };
+        if let Some(bad) = brokers.iter().find(|b| {
+            b.rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        }) {
+            return Err(ConfigError::new(
+                "queue.brokers",
+                format!("{bad:?} is not host:port"),
+            ));
+        }
+        let queue = QueueSettings {
+            brokers,
+            topic_prefix: file.queue.topic_prefix.unwrap_or_default(),
+        };
+
         Ok(Self {
+            queue,
             sso,
             listen,
             tls,

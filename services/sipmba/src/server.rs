@@ -152,11 +152,42 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         sipmba_objects::ObjectsService::new(store, shutdown.clone()).register(&mut server);
     }
 
+    let queue = if config.queue.brokers.is_empty() {
+        if !args.dev {
+            tracing::warn!("queue.brokers is not set: revocations stay inside this process");
+        }
+        None
+    } else {
+        Some(connect_queue(&config, &shutdown).await?)
+    };
+    if let Some(queue) = &queue {
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = shutdown.clone();
+        let (queue, list, flag) = (queue.clone(), revocations.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sipmba_queue::revocations::follow(queue, list, flag, stop.wait()).await
+            {
+                tracing::error!(error = %e, "cannot follow the revocation topic");
+            }
+        });
+        // Serving before the known revocations are applied would accept revoked tokens.
+        server.requires(Arc::new(move || {
+            let ready = ready.clone();
+            Box::pin(async move { ready.load(Ordering::Relaxed) })
+        }));
+    }
+
     let verifier = if runs(Target::Sso) {
         let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
         server.http(sipmba_sso::router(sso.clone()));
         sso.register_grpc(&mut server);
         sso.follow_objects(shutdown.clone());
+        if let Some(queue) = &queue {
+            let publisher = sipmba_queue::revocations::RevocationPublisher::new(queue.clone())
+                .await
+                .context("creating the revocation topic")?;
+            sso.publish_revocations(publisher, shutdown.clone());
+        }
         if !runs(Target::Objects) {
             server.requires_database(db.clone());
         }
@@ -239,6 +270,28 @@ async fn start_sso(
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.clone().wait() => return Err(Failure::Runtime(anyhow::anyhow!("stopped before sso could start"))),
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Connects to the log, retrying while the brokers are unreachable.
+async fn connect_queue(
+    config: &Config,
+    shutdown: &Shutdown,
+) -> Result<sipmba_queue::Queue, Failure> {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match sipmba_queue::Queue::connect(&config.queue.brokers, &config.queue.topic_prefix).await
+        {
+            Ok(queue) => return Ok(queue),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot reach the brokers yet")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.clone().wait() => return Err(Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered"))),
         }
         pause = (pause * 2).min(Duration::from_secs(10));
     }

@@ -170,6 +170,8 @@ pub mod revocations {
         pub subject: Option<Uuid>,
         /// Cut-off for a subject-wide revocation (ms).
         pub not_before_ms: Option<i64>,
+        /// `PrincipalKind` of `subject` (0 when unknown).
+        pub kind: i16,
         /// When the entry can be forgotten (ms).
         pub expires_ms: i64,
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sea_orm::{ActiveValue::Set, EntityTrait};
+use sipmba_auth::Kind;
 use sipmba_proto::v1 as pb;
 use sipmba_runtime::{ServiceResult, Shutdown, ids::timestamp_to_ms};
 use uuid::Uuid;
@@ -44,10 +45,7 @@ impl Sso {
     }
 
     async fn follow_once(&self) -> ServiceResult<()> {
-        let after = cursors::Entity::find_by_id(FEED.to_owned())
-            .one(&self.inner.db)
-            .await?
-            .map_or(0, |c| u64::try_from(c.position).unwrap_or(0));
+        let after = u64::try_from(self.cursor(FEED).await?).unwrap_or(0);
         let mut stream = self
             .inner
             .objects
@@ -59,16 +57,8 @@ impl Sso {
             .map_err(|e| sipmba_runtime::ServiceError::Unavailable(e.message().to_owned()))?
         {
             self.apply(&event).await?;
-            let position = i64::try_from(event.sequence).unwrap_or(i64::MAX);
-            cursors::Entity::delete_by_id(FEED.to_owned())
-                .exec(&self.inner.db)
+            self.set_cursor(FEED, i64::try_from(event.sequence).unwrap_or(i64::MAX))
                 .await?;
-            cursors::Entity::insert(cursors::ActiveModel {
-                feed: Set(FEED.to_owned()),
-                position: Set(position),
-            })
-            .exec_without_returning(&self.inner.db)
-            .await?;
         }
         Ok(())
     }
@@ -90,8 +80,11 @@ impl Sso {
         let things = ids(event.things.iter().map(|t| t.value.as_str()).collect());
         match pb::ObjectEventKind::try_from(event.kind) {
             Ok(pb::ObjectEventKind::UserDisabled) | Ok(pb::ObjectEventKind::ThingDisabled) => {
-                for subject in users.iter().chain(&things) {
-                    self.revoke_subject(*subject, at).await?;
+                for user in &users {
+                    self.revoke_subject(*user, Some(Kind::User), at).await?;
+                }
+                for thing in &things {
+                    self.revoke_subject(*thing, Some(Kind::Thing), at).await?;
                 }
                 tracing::info!(
                     sequence = event.sequence,
@@ -102,7 +95,7 @@ impl Sso {
             }
             Ok(pb::ObjectEventKind::ThingDeleted) => {
                 for thing in &things {
-                    self.revoke_subject(*thing, at).await?;
+                    self.revoke_subject(*thing, Some(Kind::Thing), at).await?;
                     clients::Entity::delete_by_id(thing.to_string())
                         .exec(&self.inner.db)
                         .await?;
@@ -110,6 +103,30 @@ impl Sso {
             }
             _ => {}
         }
+        Ok(())
+    }
+}
+
+impl Sso {
+    /// The position of a feed (0 when never moved).
+    pub(crate) async fn cursor(&self, feed: &str) -> ServiceResult<i64> {
+        Ok(cursors::Entity::find_by_id(feed.to_owned())
+            .one(&self.inner.db)
+            .await?
+            .map_or(0, |c| c.position))
+    }
+
+    /// Moves a feed's position.
+    pub(crate) async fn set_cursor(&self, feed: &str, position: i64) -> ServiceResult<()> {
+        cursors::Entity::delete_by_id(feed.to_owned())
+            .exec(&self.inner.db)
+            .await?;
+        cursors::Entity::insert(cursors::ActiveModel {
+            feed: Set(feed.to_owned()),
+            position: Set(position),
+        })
+        .exec_without_returning(&self.inner.db)
+        .await?;
         Ok(())
     }
 }

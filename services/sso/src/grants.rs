@@ -196,7 +196,7 @@ fn resolve_scopes(requested: &str, allowed: &[&str]) -> Result<Vec<String>, OAut
     Ok(out)
 }
 
-fn kind_number(kind: Kind) -> i16 {
+pub(crate) fn kind_number(kind: Kind) -> i16 {
     match kind {
         Kind::User => 1,
         Kind::Thing => 2,
@@ -578,11 +578,13 @@ impl Sso {
             jti: Set(Some(jti.to_owned())),
             subject: Set(None),
             not_before_ms: Set(None),
+            kind: Set(0),
             expires_ms: Set(exp_secs.saturating_mul(1000)),
             ..Default::default()
         })
         .exec_without_returning(&self.inner.db)
         .await?;
+        self.inner.revoked.notify_waiters();
         self.inner
             .revocations
             .revoke_token(jti, exp_secs, now_ms() / 1000);
@@ -608,8 +610,14 @@ impl Sso {
         Ok(())
     }
 
-    /// Revokes every token of `subject` issued up to now (refresh tokens included).
-    pub async fn revoke_subject(&self, subject: Uuid, at_ms: i64) -> ServiceResult<()> {
+    /// Revokes every token of `subject` (of `kind`, when known) issued up to `at_ms`, refresh
+    /// tokens included.
+    pub async fn revoke_subject(
+        &self,
+        subject: Uuid,
+        kind: Option<Kind>,
+        at_ms: i64,
+    ) -> ServiceResult<()> {
         let not_before = at_ms / 1000 + 1;
         let keep = i64::try_from(self.inner.config.longest_access_lifetime().as_millis())
             .unwrap_or(i64::MAX / 2);
@@ -617,11 +625,13 @@ impl Sso {
             jti: Set(None),
             subject: Set(Some(subject)),
             not_before_ms: Set(Some(not_before * 1000)),
+            kind: Set(kind.map_or(0, kind_number)),
             expires_ms: Set(at_ms.saturating_add(keep)),
             ..Default::default()
         })
         .exec_without_returning(&self.inner.db)
         .await?;
+        self.inner.revoked.notify_waiters();
         self.inner.revocations.revoke_subject(subject, not_before);
         refresh_tokens::Entity::update_many()
             .col_expr(refresh_tokens::Column::Revoked, Expr::value(true))

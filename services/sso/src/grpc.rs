@@ -274,20 +274,23 @@ impl AccountService for Sso {
         req: Request<pb::RevokeSubjectRequest>,
     ) -> Result<Response<pb::RevokeSubjectResponse>, Status> {
         let r = req.get_ref();
-        if pb::PrincipalKind::try_from(r.kind).unwrap_or(pb::PrincipalKind::Unspecified)
-            == pb::PrincipalKind::Unspecified
-        {
-            return Err(Status::invalid_argument(
-                "`kind` must be USER, THING or SERVICE",
-            ));
-        }
+        let kind = match pb::PrincipalKind::try_from(r.kind) {
+            Ok(pb::PrincipalKind::User) => Kind::User,
+            Ok(pb::PrincipalKind::Thing) => Kind::Thing,
+            Ok(pb::PrincipalKind::Service) => Kind::Service,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "`kind` must be USER, THING or SERVICE",
+                ));
+            }
+        };
         let subject = parse_uuid("subject", &r.subject).map_err(Status::from)?;
         let now = now_ms();
-        self.revoke_subject(subject, now)
+        self.revoke_subject(subject, Some(kind), now)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(pb::RevokeSubjectResponse {
-            not_before: Some(timestamp_from_ms((now / 1000 + 1) * 1000)),
+            not_before: Some(timestamp_from_ms(now / 1000 * 1000)),
         }))
     }
 }

@@ -14,6 +14,7 @@ mod http;
 pub mod keys;
 pub mod migration;
 mod objects;
+mod publish;
 pub mod secrets;
 pub mod throttle;
 
@@ -87,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) throttle: throttle::Throttle,
     /// A hash to check unknown usernames against, so that they take as long as known ones.
     pub(crate) dummy_hash: String,
+    /// Notified when a revocation is recorded (the publisher wakes up).
+    pub(crate) revoked: tokio::sync::Notify,
 }
 
 /// The SSO service. Cheap to clone.
@@ -137,6 +140,7 @@ impl Sso {
             revocations,
             verifier,
             dummy_hash,
+            revoked: tokio::sync::Notify::new(),
         });
         let sso = Self { inner };
         sso.load_revocations().await?;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 struct Platform {
     sso: Sso,
+    shutdown: Shutdown,
     base: String,
     channel: Channel,
     _trigger: ShutdownTrigger,
@@ -46,6 +47,7 @@ async fn start(backend: Backend) -> Platform {
     let revocations = Revocations::default();
     let sso = Sso::start(conn.clone(), config, revocations).await.unwrap();
     let (trigger, shutdown) = Shutdown::new();
+    let shutdown_handle = shutdown.clone();
     let mut server = Server::new();
     sipmba_objects::ObjectsService::new(sipmba_objects::Store::new(conn), shutdown.clone())
         .register(&mut server);
@@ -66,6 +68,7 @@ async fn start(backend: Backend) -> Platform {
         .unwrap();
     Platform {
         sso,
+        shutdown: shutdown_handle,
         base,
         channel,
         _trigger: trigger,
@@ -192,6 +195,7 @@ on_both_databases!(
     introspection_revocation_and_key_rotation,
     the_grpc_api_registers_logs_in_and_manages_credentials,
     disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second,
+    revocations_reach_other_services_through_the_log_within_a_second,
 );
 
 async fn password_login_and_rotating_refresh_with_reuse_detection(backend: Backend) {
@@ -1140,4 +1144,128 @@ async fn no_secret_or_token_reaches_the_logs() {
             assert!(!logs.contains(probe), "a secret reached the logs: {probe}");
         }
     }
+}
+
+async fn revocations_reach_other_services_through_the_log_within_a_second(backend: Backend) {
+    use sipmba_queue::{
+        Queue,
+        revocations::{RevocationPublisher, follow},
+    };
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    let p = start(backend).await;
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap();
+    p.sso.publish_revocations(
+        RevocationPublisher::new(queue.clone()).await.unwrap(),
+        p.shutdown.clone(),
+    );
+
+    // Another service: its own revocation list, fed by the topic, and the JWKS over HTTP.
+    let service = |queue: Queue| {
+        let revocations = Revocations::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(follow(
+            queue,
+            revocations.clone(),
+            ready.clone(),
+            p.shutdown.clone().wait(),
+        ));
+        let config = VerifierConfig::new(
+            JwksSource::Url(format!("{}/.well-known/jwks.json", p.base)),
+            &p.base,
+            AUDIENCE,
+        );
+        (Verifier::new(config, revocations).unwrap(), ready)
+    };
+    let (other, ready) = service(queue.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ready.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    p.sso
+        .register("log-user", "log user password")
+        .await
+        .unwrap();
+    let first = p.login("log-user", "log user password").await.unwrap();
+    let second = p.login("log-user", "log user password").await.unwrap();
+    let access = first.access_token().secret().clone();
+    assert!(other.verify(&access).await.is_ok());
+
+    let refused_within_a_second = |verifier: Verifier, token: String| async move {
+        let started = std::time::Instant::now();
+        loop {
+            match verifier.verify(&token).await {
+                Err(AuthError::Revoked) => return started.elapsed(),
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "still accepted after a second: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // One token (RFC 7009 over HTTP).
+    reqwest::Client::new()
+        .post(format!("{}/oauth2/revoke", p.base))
+        .form(&[("token", access.as_str())])
+        .send()
+        .await
+        .unwrap();
+    refused_within_a_second(other.clone(), access.clone()).await;
+    assert!(
+        other.verify(second.access_token().secret()).await.is_ok(),
+        "only that token"
+    );
+
+    // A whole subject: disabling the user in Objects.
+    let admin = p.admin_token().await;
+    let user = p
+        .sso
+        .verifier()
+        .verify(second.access_token().secret())
+        .await
+        .unwrap()
+        .subject;
+    pb::user_service_client::UserServiceClient::new(p.channel.clone())
+        .disable_user(with_token(
+            &admin,
+            pb::DisableUserRequest {
+                id: Some(pb::UserId {
+                    value: user.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    refused_within_a_second(other.clone(), second.access_token().secret().clone()).await;
+
+    // A service that starts later learns every live revocation before it is ready.
+    let (late, late_ready) = service(queue);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !late_ready.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late follower never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        late.verify(&access).await,
+        Err(AuthError::Revoked)
+    ));
+    assert!(matches!(
+        late.verify(second.access_token().secret()).await,
+        Err(AuthError::Revoked)
+    ));
 }

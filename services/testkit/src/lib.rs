@@ -279,3 +279,87 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A tansu broker (Kafka protocol) for one test: its own port and SQLite storage in a temporary
+/// directory; killed on drop. `tansu` must be on the PATH (`.ci/test` installs it) or named by
+/// `SIPMBA_TANSU`.
+#[derive(Debug)]
+pub struct TestBroker {
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    /// A topic prefix unique to this broker's test, so that topics never collide.
+    pub prefix: String,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    /// Starts a broker and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut broker = Self {
+            addr,
+            prefix: format!("t{}.", Uuid::new_v4().simple()),
+            child: None,
+            dir,
+        };
+        broker.spawn()?;
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = std::env::var("SIPMBA_TANSU").unwrap_or_else(|_| "tansu".to_owned());
+        let url = format!("tcp://{}", self.addr);
+        let child = std::process::Command::new(&bin)
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start the Kafka-protocol broker `{bin}` ({e}); run .ci/test, which installs tansu")
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&self.addr).await.is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the broker (SIGKILL); its data stays for [`TestBroker::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_ready().await
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
