@@ -483,3 +483,126 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
     sigterm_and_wait(child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_at_sso_is_refused_by_objects_in_another_process_within_a_second() {
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let db = TestDb::new(Backend::Postgres).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sso_port, objects_port) = (free_port(), free_port());
+    let sso_addr = format!("127.0.0.1:{sso_port}");
+    let objects_addr = format!("127.0.0.1:{objects_port}");
+    let issuer = format!("http://{sso_addr}");
+    let config = dir.path().join("sipmba.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
+            broker.addr, broker.prefix
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let objects = spawn(
+        &[
+            "server",
+            "--target",
+            "objects",
+            "--plaintext",
+            "--config",
+            config,
+            "--listen",
+            &objects_addr,
+            "--database-url",
+            &db.url,
+            "--issuer",
+            &issuer,
+            "--jwks-url",
+            &format!("{issuer}/.well-known/jwks.json"),
+        ],
+        dir.path(),
+    );
+    let sso = spawn(
+        &[
+            "server",
+            "--target",
+            "sso",
+            "--plaintext",
+            "--config",
+            config,
+            "--listen",
+            &sso_addr,
+            "--database-url",
+            &db.url,
+            "--objects-url",
+            &format!("http://{objects_addr}"),
+            "--open-registration",
+        ],
+        dir.path(),
+    );
+    let objects_channel =
+        connect(Endpoint::from_shared(format!("http://{objects_addr}")).unwrap()).await;
+    let sso_channel = connect(Endpoint::from_shared(issuer.clone()).unwrap()).await;
+    wait_for_health(&objects_channel, "", ServingStatus::Serving).await;
+    wait_for_health(&sso_channel, "", ServingStatus::Serving).await;
+
+    let user = pb::account_service_client::AccountServiceClient::new(sso_channel.clone())
+        .register_user(pb::RegisterUserRequest {
+            username: "two-proc".into(),
+            password: "two process password".into(),
+        })
+        .await
+        .expect("open registration")
+        .into_inner()
+        .user
+        .unwrap();
+    let token = pb::token_service_client::TokenServiceClient::new(sso_channel.clone())
+        .token(pb::TokenRequest {
+            grant: Some(pb::token_request::Grant::Password(pb::PasswordGrant {
+                username: "two-proc".into(),
+                password: "two process password".into(),
+                scope: String::new(),
+            })),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut users = pb::user_service_client::UserServiceClient::new(objects_channel.clone());
+    let get = || {
+        with_token(
+            &token,
+            pb::GetUserRequest {
+                id: Some(user.clone()),
+            },
+        )
+    };
+    assert_eq!(
+        users.get_user(get()).await.unwrap().into_inner().username,
+        "two-proc"
+    );
+
+    pb::token_service_client::TokenServiceClient::new(sso_channel.clone())
+        .revoke(pb::RevokeRequest {
+            token: token.clone(),
+            token_type_hint: 0,
+        })
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    loop {
+        match users.get_user(get()).await {
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                assert!(status.message().contains("revoked"), "{status:?}");
+                break;
+            }
+            other => assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "objects still accepts the token a second after its revocation: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sigterm_and_wait(sso).await;
+    sigterm_and_wait(objects).await;
+}
