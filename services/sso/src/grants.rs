@@ -232,14 +232,18 @@ impl Sso {
         }
         let jti =
             Uuid::parse_str(&claims.jti).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        issued::Entity::insert(issued::ActiveModel {
-            jti: Set(jti),
-            subject: Set(subject),
-            family: Set(family),
-            expires_ms: Set(claims.exp * 1000),
-        })
-        .exec_without_returning(&self.inner.db)
-        .await?;
+        // Only tokens of a login are recorded: a family revocation must reach them. Thing and
+        // service tokens are revoked by `jti` or by subject, which needs no record.
+        if family.is_some() {
+            issued::Entity::insert(issued::ActiveModel {
+                jti: Set(jti),
+                subject: Set(subject),
+                family: Set(family),
+                expires_ms: Set(claims.exp * 1000),
+            })
+            .exec_without_returning(&self.inner.db)
+            .await?;
+        }
         let token = self
             .inner
             .keys
