@@ -153,6 +153,21 @@ struct FileSso {
     thing_token_lifetime_secs: Option<u64>,
     service_token_lifetime_secs: Option<u64>,
     refresh_token_lifetime_secs: Option<u64>,
+    key_rotation_days: Option<u64>,
+    #[serde(default)]
+    service_clients: Vec<ServiceClient>,
+}
+
+/// A service principal that authenticates with `client_credentials` (the operator, processing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceClient {
+    /// The client id.
+    pub id: String,
+    /// File holding the client secret (a Kubernetes Secret mounted as a file).
+    pub secret_file: PathBuf,
+    /// Scopes the client may hold.
+    pub scopes: Vec<String>,
 }
 
 /// Settings of the sso service.
@@ -170,6 +185,10 @@ pub struct SsoSettings {
     pub service_token_lifetime: Duration,
     /// Refresh-token lifetime.
     pub refresh_token_lifetime: Duration,
+    /// How long a signing key signs before the next one takes over.
+    pub key_rotation: Duration,
+    /// Service clients created (or updated) at start.
+    pub service_clients: Vec<ServiceClient>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -499,6 +518,36 @@ impl Config {
                 30 * day,
                 365 * day,
             )?,
+            key_rotation: Duration::from_secs(
+                lifetime(
+                    "sso.key_rotation_days",
+                    file.sso.key_rotation_days.map(|d| d * day),
+                    30 * day,
+                    3650 * day,
+                )?
+                .as_secs(),
+            ),
+            service_clients: {
+                for client in &file.sso.service_clients {
+                    if client.id.is_empty() || client.id.len() > 128 {
+                        return Err(ConfigError::new(
+                            "sso.service_clients",
+                            format!("client id {:?} must be 1 to 128 characters", client.id),
+                        ));
+                    }
+                    if !client.secret_file.is_file() {
+                        return Err(ConfigError::new(
+                            "sso.service_clients",
+                            format!(
+                                "the secret file {} of client {:?} is not a readable file",
+                                client.secret_file.display(),
+                                client.id
+                            ),
+                        ));
+                    }
+                }
+                file.sso.service_clients
+            },
         };
 
         let brokers: Vec<String> = match args.brokers.as_deref() {

@@ -10,8 +10,8 @@ pub mod metrics;
 pub mod server;
 
 pub use config::{
-    AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, QueueSettings, SsoSettings,
-    TlsFiles,
+    AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, QueueSettings, ServiceClient,
+    SsoSettings, TlsFiles,
 };
 pub use error::{ServiceError, ServiceResult};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};

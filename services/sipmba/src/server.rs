@@ -177,11 +177,32 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         }));
     }
 
+    let mut sso_handle = None;
     let verifier = if runs(Target::Sso) {
         let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
         server.http(sipmba_sso::router(sso.clone()));
         sso.register_grpc(&mut server);
-        sso.follow_objects(shutdown.clone());
+        sso.maintain_keys(shutdown.clone());
+        for client in &config.sso.service_clients {
+            let secret = std::fs::read_to_string(&client.secret_file)
+                .with_context(|| format!("reading {}", client.secret_file.display()))?;
+            let secret = secret.trim();
+            if secret.len() < 32 {
+                return Err(Failure::Usage(format!(
+                    "invalid setting `sso.service_clients`: the secret of client {:?} in {} is shorter than 32 characters",
+                    client.id,
+                    client.secret_file.display()
+                )));
+            }
+            let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
+            let subject = sso
+                .ensure_service_client(&client.id, secret, uuid::Uuid::new_v4(), &scopes)
+                .await
+                .map_err(|e| {
+                    Failure::Runtime(anyhow::anyhow!("service client {:?}: {e}", client.id))
+                })?;
+            tracing::info!(client = %client.id, %subject, "service client ready");
+        }
         if let Some(queue) = &queue {
             let publisher = sipmba_queue::revocations::RevocationPublisher::new(queue.clone())
                 .await
@@ -194,7 +215,9 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         if args.dev {
             write_dev_token(&args.data_dir, &sso).await?;
         }
-        sso.verifier()
+        let verifier = sso.verifier();
+        sso_handle = Some(sso);
+        verifier
     } else {
         let url = config
             .auth
@@ -214,6 +237,10 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         .await
         .with_context(|| format!("binding {} (server.listen)", config.listen))?;
     tracing::info!(addr = %listener.local_addr().context("local address")?, target = args.target.name(), "listening");
+    // Objects may be this very process: follow its change feed once the port is open.
+    if let Some(sso) = &sso_handle {
+        sso.follow_objects(shutdown.clone());
+    }
     tokio::spawn(async move {
         sipmba_runtime::termination_signal().await;
         tracing::info!("shutting down");
@@ -253,6 +280,7 @@ async fn start_sso(
     sso_config.thing_token_lifetime = config.sso.thing_token_lifetime;
     sso_config.service_token_lifetime = config.sso.service_token_lifetime;
     sso_config.refresh_token_lifetime = config.sso.refresh_token_lifetime;
+    sso_config.key_rotation = config.sso.key_rotation;
     let mut pause = Duration::from_millis(250);
     loop {
         let attempt = async {

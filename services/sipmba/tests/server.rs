@@ -125,6 +125,18 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
+async fn http_post(addr: SocketAddr, path: &str, form: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 /// Forwards `listen` to PostgreSQL: the database "comes up" when this starts.
 async fn forward(listener: TcpListener, to: SocketAddr) {
     loop {
@@ -431,7 +443,23 @@ async fn tls_is_spoken_on_every_listener_when_configured() {
 async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
+    // A service client from the configuration, as the operator would get one.
+    let secret = "operator-secret-0123456789-abcdefghijklmnop";
+    std::fs::write(dir.path().join("operator.secret"), format!("{secret}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("sipmba.toml"),
+        "[[sso.service_clients]]\nid = \"operator\"\nsecret_file = \"operator.secret\"\nscopes = [\"objects:admin\", \"users:write\"]\n",
+    )
+    .unwrap();
+    let dev = [
+        "server",
+        "--dev",
+        "--listen",
+        &listen,
+        "--config",
+        "sipmba.toml",
+    ];
+    let child = spawn(&dev, dir.path());
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
     assert!(
@@ -463,10 +491,17 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         )),
         "{discovery}"
     );
+    let body = format!("grant_type=client_credentials&client_id=operator&client_secret={secret}");
+    let reply = http_post(listen.parse().unwrap(), "/oauth2/token", &body).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains(r#""scope":"objects:admin users:write""#),
+        "{reply}"
+    );
     sigterm_and_wait(child).await;
 
     // A restart keeps the key, the data and the token valid.
-    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
+    let child = spawn(&dev, dir.path());
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
     let request = with_token(

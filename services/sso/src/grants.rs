@@ -872,14 +872,20 @@ impl Sso {
         })
     }
 
-    /// Creates or replaces a service client (configuration bootstrap: the operator, processing).
+    /// Creates or replaces a service client (configuration bootstrap: the operator, processing);
+    /// an existing client keeps its subject. Returns the subject.
     pub async fn ensure_service_client(
         &self,
         client_id: &str,
         secret: &str,
         subject: Uuid,
         scopes: &[&str],
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<Uuid> {
+        // A client keeps its subject across restarts and secret changes.
+        let subject = clients::Entity::find_by_id(client_id.to_owned())
+            .one(&self.inner.db)
+            .await?
+            .map_or(subject, |existing| existing.subject);
         clients::Entity::delete_by_id(client_id.to_owned())
             .exec(&self.inner.db)
             .await?;
@@ -894,6 +900,6 @@ impl Sso {
         })
         .exec_without_returning(&self.inner.db)
         .await?;
-        Ok(())
+        Ok(subject)
     }
 }

@@ -16,6 +16,7 @@ use crate::entity::keys;
 
 struct Ring {
     current: Arc<SigningKey>,
+    current_created_ms: i64,
     published: Vec<Arc<SigningKey>>,
 }
 
@@ -75,13 +76,17 @@ impl KeyRing {
         for row in &rows {
             let key = decode(row)?;
             if current.is_none() && row.retired_ms.is_none() {
-                current = Some(key.clone());
+                current = Some((key.clone(), row.created_ms));
             }
             published.push(key);
         }
-        let current =
+        let (current, current_created_ms) =
             current.ok_or_else(|| ServiceError::Internal("no active signing key".into()))?;
-        Ok(Ring { current, published })
+        Ok(Ring {
+            current,
+            current_created_ms,
+            published,
+        })
     }
 
     async fn create(db: &DatabaseConnection) -> ServiceResult<keys::Model> {
@@ -125,6 +130,14 @@ impl KeyRing {
             .await?;
         self.reload().await?;
         Ok(row.kid)
+    }
+
+    /// When the signing key was created (ms).
+    pub fn current_created_ms(&self) -> i64 {
+        self.ring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current_created_ms
     }
 
     /// The key that signs now.

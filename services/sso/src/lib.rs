@@ -51,6 +51,8 @@ pub struct SsoConfig {
     pub throttle: throttle::ThrottleLimits,
     /// Where Objects answers (http://host:port).
     pub objects_url: String,
+    /// A signing key signs for this long, then a new one takes over.
+    pub key_rotation: Duration,
 }
 
 impl SsoConfig {
@@ -68,6 +70,7 @@ impl SsoConfig {
             password_cost: secrets::PasswordCost::default(),
             throttle: throttle::ThrottleLimits::default(),
             objects_url: objects_url.to_owned(),
+            key_rotation: Duration::from_secs(30 * 24 * 3600),
         }
     }
 
@@ -160,6 +163,38 @@ impl Sso {
     /// Starts signing with a new key; the old one stays published until its tokens expire.
     pub async fn rotate_keys(&self) -> ServiceResult<String> {
         self.inner.keys.rotate().await
+    }
+
+    /// Re-reads the keys and rotates when the signing key is older than the rotation period;
+    /// returns the new `kid` after a rotation.
+    pub async fn refresh_keys(&self) -> ServiceResult<Option<String>> {
+        let period = i64::try_from(self.inner.config.key_rotation.as_millis()).unwrap_or(i64::MAX);
+        self.inner.keys.reload().await?;
+        let age = sipmba_runtime::ids::now_ms() - self.inner.keys.current_created_ms();
+        if age < period {
+            return Ok(None);
+        }
+        let kid = self.inner.keys.rotate().await?;
+        tracing::info!(%kid, "rotated the signing key");
+        Ok(Some(kid))
+    }
+
+    /// Keeps the keys fresh until `shutdown`: re-reads them every minute (other replicas may have
+    /// rotated) and rotates when the signing key is older than the rotation period.
+    pub fn maintain_keys(&self, shutdown: sipmba_runtime::Shutdown) -> tokio::task::JoinHandle<()> {
+        let sso = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    () = shutdown.clone().wait() => return,
+                }
+                let result = sso.refresh_keys().await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "cannot refresh the signing keys");
+                }
+            }
+        })
     }
 }
 

@@ -643,6 +643,11 @@ async fn introspection_revocation_and_key_rotation(backend: Backend) {
         format!("{}/oauth2/token", p.base)
     );
     let before = p.login("intro-user", "intro password").await.unwrap();
+    assert_eq!(
+        p.sso.refresh_keys().await.unwrap(),
+        None,
+        "a fresh key is not rotated"
+    );
     let new_kid = p.sso.rotate_keys().await.unwrap();
     let after = p.login("intro-user", "intro password").await.unwrap();
     let verifier = p.verifier();
