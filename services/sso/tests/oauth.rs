@@ -29,6 +29,10 @@ struct Platform {
 const AUDIENCE: &str = "sipmba";
 
 async fn start(backend: Backend) -> Platform {
+    start_with(backend, |_| {}).await
+}
+
+async fn start_with(backend: Backend, adjust: impl FnOnce(&mut SsoConfig)) -> Platform {
     sipmba_testkit::init_logs();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let db = TestDb::new(backend).await.unwrap();
@@ -44,6 +48,7 @@ async fn start(backend: Backend) -> Platform {
         iterations: 1,
         parallelism: 1,
     };
+    adjust(&mut config);
     let revocations = Revocations::default();
     let sso = Sso::start(conn.clone(), config, revocations).await.unwrap();
     let (trigger, shutdown) = Shutdown::new();
@@ -196,6 +201,7 @@ on_both_databases!(
     the_grpc_api_registers_logs_in_and_manages_credentials,
     disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second,
     revocations_reach_other_services_through_the_log_within_a_second,
+    sso_tokens_expire_and_are_bound_to_their_issuer_and_audience,
 );
 
 async fn password_login_and_rotating_refresh_with_reuse_detection(backend: Backend) {
@@ -1273,4 +1279,87 @@ async fn revocations_reach_other_services_through_the_log_within_a_second(backen
         late.verify(second.access_token().secret()).await,
         Err(AuthError::Revoked)
     ));
+}
+
+async fn sso_tokens_expire_and_are_bound_to_their_issuer_and_audience(backend: Backend) {
+    let p = start(backend).await;
+    p.sso
+        .register("bound-user", "bound user password")
+        .await
+        .unwrap();
+    let token = p.login("bound-user", "bound user password").await.unwrap();
+    let token = token.access_token().secret().clone();
+    let jwks = format!("{}/.well-known/jwks.json", p.base);
+    let verifier = |issuer: &str, audience: &str, leeway: u64| {
+        let mut config = VerifierConfig::new(JwksSource::Url(jwks.clone()), issuer, audience);
+        config.leeway = Duration::from_secs(leeway);
+        Verifier::new(config, Revocations::default()).unwrap()
+    };
+    assert!(verifier(&p.base, AUDIENCE, 0).verify(&token).await.is_ok());
+    assert!(matches!(
+        verifier(&p.base, "another-platform", 0)
+            .verify(&token)
+            .await,
+        Err(AuthError::WrongAudience)
+    ));
+    assert!(matches!(
+        verifier("https://elsewhere", AUDIENCE, 0)
+            .verify(&token)
+            .await,
+        Err(AuthError::WrongIssuer)
+    ));
+
+    // A token of another sso (another key) is a forgery here.
+    let other = start(backend).await;
+    other
+        .sso
+        .register("bound-user", "bound user password")
+        .await
+        .unwrap();
+    let foreign = other
+        .login("bound-user", "bound user password")
+        .await
+        .unwrap();
+    let err = verifier(&p.base, AUDIENCE, 0)
+        .verify(foreign.access_token().secret())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthError::UnknownKey | AuthError::WrongIssuer),
+        "{err:?}"
+    );
+
+    // Short-lived tokens expire: an sso issuing 1-second user tokens.
+    let short = start_with(backend, |c| c.user_token_lifetime = Duration::from_secs(1)).await;
+    let short_base = short.base.clone();
+    short
+        .sso
+        .register("short-user", "short user password")
+        .await
+        .unwrap();
+    let issued = short
+        .sso
+        .password_grant("short-user", "short user password", "", None)
+        .await
+        .unwrap();
+    assert_eq!(issued.expires_in, Duration::from_secs(1));
+    let short = short.sso;
+    let strict = {
+        let mut config =
+            VerifierConfig::new(JwksSource::Static(short.jwks()), &short_base, AUDIENCE);
+        config.leeway = Duration::ZERO;
+        Verifier::new(config, Revocations::default()).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match strict.verify(&issued.access_token).await {
+            Err(AuthError::Expired) => break,
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the token never expired"
+            ),
+            Err(other) => panic!("expected expiry, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
