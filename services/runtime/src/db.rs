@@ -48,3 +48,21 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 pub async fn is_reachable(db: &DatabaseConnection) -> bool {
     db.ping().await.is_ok()
 }
+
+/// Applies the migrations of `M`. On PostgreSQL they run in one transaction under the advisory
+/// lock `lock`, so that replicas starting together migrate once.
+pub async fn migrate<M: sea_orm_migration::MigratorTrait>(
+    db: &DatabaseConnection,
+    lock: i64,
+) -> Result<(), DbErr> {
+    use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({lock})"))
+            .await?;
+        M::up(&txn, None).await?;
+        txn.commit().await
+    } else {
+        M::up(db, None).await
+    }
+}

@@ -7,6 +7,7 @@ pub mod db;
 mod error;
 pub mod ids;
 pub mod metrics;
+pub mod retry;
 pub mod server;
 
 pub use config::{

@@ -6,7 +6,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use anyhow::Context;
@@ -281,26 +280,15 @@ async fn start_sso(
     sso_config.service_token_lifetime = config.sso.service_token_lifetime;
     sso_config.refresh_token_lifetime = config.sso.refresh_token_lifetime;
     sso_config.key_rotation = config.sso.key_rotation;
-    let mut pause = Duration::from_millis(250);
-    loop {
-        let attempt = async {
-            sipmba_sso::migrate(db).await.map_err(|e| e.to_string())?;
-            sipmba_sso::Sso::start(db.clone(), sso_config.clone(), revocations.clone())
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match attempt.await {
-            Ok(sso) => return Ok(sso),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot start sso yet")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = shutdown.clone().wait() => return Err(Failure::Runtime(anyhow::anyhow!("stopped before sso could start"))),
-        }
-        pause = (pause * 2).min(Duration::from_secs(10));
-    }
+    let start = || async {
+        sipmba_sso::migrate(db).await.map_err(|e| e.to_string())?;
+        sipmba_sso::Sso::start(db.clone(), sso_config.clone(), revocations.clone())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    sipmba_runtime::retry::until_ok("cannot start sso yet", shutdown, start)
+        .await
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before sso could start")))
 }
 
 /// Connects to the log, retrying while the brokers are unreachable.
@@ -308,21 +296,11 @@ async fn connect_queue(
     config: &Config,
     shutdown: &Shutdown,
 ) -> Result<sipmba_queue::Queue, Failure> {
-    let mut pause = Duration::from_millis(250);
-    loop {
-        match sipmba_queue::Queue::connect(&config.queue.brokers, &config.queue.topic_prefix).await
-        {
-            Ok(queue) => return Ok(queue),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot reach the brokers yet")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = shutdown.clone().wait() => return Err(Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered"))),
-        }
-        pause = (pause * 2).min(Duration::from_secs(10));
-    }
+    let connect =
+        || sipmba_queue::Queue::connect(&config.queue.brokers, &config.queue.topic_prefix);
+    sipmba_runtime::retry::until_ok("cannot reach the brokers yet", shutdown, connect)
+        .await
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered")))
 }
 
 /// The address this process answers on, for calls to itself.
@@ -356,27 +334,17 @@ async fn migrate_until_done(
     done: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) {
-    let mut pause = Duration::from_millis(250);
-    loop {
-        match sipmba_objects::migrate(&db).await {
-            Ok(()) => {
-                tracing::info!("objects schema is up to date");
-                done.store(true, Ordering::Relaxed);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot migrate the objects schema yet");
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = shutdown.clone().wait() => return,
-        }
-        pause = (pause * 2).min(Duration::from_secs(10));
+    let migrate = || sipmba_objects::migrate(&db);
+    if sipmba_runtime::retry::until_ok("cannot migrate the objects schema yet", &shutdown, migrate)
+        .await
+        .is_some()
+    {
+        tracing::info!("objects schema is up to date");
+        done.store(true, Ordering::Relaxed);
     }
 }
 
-/// Writes a 24-hour admin token for trying the platform (never logged).
+/// Writes an admin token for trying the platform (never logged).
 async fn write_dev_token(data_dir: &Path, sso: &sipmba_sso::Sso) -> Result<(), Failure> {
     use sipmba_auth::scopes::*;
     std::fs::create_dir_all(data_dir)

@@ -10,7 +10,7 @@ use std::{
 };
 
 use sipmba_proto::v1 as pb;
-use sipmba_testkit::{Backend, TestDb, TestIssuer, serve_jwks};
+use sipmba_testkit::{Backend, TestDb, TestIssuer, serve_jwks, with_token};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -43,14 +43,6 @@ fn spawn(args: &[&str], dir: &Path) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("start sipmba")
-}
-
-fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(msg);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 async fn run_to_end(args: &[&str]) -> (i32, String) {

@@ -3,7 +3,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
+    sea_query::Expr,
 };
 use sipmba_auth::{Kind, Principal, scopes, signing::AccessClaims};
 use sipmba_runtime::{ServiceError, ServiceResult, ids::now_ms};
@@ -836,19 +837,15 @@ impl Sso {
             _ => {}
         }
         let secret = secrets::random_secret();
-        clients::Entity::delete_by_id(client_id.clone())
-            .exec(&self.inner.db)
-            .await?;
-        clients::Entity::insert(clients::ActiveModel {
-            client_id: Set(client_id.clone()),
-            kind: Set(kind_number(Kind::Thing)),
-            subject: Set(thing),
-            owner: Set(Some(owner)),
-            secret_hash: Set(secrets::digest(&secret)),
-            scopes: Set(scopes::THING_SCOPES.join(" ")),
-            issued_ms: Set(now_ms()),
+        self.put_client(clients::Model {
+            client_id: client_id.clone(),
+            kind: kind_number(Kind::Thing),
+            subject: thing,
+            owner: Some(owner),
+            secret_hash: secrets::digest(&secret),
+            scopes: scopes::THING_SCOPES.join(" "),
+            issued_ms: now_ms(),
         })
-        .exec_without_returning(&self.inner.db)
         .await?;
         tracing::info!(%thing, "issued a thing secret");
         Ok((client_id, secret))
@@ -886,20 +883,29 @@ impl Sso {
             .one(&self.inner.db)
             .await?
             .map_or(subject, |existing| existing.subject);
-        clients::Entity::delete_by_id(client_id.to_owned())
-            .exec(&self.inner.db)
-            .await?;
-        clients::Entity::insert(clients::ActiveModel {
-            client_id: Set(client_id.to_owned()),
-            kind: Set(kind_number(Kind::Service)),
-            subject: Set(subject),
-            owner: Set(None),
-            secret_hash: Set(secrets::digest(secret)),
-            scopes: Set(scopes.join(" ")),
-            issued_ms: Set(now_ms()),
+        self.put_client(clients::Model {
+            client_id: client_id.to_owned(),
+            kind: kind_number(Kind::Service),
+            subject,
+            owner: None,
+            secret_hash: secrets::digest(secret),
+            scopes: scopes.join(" "),
+            issued_ms: now_ms(),
         })
-        .exec_without_returning(&self.inner.db)
         .await?;
         Ok(subject)
+    }
+
+    /// Creates or replaces a client row (a new secret replaces the old one at once).
+    async fn put_client(&self, client: clients::Model) -> ServiceResult<()> {
+        let txn = self.inner.db.begin().await?;
+        clients::Entity::delete_by_id(client.client_id.clone())
+            .exec(&txn)
+            .await?;
+        clients::Entity::insert(clients::ActiveModel::from(client))
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
     }
 }

@@ -200,15 +200,5 @@ impl Sso {
 
 /// Applies the SSO migrations (one transaction under an advisory lock on PostgreSQL).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
-    use sea_orm_migration::MigratorTrait;
-    if db.get_database_backend() == DatabaseBackend::Postgres {
-        let txn = db.begin().await?;
-        txn.execute_unprepared("SELECT pg_advisory_xact_lock(74000003)")
-            .await?;
-        migration::Migrator::up(&txn, None).await?;
-        txn.commit().await
-    } else {
-        migration::Migrator::up(db, None).await
-    }
+    sipmba_runtime::db::migrate::<migration::Migrator>(db, 74000003).await
 }

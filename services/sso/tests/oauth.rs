@@ -13,7 +13,7 @@ use sipmba_auth::{AuthError, JwksSource, Kind, Revocations, Verifier, VerifierCo
 use sipmba_proto::v1 as pb;
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
 use sipmba_sso::{Sso, SsoConfig};
-use sipmba_testkit::{Backend, TestDb};
+use sipmba_testkit::{Backend, TestDb, with_token};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -170,14 +170,6 @@ fn oauth_error<RE: std::error::Error + 'static>(
         RequestTokenError::ServerResponse(r) => r.error().clone(),
         other => panic!("expected an OAuth error response, got {other:?}"),
     }
-}
-
-fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(msg);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 macro_rules! on_both_databases {

@@ -363,3 +363,15 @@ impl Drop for TestBroker {
         self.kill();
     }
 }
+
+/// A gRPC request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("a token is a valid header value"),
+    );
+    request
+}

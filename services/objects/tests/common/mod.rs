@@ -11,7 +11,7 @@ use sipmba_proto::v1::{
 };
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
 use sipmba_testkit::{Backend, TestDb, TestIssuer, serve_jwks};
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
 pub struct Harness {
@@ -151,13 +151,7 @@ impl Harness {
     }
 }
 
-pub fn req<T>(token: &str, msg: T) -> Request<T> {
-    let mut request = Request::new(msg);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
+pub use sipmba_testkit::with_token as req;
 
 pub fn user_id(id: Uuid) -> pb::UserId {
     pb::UserId {
