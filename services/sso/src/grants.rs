@@ -222,7 +222,7 @@ impl Sso {
         owner: Option<Uuid>,
         scopes: &[String],
         family: Option<Uuid>,
-    ) -> Result<(String, Duration), OAuthError> {
+    ) -> Result<Issued, OAuthError> {
         let lifetime = self.lifetime(kind);
         let refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
         let c = &self.inner.config;
@@ -251,7 +251,12 @@ impl Sso {
             .current()
             .sign(&claims)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok((token, lifetime))
+        Ok(Issued {
+            access_token: token,
+            expires_in: lifetime,
+            refresh_token: None,
+            scope: scopes.join(" "),
+        })
     }
 
     async fn new_refresh_token(
@@ -342,15 +347,13 @@ impl Sso {
         let refresh = self
             .new_refresh_token(&self.inner.db, credential.user_id, family, &scope)
             .await?;
-        let (access_token, expires_in) = self
+        let issued = self
             .issue_access(Kind::User, credential.user_id, None, &scopes, Some(family))
             .await?;
         tracing::info!(user = %credential.user_id, "password login");
         Ok(Issued {
-            access_token,
-            expires_in,
             refresh_token: Some(refresh),
-            scope,
+            ..issued
         })
     }
 
@@ -403,14 +406,12 @@ impl Sso {
         let refresh = self
             .new_refresh_token(&self.inner.db, row.user_id, row.family, &row.scopes)
             .await?;
-        let (access_token, expires_in) = self
+        let issued = self
             .issue_access(Kind::User, row.user_id, None, &scopes, Some(row.family))
             .await?;
         Ok(Issued {
-            access_token,
-            expires_in,
             refresh_token: Some(refresh),
-            scope: scopes.join(" "),
+            ..issued
         })
     }
 
@@ -464,15 +465,8 @@ impl Sso {
         } else {
             (Kind::Service, None)
         };
-        let (access_token, expires_in) = self
-            .issue_access(kind, client.subject, owner, &scopes, None)
-            .await?;
-        Ok(Issued {
-            access_token,
-            expires_in,
-            refresh_token: None,
-            scope: scopes.join(" "),
-        })
+        self.issue_access(kind, client.subject, owner, &scopes, None)
+            .await
     }
 
     // ----- introspection and revocation -------------------------------------------------------
@@ -858,15 +852,8 @@ impl Sso {
         scopes: &[&str],
     ) -> Result<Issued, OAuthError> {
         let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
-        let (access_token, expires_in) = self
-            .issue_access(Kind::Service, subject, None, &scopes, None)
-            .await?;
-        Ok(Issued {
-            access_token,
-            expires_in,
-            refresh_token: None,
-            scope: scopes.join(" "),
-        })
+        self.issue_access(Kind::Service, subject, None, &scopes, None)
+            .await
     }
 
     /// Creates or replaces a service client (configuration bootstrap: the operator, processing);
