@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use axum::{
     Form, Json, Router,
-    extract::{FromRequestParts, State},
+    extract::{FromRequestParts, State, rejection::FormRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -116,6 +116,21 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
     Ok(Some((unescape(id)?, unescape(secret)?)))
 }
 
+/// The form body, or an RFC 6749 `invalid_request` that says what is wrong with it.
+fn form_body(
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Result<HashMap<String, String>, Response> {
+    form.map(|Form(form)| form).map_err(|rejection| {
+        error_response(
+            &bad_request(&format!(
+                "the body must be application/x-www-form-urlencoded: {}",
+                rejection.body_text()
+            )),
+            false,
+        )
+    })
+}
+
 fn field<'a>(form: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthError> {
     form.get(name)
         .map(String::as_str)
@@ -127,8 +142,12 @@ async fn token(
     State(sso): State<Sso>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    let form = match form_body(form) {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
     let basic = match basic_credentials(&headers) {
         Ok(basic) => basic,
         Err(e) => return error_response(&e, false),
@@ -219,8 +238,12 @@ async fn introspect(
     State(sso): State<Sso>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    let form = match form_body(form) {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
     if let Err(e) = authorize_introspection(&sso, &headers, addr).await {
         return error_response(&e, true);
     }
@@ -260,7 +283,14 @@ fn introspection_json(sso: &Sso, info: &Introspection) -> serde_json::Value {
     body
 }
 
-async fn revoke(State(sso): State<Sso>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn revoke(
+    State(sso): State<Sso>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> Response {
+    let form = match form_body(form) {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
     let token = match field(&form, "token") {
         Ok(token) => token,
         Err(e) => return error_response(&e, false),

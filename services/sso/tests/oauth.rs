@@ -422,6 +422,24 @@ async fn wrong_passwords_are_throttled_and_disabled_users_refused(backend: Backe
             .unwrap()
             .contains("`password`")
     );
+    for path in ["/oauth2/token", "/oauth2/revoke", "/oauth2/introspect"] {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", p.base))
+            .header("content-type", "application/json")
+            .body(r#"{"grant_type":"password"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{path}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("x-www-form-urlencoded")
+        );
+    }
 }
 
 async fn things_get_thing_tokens_with_client_credentials(backend: Backend) {
