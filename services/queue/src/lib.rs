@@ -3,6 +3,7 @@
 //!
 //! rskafka has no consumer groups: a follower keeps its own offset.
 
+pub mod nodelay;
 pub mod revocations;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -55,6 +56,8 @@ pub mod topics {
 pub struct Queue {
     client: Arc<Client>,
     prefix: String,
+    /// Broker addresses whose connections get `TCP_NODELAY` (see [`nodelay`]).
+    nodelay_peers: Option<Arc<Vec<std::net::SocketAddr>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -70,16 +73,45 @@ impl std::fmt::Debug for Queue {
 pub const FETCH_WAIT: Duration = Duration::from_millis(50);
 
 impl Queue {
-    /// Connects to `brokers` (`host:port`); topic names get `prefix` in front.
+    /// Connects to `brokers` (`host:port`); topic names get `prefix` in front. Connections to
+    /// the brokers get `TCP_NODELAY` ([`nodelay`]).
     pub async fn connect(brokers: &[String], prefix: &str) -> Result<Self, QueueError> {
+        Self::connect_with(brokers, prefix, true).await
+    }
+
+    /// As [`Queue::connect`], choosing whether to force `TCP_NODELAY` (the benchmark compares).
+    pub async fn connect_with(
+        brokers: &[String],
+        prefix: &str,
+        nodelay: bool,
+    ) -> Result<Self, QueueError> {
         let client = ClientBuilder::new(brokers.to_vec())
             .client_id("sipmba")
             .build()
             .await?;
-        Ok(Self {
+        let queue = Self {
             client: Arc::new(client),
             prefix: prefix.to_owned(),
-        })
+            nodelay_peers: nodelay.then(|| Arc::new(nodelay::resolve(brokers))),
+        };
+        queue.apply_nodelay();
+        if let Some(peers) = &queue.nodelay_peers {
+            // rskafka reconnects (and learns other brokers) on its own: keep up with it.
+            let (client, peers) = (Arc::downgrade(&queue.client), peers.clone());
+            tokio::spawn(async move {
+                while client.upgrade().is_some() {
+                    nodelay::force(&peers);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            });
+        }
+        Ok(queue)
+    }
+
+    fn apply_nodelay(&self) {
+        if let Some(peers) = &self.nodelay_peers {
+            nodelay::force(peers);
+        }
     }
 
     /// The full name of a topic.

@@ -119,15 +119,12 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
 /// The form body, or an RFC 6749 `invalid_request` that says what is wrong with it.
 fn form_body(
     form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Result<HashMap<String, String>, Response> {
+) -> Result<HashMap<String, String>, OAuthError> {
     form.map(|Form(form)| form).map_err(|rejection| {
-        error_response(
-            &bad_request(&format!(
-                "the body must be application/x-www-form-urlencoded: {}",
-                rejection.body_text()
-            )),
-            false,
-        )
+        bad_request(&format!(
+            "the body must be application/x-www-form-urlencoded: {}",
+            rejection.body_text()
+        ))
     })
 }
 
@@ -146,7 +143,7 @@ async fn token(
 ) -> Response {
     let form = match form_body(form) {
         Ok(form) => form,
-        Err(response) => return response,
+        Err(e) => return error_response(&e, false),
     };
     let basic = match basic_credentials(&headers) {
         Ok(basic) => basic,
@@ -242,7 +239,7 @@ async fn introspect(
 ) -> Response {
     let form = match form_body(form) {
         Ok(form) => form,
-        Err(response) => return response,
+        Err(e) => return error_response(&e, false),
     };
     if let Err(e) = authorize_introspection(&sso, &headers, addr).await {
         return error_response(&e, true);
@@ -289,7 +286,7 @@ async fn revoke(
 ) -> Response {
     let form = match form_body(form) {
         Ok(form) => form,
-        Err(response) => return response,
+        Err(e) => return error_response(&e, false),
     };
     let token = match field(&form, "token") {
         Ok(token) => token,
