@@ -4,6 +4,7 @@
 //! rskafka has no consumer groups: a follower keeps its own offset.
 
 pub mod nodelay;
+pub mod producer;
 pub mod revocations;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -38,7 +39,7 @@ pub enum QueueError {
     },
 }
 
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));

@@ -1,0 +1,236 @@
+//! A batching producer: records are partitioned by key (Kafka's murmur2, so any Kafka client
+//! agrees on the partition of a thing), gathered per partition until a batch is full by count or
+//! bytes or its linger time is up, and produced with one request in flight per partition. Each
+//! caller learns when its record is committed, and at which offset.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use rskafka::{
+    client::partition::{Compression, PartitionClient},
+    record::Record,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Queue, QueueError};
+
+/// Bounds of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Most records in one produce request.
+    pub max_records: usize,
+    /// Most bytes (keys and values) in one produce request.
+    pub max_bytes: usize,
+    /// How long the first record of a batch may wait for others.
+    pub linger: Duration,
+    /// Records waiting per partition before `send` waits (backpressure).
+    pub queue_depth: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(5),
+            queue_depth: 10_000,
+        }
+    }
+}
+
+/// Where a record was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+}
+
+/// Why a record was not committed. The record may or may not be in the log: resend it, and let
+/// consumers drop the duplicate.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("not committed: {0}")]
+pub struct NotCommitted(pub Arc<str>);
+
+type Reply = oneshot::Sender<Result<Committed, NotCommitted>>;
+
+struct Pending {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    reply: Reply,
+}
+
+/// A batching producer for one topic.
+#[derive(Clone)]
+pub struct Producer {
+    partitions: Arc<Vec<mpsc::Sender<Pending>>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("partitions", &self.partitions.len())
+            .finish()
+    }
+}
+
+/// Kafka's murmur2 (the default partitioner's hash of a record key).
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    // The length is folded in as Kafka does (an i32, wrapping).
+    let mut h: u32 = SEED ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition of `key` among `partitions`, as Kafka's default partitioner chooses it.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+impl Producer {
+    /// A producer for `topic` (created with `partitions` partitions if missing).
+    pub async fn new(
+        queue: &Queue,
+        topic: &str,
+        partitions: i32,
+        limits: BatchLimits,
+    ) -> Result<Self, QueueError> {
+        queue.ensure_topic(topic, partitions).await?;
+        let mut senders = Vec::with_capacity(usize::try_from(partitions).unwrap_or(1));
+        for partition in 0..partitions {
+            let client = queue.partition(topic, partition).await?;
+            let (tx, rx) = mpsc::channel(limits.queue_depth.max(1));
+            tokio::spawn(run_partition(client, rx, limits));
+            senders.push(tx);
+        }
+        Ok(Self {
+            partitions: Arc::new(senders),
+        })
+    }
+
+    /// Queues a record; the returned receiver completes once it is committed (or not). Waits
+    /// while the partition's queue is full.
+    pub async fn send(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> oneshot::Receiver<Result<Committed, NotCommitted>> {
+        let (reply, committed) = oneshot::channel();
+        let count = i32::try_from(self.partitions.len()).unwrap_or(i32::MAX);
+        let index = usize::try_from(partition_for(key, count)).unwrap_or(0);
+        let pending = Pending {
+            key: key.to_vec(),
+            value,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(pending)) = self.partitions[index].send(pending).await {
+            let _ = pending
+                .reply
+                .send(Err(NotCommitted("the producer has stopped".into())));
+        }
+        committed
+    }
+}
+
+/// Gathers and produces the batches of one partition until every `Producer` clone is dropped.
+async fn run_partition(
+    client: PartitionClient,
+    mut rx: mpsc::Receiver<Pending>,
+    limits: BatchLimits,
+) {
+    let partition = client.partition();
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.key.len() + first.value.len();
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + limits.linger;
+        while batch.len() < limits.max_records && bytes < limits.max_bytes {
+            // Take what is already queued without waiting, then wait out the linger time.
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            let Some(p) = next else { break };
+            bytes += p.key.len() + p.value.len();
+            batch.push(p);
+        }
+        let (records, replies): (Vec<Record>, Vec<Reply>) = batch
+            .into_iter()
+            .map(|p| {
+                (
+                    Record {
+                        key: Some(p.key),
+                        value: Some(p.value),
+                        headers: BTreeMap::new(),
+                        timestamp: crate::now(),
+                    },
+                    p.reply,
+                )
+            })
+            .unzip();
+        match client.produce(records, Compression::NoCompression).await {
+            Ok(offsets) => {
+                for (reply, offset) in replies.into_iter().zip(offsets) {
+                    let _ = reply.send(Ok(Committed { partition, offset }));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic = client.topic(), partition, error = %e, "produce failed");
+                let reason: Arc<str> = e.to_string().into();
+                for reply in replies {
+                    let _ = reply.send(Err(NotCommitted(reason.clone())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's own UtilsTest.
+        assert_eq!(murmur2(b"21"), -973932308);
+        assert_eq!(murmur2(b"foobar"), -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58897971
+        );
+        assert_eq!(murmur2(b"abc"), 479470107);
+    }
+}
