@@ -421,14 +421,13 @@ impl Sso {
         Ok(())
     }
 
-    /// The `client_credentials` grant, for things and services.
-    pub async fn client_credentials_grant(
+    /// Checks a client's secret (throttled, constant-time) and returns the client.
+    pub async fn authenticate_client(
         &self,
         client_id: &str,
         secret: &str,
-        scope: &str,
         address: Option<IpAddr>,
-    ) -> Result<Issued, OAuthError> {
+    ) -> Result<clients::Model, OAuthError> {
         if client_id.is_empty() || client_id.len() > 128 || secret.len() > 256 {
             return Err(OAuthError::invalid_client());
         }
@@ -445,6 +444,18 @@ impl Sso {
             return Err(OAuthError::invalid_client());
         };
         self.inner.throttle.succeeded(client_id);
+        Ok(client)
+    }
+
+    /// The `client_credentials` grant, for things and services.
+    pub async fn client_credentials_grant(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Issued, OAuthError> {
+        let client = self.authenticate_client(client_id, secret, address).await?;
         let allowed: Vec<&str> = client.scopes.split_whitespace().collect();
         let scopes = resolve_scopes(scope, &allowed)?;
         let (kind, owner) = if client.kind == kind_number(Kind::Thing) {

@@ -201,10 +201,17 @@ async fn authorize_introspection(
     addr: Option<IpAddr>,
 ) -> Result<(), OAuthError> {
     if let Some((id, secret)) = basic_credentials(headers)? {
-        let issued = sso
-            .client_credentials_grant(&id, &secret, scopes::TOKENS_INTROSPECT, addr)
-            .await?;
-        drop(issued);
+        let client = sso.authenticate_client(&id, &secret, addr).await?;
+        if !client
+            .scopes
+            .split_whitespace()
+            .any(|s| s == scopes::TOKENS_INTROSPECT)
+        {
+            return Err(OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                "this client may not introspect tokens (it lacks tokens:introspect)",
+            ));
+        }
         return Ok(());
     }
     let bearer = headers

@@ -616,6 +616,37 @@ async fn introspection_revocation_and_key_rotation(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(denied.status(), 401);
+    // A service client may introspect with Basic credentials instead of a bearer token.
+    let secret = sipmba_sso::secrets::random_secret();
+    p.sso
+        .ensure_service_client(
+            "introspector",
+            &secret,
+            Uuid::new_v4(),
+            &[scopes::TOKENS_INTROSPECT],
+        )
+        .await
+        .unwrap();
+    let basic: serde_json::Value = http_client
+        .post(format!("{}/oauth2/introspect", p.base))
+        .basic_auth("introspector", Some(&secret))
+        .form(&[("token", access.clone())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(basic["active"], true);
+    let wrong = http_client
+        .post(format!("{}/oauth2/introspect", p.base))
+        .basic_auth("introspector", Some("wrong"))
+        .form(&[("token", access.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("www-authenticate").is_some());
 
     // RFC 7009: revoke the access token; unknown tokens are fine too.
     for token in [access.clone(), "unknown".to_string()] {
