@@ -43,8 +43,11 @@ impl Target {
     }
 }
 
+/// Partitions of the telemetry topic when collect creates it.
+const TELEMETRY_PARTITIONS: i32 = 4;
+
 /// Targets this build can serve.
-const AVAILABLE: &[Target] = &[Target::Sso, Target::Objects];
+const AVAILABLE: &[Target] = &[Target::Sso, Target::Objects, Target::Collect];
 
 /// Arguments of `sipmba server`.
 #[derive(Debug, clap::Args)]
@@ -108,6 +111,13 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     }
     let config =
         Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
+    if args.target == Target::Collect && config.queue.brokers.is_empty() {
+        return Err(Failure::Usage(
+            "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
+             is not set: collect commits readings to the Kafka-protocol log"
+                .into(),
+        ));
+    }
     if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
         return Err(Failure::Usage(
             "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
@@ -226,10 +236,41 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         Verifier::new(verifier_config(JwksSource::Url(url), &config), revocations)
             .context("building the token verifier")?
     };
-    if args.target == Target::All {
-        tracing::info!(
-            "running sso and objects; collect, control and processing are not in this build yet"
-        );
+    match &queue {
+        Some(queue) if runs(Target::Collect) => {
+            let producer = sipmba_queue::producer::Producer::new(
+                queue,
+                sipmba_collect::TELEMETRY_TOPIC,
+                TELEMETRY_PARTITIONS,
+                sipmba_queue::producer::BatchLimits::default(),
+            )
+            .await
+            .context("creating the telemetry topic")?;
+            let start = || async { sipmba_collect::store::migrate(&db).await };
+            sipmba_runtime::retry::until_ok(
+                "cannot migrate the collect schema yet",
+                &shutdown,
+                start,
+            )
+            .await
+            .ok_or_else(|| {
+                Failure::Runtime(anyhow::anyhow!("stopped before collect could start"))
+            })?;
+            let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "collect".into());
+            sipmba_collect::Collect::new(
+                producer,
+                sipmba_collect::store::AckStore::new(db.clone()),
+                verifier.clone(),
+                sipmba_collect::validate::Limits::default(),
+                &instance,
+                shutdown.clone(),
+            )
+            .register(&mut server);
+        }
+        _ if args.target == Target::All => tracing::info!(
+            "collect needs queue.brokers; running without it. Control and processing are not in this build yet"
+        ),
+        _ => {}
     }
 
     let listener = tokio::net::TcpListener::bind(config.listen)

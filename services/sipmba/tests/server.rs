@@ -145,12 +145,25 @@ async fn forward(listener: TcpListener, to: SocketAddr) {
 
 #[tokio::test]
 async fn bad_invocations_exit_with_a_message_that_names_the_problem() {
-    let (code, err) = run_to_end(&["server", "--target", "collect", "--plaintext"]).await;
+    let (code, err) = run_to_end(&["server", "--target", "control", "--plaintext"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("target `collect` is not available") && err.contains("sso, objects"),
+        err.contains("target `control` is not available") && err.contains("sso, objects, collect"),
         "{err}"
     );
+    let (code, err) = run_to_end(&[
+        "server",
+        "--target",
+        "collect",
+        "--plaintext",
+        "--database-url",
+        "sqlite::memory:",
+        "--jwks-url",
+        "http://127.0.0.1:1/jwks",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("queue.brokers"), "{err}");
     let (code, err) = run_to_end(&[
         "server",
         "--target",

@@ -1,0 +1,382 @@
+//! Collect: things stream their readings over gRPC; a reading is acknowledged only once the
+//! Kafka-protocol log has committed it, so an acknowledged reading is never lost, and the thing
+//! resends everything else. Command delivery on the same stream comes with the command inbox.
+
+pub mod store;
+pub mod validate;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prost::Message;
+use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
+use sipmba_proto::v1::{
+    self as pb, collect_service_server::CollectService, session_request, session_response,
+};
+use sipmba_queue::producer::Producer;
+use sipmba_runtime::{ServiceError, ServiceResult, Shutdown, ids::timestamp_from_ms};
+use store::AckStore;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+use validate::Limits;
+
+/// Default name of the telemetry topic.
+pub const TELEMETRY_TOPIC: &str = "sipmba.telemetry";
+
+/// What each Collect method needs.
+pub fn access_policy() -> Vec<(&'static str, Access)> {
+    vec![
+        (
+            "/sipmba.v1.CollectService/Session",
+            Access::Scope(scopes::TELEMETRY_WRITE),
+        ),
+        (
+            "/sipmba.v1.CollectService/Publish",
+            Access::Scope(scopes::TELEMETRY_WRITE),
+        ),
+    ]
+}
+
+struct Inner {
+    producer: Producer,
+    acks: AckStore,
+    verifier: Verifier,
+    limits: Limits,
+    instance: String,
+    shutdown: Shutdown,
+    /// The live session of each thing: a newer one closes the older.
+    sessions: Mutex<HashMap<Uuid, (u64, watch::Sender<bool>)>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+/// The Collect service. Cheap to clone.
+#[derive(Clone)]
+pub struct Collect {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Collect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collect")
+            .field("instance", &self.inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+fn thing_of(principal: &Principal) -> ServiceResult<Uuid> {
+    if principal.kind != Kind::Thing {
+        return Err(ServiceError::PermissionDenied(format!(
+            "only things publish telemetry; this is a {} token",
+            principal.kind
+        )));
+    }
+    Ok(principal.subject)
+}
+
+impl Collect {
+    /// Collect over `producer` (the telemetry topic), `acks` and the process's `verifier` (for
+    /// revocations in the middle of a session).
+    pub fn new(
+        producer: Producer,
+        acks: AckStore,
+        verifier: Verifier,
+        limits: Limits,
+        instance: &str,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                producer,
+                acks,
+                verifier,
+                limits,
+                instance: instance.to_owned(),
+                shutdown,
+                sessions: Mutex::new(HashMap::new()),
+                next_session: std::sync::atomic::AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Registers the service, its access rules and its database with `server`.
+    pub fn register(&self, server: &mut sipmba_runtime::Server) {
+        server
+            .add_service(pb::collect_service_server::CollectServiceServer::new(
+                self.clone(),
+            ))
+            .access(access_policy())
+            .requires_database(self.inner.acks.db().clone());
+    }
+
+    /// Commits `readings` (already validated) for `thing`; returns the seq every reading up to
+    /// which is now committed or was before.
+    async fn commit(
+        &self,
+        thing: Uuid,
+        readings: Vec<pb::Reading>,
+        acked: u64,
+    ) -> ServiceResult<(u64, u64)> {
+        let key = thing.to_string();
+        let received = Some(timestamp_from_ms(sipmba_runtime::ids::now_ms()));
+        let mut highest = acked;
+        let mut pending = Vec::with_capacity(readings.len());
+        for reading in readings {
+            highest = highest.max(reading.seq);
+            if reading.seq <= acked {
+                continue; // a resent reading that is already committed
+            }
+            let record = pb::TelemetryRecord {
+                thing: Some(pb::ThingId { value: key.clone() }),
+                reading: Some(reading),
+                received_time: received,
+                collect_instance: self.inner.instance.clone(),
+            };
+            pending.push(
+                self.inner
+                    .producer
+                    .send(key.as_bytes(), record.encode_to_vec())
+                    .await,
+            );
+        }
+        let accepted = pending.len() as u64;
+        for commit in pending {
+            match commit.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "the log did not commit: {e}"
+                    )));
+                }
+                Err(_) => return Err(ServiceError::Unavailable("the producer stopped".into())),
+            }
+        }
+        if highest > acked {
+            self.inner.acks.advance(thing, highest).await?;
+        }
+        Ok((highest, accepted))
+    }
+
+    fn check_token(&self, principal: &Principal) -> Result<(), Status> {
+        let now = sipmba_auth::signing::unix_now();
+        if principal.expires_at <= now {
+            return Err(Status::unauthenticated(
+                "the access token expired during the session",
+            ));
+        }
+        if self.inner.verifier.revocations().is_revoked(
+            &principal.token_id,
+            principal.subject,
+            principal.issued_at,
+        ) {
+            return Err(Status::unauthenticated(
+                "the access token was revoked during the session",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn run_session(
+        self,
+        principal: Principal,
+        thing: Uuid,
+        mut inbound: Streaming<pb::SessionRequest>,
+        tx: mpsc::Sender<Result<pb::SessionResponse, Status>>,
+    ) {
+        let frame = |f| Ok(pb::SessionResponse { frame: Some(f) });
+        match inbound.message().await {
+            Ok(Some(pb::SessionRequest {
+                frame: Some(session_request::Frame::Hello(_)),
+            })) => {}
+            Ok(_) => {
+                let _ = tx
+                    .send(Err(Status::failed_precondition(
+                        "the first frame of a session must be Hello",
+                    )))
+                    .await;
+                return;
+            }
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+        let id = self
+            .inner
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (close_tx, mut closed) = watch::channel(false);
+        if let Some((_, older)) = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(thing, (id, close_tx))
+        {
+            let _ = older.send(true);
+        }
+        let mut acked = match self.inner.acks.acked(thing).await {
+            Ok(acked) => acked,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(e))).await;
+                self.unregister(thing, id);
+                return;
+            }
+        };
+        let limits = self.inner.limits;
+        let welcome = session_response::Frame::Welcome(session_response::Welcome {
+            thing: Some(pb::ThingId {
+                value: thing.to_string(),
+            }),
+            session_id: format!("{}-{id}", self.inner.instance),
+            max_batch_readings: limits.max_batch_readings,
+            max_reading_bytes: limits.max_reading_bytes,
+            acked_seq: acked,
+        });
+        if tx.send(frame(welcome)).await.is_err() {
+            self.unregister(thing, id);
+            return;
+        }
+        let until_expiry = Duration::from_secs(
+            u64::try_from(principal.expires_at - sipmba_auth::signing::unix_now()).unwrap_or(0),
+        );
+        let expiry = tokio::time::sleep(until_expiry);
+        tokio::pin!(expiry);
+        // Order is checked within the session; resent readings below `acked` are duplicates.
+        let mut previous = 0;
+        let end: Result<(), Status> = loop {
+            let message = tokio::select! {
+                m = inbound.message() => m,
+                _ = closed.changed() => {
+                    let closing = session_response::Frame::Closing(session_response::Closing {
+                        reason: "a newer session of this thing replaced this one".into(),
+                    });
+                    let _ = tx.send(frame(closing)).await;
+                    break Ok(());
+                }
+                () = self.inner.shutdown.clone().wait() => {
+                    let closing = session_response::Frame::Closing(session_response::Closing {
+                        reason: "the server is shutting down; reconnect later".into(),
+                    });
+                    let _ = tx.send(frame(closing)).await;
+                    break Ok(());
+                }
+                () = &mut expiry => break Err(Status::unauthenticated("the access token expired during the session")),
+            };
+            let request = match message {
+                Ok(Some(request)) => request,
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            };
+            if let Err(status) = self.check_token(&principal) {
+                break Err(status);
+            }
+            match request.frame {
+                Some(session_request::Frame::Telemetry(batch)) => {
+                    let last = match validate::batch(&batch.readings, previous, &limits) {
+                        Ok(last) => last,
+                        Err(e) => break Err(Status::from(e)),
+                    };
+                    previous = last;
+                    match self.commit(thing, batch.readings, acked).await {
+                        Ok((highest, _)) => acked = highest,
+                        Err(e) => break Err(Status::from(e)),
+                    }
+                    let ack =
+                        session_response::Frame::Ack(session_response::Ack { acked_seq: acked });
+                    if tx.send(frame(ack)).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Some(session_request::Frame::CommandAck(_)) => {
+                    tracing::debug!(%thing, "command ack without a delivered command; ignored");
+                }
+                Some(session_request::Frame::Goodbye(_)) => {
+                    let ack =
+                        session_response::Frame::Ack(session_response::Ack { acked_seq: acked });
+                    let _ = tx.send(frame(ack)).await;
+                    break Ok(());
+                }
+                Some(session_request::Frame::Hello(_)) => {
+                    break Err(Status::failed_precondition(
+                        "Hello is sent once, as the first frame",
+                    ));
+                }
+                None => break Err(Status::invalid_argument("a frame without content")),
+            }
+        };
+        if let Err(status) = end {
+            tracing::debug!(%thing, code = ?status.code(), "session ended with an error");
+            let _ = tx.send(Err(status)).await;
+        }
+        self.unregister(thing, id);
+    }
+
+    fn unregister(&self, thing: Uuid, id: u64) {
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if sessions.get(&thing).is_some_and(|(live, _)| *live == id) {
+            sessions.remove(&thing);
+        }
+    }
+}
+
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+#[tonic::async_trait]
+impl CollectService for Collect {
+    type SessionStream = ReceiverStream<Result<pb::SessionResponse, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let principal = principal(&req)?;
+        let thing = thing_of(&principal).map_err(Status::from)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(
+            self.clone()
+                .run_session(principal, thing, req.into_inner(), tx),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn publish(
+        &self,
+        req: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let principal = principal(&req)?;
+        let thing = thing_of(&principal).map_err(Status::from)?;
+        let mut inbound = req.into_inner();
+        let mut acked = self.inner.acks.acked(thing).await.map_err(Status::from)?;
+        let mut previous = 0;
+        let mut accepted = 0;
+        while let Some(message) = inbound.message().await? {
+            self.check_token(&principal)?;
+            previous = validate::batch(&message.readings, previous, &self.inner.limits)
+                .map_err(Status::from)?;
+            let (highest, new) = self
+                .commit(thing, message.readings, acked)
+                .await
+                .map_err(Status::from)?;
+            acked = highest;
+            accepted += new;
+        }
+        Ok(Response::new(pb::PublishResponse {
+            acked_seq: acked,
+            accepted,
+        }))
+    }
+}

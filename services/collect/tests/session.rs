@@ -1,0 +1,376 @@
+//! Collect over gRPC on loopback, with a real broker (tansu) and PostgreSQL or SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use prost::Message;
+use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
+use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
+use sipmba_proto::v1::{
+    self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
+};
+use sipmba_queue::{
+    Queue, follow,
+    producer::{BatchLimits, Producer},
+};
+use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
+use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, serve_jwks, with_token};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming, transport::Channel};
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 4;
+
+struct Harness {
+    channel: Channel,
+    issuer: TestIssuer,
+    queue: Queue,
+    _broker: TestBroker,
+    _jwks: sipmba_testkit::JwksServer,
+    _trigger: ShutdownTrigger,
+    _db: TestDb,
+}
+
+async fn start(backend: Backend) -> Harness {
+    sipmba_testkit::init_logs();
+    let db = TestDb::new(backend).await.unwrap();
+    let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
+    sipmba_collect::store::migrate(&conn).await.unwrap();
+    let broker = TestBroker::start().await.unwrap();
+    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap();
+    let producer = Producer::new(&queue, TELEMETRY_TOPIC, PARTITIONS, BatchLimits::default())
+        .await
+        .unwrap();
+    let issuer = TestIssuer::new();
+    let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
+        .await
+        .unwrap();
+    let verifier = Verifier::new(
+        VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience),
+        Revocations::default(),
+    )
+    .unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let collect = Collect::new(
+        producer,
+        AckStore::new(conn),
+        verifier.clone(),
+        Limits::default(),
+        "collect-test",
+        shutdown.clone(),
+    );
+    let mut server = Server::new();
+    collect.register(&mut server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.run(listener, None, verifier, shutdown, Duration::from_secs(1)));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Harness {
+        channel,
+        issuer,
+        queue,
+        _broker: broker,
+        _jwks: jwks,
+        _trigger: trigger,
+        _db: db,
+    }
+}
+
+impl Harness {
+    fn thing_token(&self, thing: Uuid) -> String {
+        self.issuer.sign(
+            &self
+                .issuer
+                .claims(
+                    Kind::Thing,
+                    thing,
+                    &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
+                )
+                .with_owner(Uuid::new_v4()),
+        )
+    }
+
+    /// Opens a session and sends Hello; returns the outbound sender, the inbound stream and
+    /// the Welcome.
+    async fn session(
+        &self,
+        token: &str,
+    ) -> (
+        mpsc::Sender<pb::SessionRequest>,
+        Streaming<pb::SessionResponse>,
+        session_response::Welcome,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(frame(session_request::Frame::Hello(
+            session_request::Hello {
+                agent_version: "test".into(),
+                last_acked_seq: None,
+                max_commands: 0,
+            },
+        )))
+        .await
+        .unwrap();
+        let mut inbound = CollectServiceClient::new(self.channel.clone())
+            .session(with_token(token, ReceiverStream::new(rx)))
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = match inbound.message().await.unwrap().unwrap().frame {
+            Some(session_response::Frame::Welcome(w)) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        (tx, inbound, welcome)
+    }
+}
+
+fn frame(f: session_request::Frame) -> pb::SessionRequest {
+    pb::SessionRequest { frame: Some(f) }
+}
+
+fn readings(seqs: std::ops::RangeInclusive<u64>) -> Vec<pb::Reading> {
+    seqs.map(|seq| pb::Reading {
+        seq,
+        device_time: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000 + seq as i64,
+            nanos: 0,
+        }),
+        metrics: vec![pb::Metric {
+            name: "temperature".into(),
+            value: Some(pb::metric::Value::Number(20.0 + seq as f64 / 100.0)),
+            unit: "Cel".into(),
+        }],
+        payload: vec![],
+    })
+    .collect()
+}
+
+fn batch(seqs: std::ops::RangeInclusive<u64>) -> pb::SessionRequest {
+    frame(session_request::Frame::Telemetry(
+        session_request::TelemetryBatch {
+            readings: readings(seqs),
+        },
+    ))
+}
+
+async fn next_ack(inbound: &mut Streaming<pb::SessionResponse>) -> u64 {
+    match inbound.message().await.unwrap().unwrap().frame {
+        Some(session_response::Frame::Ack(a)) => a.acked_seq,
+        other => panic!("expected Ack, got {other:?}"),
+    }
+}
+
+async fn ends_with(inbound: &mut Streaming<pb::SessionResponse>, code: Code, needle: &str) {
+    loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("expected {code:?}, the stream ended OK"),
+            Err(status) => {
+                assert_eq!(status.code(), code, "{status:?}");
+                assert!(status.message().contains(needle), "{status:?}");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads every partition of the telemetry topic from 0 until `expected` records.
+async fn telemetry(queue: &Queue, expected: usize) -> Vec<(Uuid, u64)> {
+    let seen: Arc<Mutex<Vec<(Uuid, u64)>>> = Arc::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for partition in 0..PARTITIONS {
+        let client = queue.partition(TELEMETRY_TOPIC, partition).await.unwrap();
+        let seen = seen.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(follow(
+            client,
+            Some(0),
+            move |_, value| {
+                let record = pb::TelemetryRecord::decode(value).unwrap();
+                let thing = Uuid::parse_str(&record.thing.unwrap().value).unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((thing, record.reading.unwrap().seq));
+            },
+            || {},
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().len() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {expected}",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+}
+
+async fn a_hundred_thousand_readings_from_fifty_things_arrive_exactly_once(backend: Backend) {
+    let h = Arc::new(start(backend).await);
+    let things: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+    let mut tasks = Vec::new();
+    for thing in things.clone() {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let token = h.thing_token(thing);
+            let (tx, mut inbound, welcome) = h.session(&token).await;
+            assert_eq!(welcome.acked_seq, 0);
+            assert_eq!(welcome.thing.unwrap().value, thing.to_string());
+            for start in (1..=2000u64).step_by(200) {
+                tx.send(batch(start..=start + 199)).await.unwrap();
+                assert_eq!(next_ack(&mut inbound).await, start + 199);
+            }
+            tx.send(frame(session_request::Frame::Goodbye(
+                session_request::Goodbye {},
+            )))
+            .await
+            .unwrap();
+            assert_eq!(next_ack(&mut inbound).await, 2000);
+            assert!(
+                inbound.message().await.unwrap().is_none(),
+                "the stream ends after Goodbye"
+            );
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let records = telemetry(&h.queue, 100_000).await;
+    let unique: HashSet<(Uuid, u64)> = records.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        100_000,
+        "every (thing, seq) once after dedupe"
+    );
+    let mut per_thing: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for (thing, seq) in &unique {
+        assert!((1..=2000).contains(seq));
+        *per_thing.entry(*thing).or_default() += 1;
+    }
+    assert_eq!(per_thing.len(), 50);
+    assert!(per_thing.values().all(|n| *n == 2000));
+}
+
+async fn bad_input_gets_a_clear_status_and_loses_nothing_acknowledged(backend: Backend) {
+    let h = start(backend).await;
+    let thing = Uuid::new_v4();
+    let token = h.thing_token(thing);
+
+    let (tx, mut inbound, _) = h.session(&token).await;
+    tx.send(batch(1..=10)).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, 10);
+    tx.send(batch(5..=6)).await.unwrap();
+    ends_with(&mut inbound, Code::InvalidArgument, "went backwards").await;
+
+    // Nothing acknowledged is lost: the next session starts from 10.
+    let (tx, mut inbound, welcome) = h.session(&token).await;
+    assert_eq!(welcome.acked_seq, 10);
+    // Resent readings at or below the acknowledged seq are dropped as duplicates.
+    tx.send(batch(8..=12)).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, 12);
+    let mut big = readings(13..=13);
+    big[0].payload = vec![0; 70 * 1024];
+    tx.send(frame(session_request::Frame::Telemetry(
+        session_request::TelemetryBatch { readings: big },
+    )))
+    .await
+    .unwrap();
+    ends_with(&mut inbound, Code::InvalidArgument, "bytes encoded").await;
+
+    let (tx, mut inbound, _) = h.session(&token).await;
+    let mut nan = readings(13..=13);
+    nan[0].metrics[0].value = Some(pb::metric::Value::Number(f64::NAN));
+    tx.send(frame(session_request::Frame::Telemetry(
+        session_request::TelemetryBatch { readings: nan },
+    )))
+    .await
+    .unwrap();
+    ends_with(&mut inbound, Code::InvalidArgument, "finite").await;
+
+    // The first frame must be Hello.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(batch(13..=13)).await.unwrap();
+    let mut inbound = CollectServiceClient::new(h.channel.clone())
+        .session(with_token(&token, ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    ends_with(&mut inbound, Code::FailedPrecondition, "Hello").await;
+
+    // Only things publish, and only with telemetry:write.
+    let user = h.issuer.user_token(Uuid::new_v4());
+    let (_tx, rx) = mpsc::channel::<pb::SessionRequest>(1);
+    let err = CollectServiceClient::new(h.channel.clone())
+        .session(with_token(&user, ReceiverStream::new(rx)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // A newer session of the same thing replaces the older one.
+    let (_old_tx, mut old, _) = h.session(&token).await;
+    let (_new_tx, _new, welcome) = h.session(&token).await;
+    assert_eq!(welcome.acked_seq, 12);
+    match old.message().await.unwrap().unwrap().frame {
+        Some(session_response::Frame::Closing(c)) => assert!(c.reason.contains("newer session")),
+        other => panic!("expected Closing, got {other:?}"),
+    }
+
+    // Publish, for simple clients: acknowledged at the end, after commit.
+    let stream = tokio_stream::iter(vec![
+        pb::PublishRequest {
+            readings: readings(11..=15),
+        },
+        pb::PublishRequest {
+            readings: readings(16..=20),
+        },
+    ]);
+    let published = CollectServiceClient::new(h.channel.clone())
+        .publish(with_token(&token, stream))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(published.acked_seq, 20);
+    assert_eq!(published.accepted, 8, "11 and 12 were already committed");
+    let records = telemetry(&h.queue, 20).await;
+    let unique: HashSet<u64> = records.iter().map(|(_, seq)| *seq).collect();
+    assert_eq!(unique, (1..=20).collect());
+    assert_eq!(records.len(), 20, "no reading was written twice");
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(sipmba_testkit::Backend::Postgres).await; }
+        )* }
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(sipmba_testkit::Backend::Sqlite).await; }
+        )* }
+    };
+}
+
+on_both_databases!(
+    a_hundred_thousand_readings_from_fifty_things_arrive_exactly_once,
+    bad_input_gets_a_clear_status_and_loses_nothing_acknowledged,
+);
