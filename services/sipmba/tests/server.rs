@@ -646,3 +646,298 @@ async fn a_token_revoked_at_sso_is_refused_by_objects_in_another_process_within_
     sigterm_and_wait(sso).await;
     sigterm_and_wait(objects).await;
 }
+
+/// A thing that streams readings `1..=total` in batches, resuming from the server's
+/// acknowledged position after every broken session, like the edge agent with its outbox.
+/// Returns the highest seq acknowledged before each break.
+async fn stream_through_breaks(
+    endpoint: Endpoint,
+    token: String,
+    total: u64,
+    on_ack: impl Fn(u64) + Send + 'static,
+) -> Vec<u64> {
+    use pb::{collect_service_client::CollectServiceClient, session_request, session_response};
+    let mut acked_before_breaks = Vec::new();
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked < total {
+        assert!(Instant::now() < deadline, "stuck at {acked} of {total}");
+        let Ok(channel) = endpoint.connect().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = session_request::Frame::Hello(session_request::Hello {
+            agent_version: "test".into(),
+            last_acked_seq: Some(acked),
+            max_commands: 0,
+        });
+        tx.send(pb::SessionRequest { frame: Some(hello) })
+            .await
+            .unwrap();
+        let Ok(response) = CollectServiceClient::new(channel)
+            .session(with_token(
+                &token,
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut inbound = response.into_inner();
+        let broke = async {
+            let welcome = match inbound.message().await {
+                Ok(Some(pb::SessionResponse {
+                    frame: Some(session_response::Frame::Welcome(w)),
+                })) => w,
+                _ => return,
+            };
+            // The server's position is authoritative; it never forgets an acknowledgement.
+            assert!(
+                welcome.acked_seq >= acked,
+                "acknowledged {acked}, then welcomed at {}",
+                welcome.acked_seq
+            );
+            acked = welcome.acked_seq;
+            while acked < total {
+                let from = acked + 1;
+                let to = (acked + 100).min(total);
+                let readings = (from..=to)
+                    .map(|seq| pb::Reading {
+                        seq,
+                        device_time: None,
+                        metrics: vec![],
+                        payload: vec![1, 2, 3],
+                    })
+                    .collect();
+                let batch =
+                    session_request::Frame::Telemetry(session_request::TelemetryBatch { readings });
+                if tx
+                    .send(pb::SessionRequest { frame: Some(batch) })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                match inbound.message().await {
+                    Ok(Some(pb::SessionResponse {
+                        frame: Some(session_response::Frame::Ack(a)),
+                    })) => {
+                        assert!(a.acked_seq >= acked);
+                        acked = a.acked_seq;
+                        on_ack(acked);
+                    }
+                    _ => return,
+                }
+            }
+        };
+        broke.await;
+        if acked < total {
+            acked_before_breaks.push(acked);
+        }
+    }
+    acked_before_breaks
+}
+
+/// Every seq of `thing` in the telemetry topic (all partitions), once `expected` distinct ones
+/// are there.
+async fn telemetry_seqs(
+    queue: &sipmba_queue::Queue,
+    thing: uuid::Uuid,
+    expected: usize,
+) -> std::collections::BTreeSet<u64> {
+    use prost::Message;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for partition in 0..4 {
+        let client = queue
+            .partition(sipmba_collect::TELEMETRY_TOPIC, partition)
+            .await
+            .unwrap();
+        let seen = seen.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(sipmba_queue::follow(
+            client,
+            Some(0),
+            move |_, value| {
+                let record = pb::TelemetryRecord::decode(value).unwrap();
+                if record.thing.unwrap().value == thing.to_string() {
+                    seen.lock().unwrap().insert(record.reading.unwrap().seq);
+                }
+            },
+            || {},
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "found {} of {expected}",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let out = seen.lock().unwrap().clone();
+    out
+}
+
+fn thing_token(issuer: &TestIssuer, thing: uuid::Uuid) -> String {
+    use sipmba_auth::{Kind, scopes};
+    issuer.sign(
+        &issuer
+            .claims(
+                Kind::Thing,
+                thing,
+                &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
+            )
+            .with_owner(uuid::Uuid::new_v4()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_killed_mid_stream_loses_no_acknowledged_reading() {
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let issuer = TestIssuer::new();
+    let (jwks_url, _jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sipmba.toml"),
+        format!(
+            "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
+            broker.addr, broker.prefix
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "server",
+        "--target",
+        "collect",
+        "--plaintext",
+        "--config",
+        "sipmba.toml",
+        "--listen",
+        &listen,
+        "--database-url",
+        "sqlite://collect.db",
+        "--jwks-url",
+        &jwks_url,
+        "--issuer",
+        &issuer.issuer,
+    ];
+    let collect = spawn(&args, dir.path());
+    let thing = uuid::Uuid::new_v4();
+    let token = thing_token(&issuer, thing);
+    let endpoint = Endpoint::from_shared(format!("http://{listen}")).unwrap();
+    let total = 20_000;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
+    let sender = tokio::spawn(stream_through_breaks(
+        endpoint,
+        token,
+        total,
+        move |acked| {
+            seen.store(acked, std::sync::atomic::Ordering::Relaxed);
+        },
+    ));
+
+    // SIGKILL collect in the middle of the stream, then start it again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < total / 3 {
+        assert!(Instant::now() < deadline, "the stream never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut collect = collect;
+    collect.kill().await.unwrap();
+    let killed_at = progress.load(std::sync::atomic::Ordering::Relaxed);
+    let collect = spawn(&args, dir.path());
+    let breaks = sender.await.unwrap();
+    assert!(!breaks.is_empty(), "the kill broke the session");
+    assert!(killed_at < total, "killed before the end");
+
+    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap();
+    let seqs = telemetry_seqs(&queue, thing, total as usize).await;
+    assert_eq!(
+        seqs,
+        (1..=total).collect(),
+        "every reading, acknowledged before the kill or after"
+    );
+    sigterm_and_wait(collect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
+    let mut broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let issuer = TestIssuer::new();
+    let (jwks_url, _jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sipmba.toml"),
+        format!(
+            "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
+            broker.addr, broker.prefix
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let collect = spawn(
+        &[
+            "server",
+            "--target",
+            "collect",
+            "--plaintext",
+            "--config",
+            "sipmba.toml",
+            "--listen",
+            &listen,
+            "--database-url",
+            "sqlite://collect.db",
+            "--jwks-url",
+            &jwks_url,
+            "--issuer",
+            &issuer.issuer,
+        ],
+        dir.path(),
+    );
+    let thing = uuid::Uuid::new_v4();
+    let endpoint = Endpoint::from_shared(format!("http://{listen}")).unwrap();
+    let total = 20_000;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
+    let sender = tokio::spawn(stream_through_breaks(
+        endpoint,
+        thing_token(&issuer, thing),
+        total,
+        move |acked| {
+            seen.store(acked, std::sync::atomic::Ordering::Relaxed);
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < total / 3 {
+        assert!(Instant::now() < deadline, "the stream never got going");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SIGKILL the broker and bring it back on the same storage.
+    broker.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the broker stays down a moment
+    broker.restart().await.unwrap();
+    sender.await.unwrap();
+
+    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap();
+    let seqs = telemetry_seqs(&queue, thing, total as usize).await;
+    assert_eq!(seqs, (1..=total).collect());
+    sigterm_and_wait(collect).await;
+}
