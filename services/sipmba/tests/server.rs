@@ -782,8 +782,7 @@ async fn telemetry_seqs(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop_tx.send(true).unwrap();
-    let out = seen.lock().unwrap().clone();
-    out
+    seen.lock().unwrap().clone()
 }
 
 fn thing_token(issuer: &TestIssuer, thing: uuid::Uuid) -> String {
