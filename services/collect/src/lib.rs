@@ -52,6 +52,8 @@ struct Inner {
     /// The live session of each thing: a newer one closes the older.
     sessions: Mutex<HashMap<Uuid, (u64, watch::Sender<bool>)>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Publish rate of each thing.
+    buckets: Mutex<HashMap<Uuid, validate::Bucket>>,
 }
 
 /// The Collect service. Cheap to clone.
@@ -99,6 +101,7 @@ impl Collect {
                 shutdown,
                 sessions: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
+                buckets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -161,6 +164,19 @@ impl Collect {
         Ok((highest, accepted))
     }
 
+    /// Takes `n` readings from `thing`'s rate budget, or says when to retry.
+    fn take_budget(&self, thing: Uuid, n: usize) -> Result<(), Duration> {
+        let limits = &self.inner.limits;
+        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            buckets.clear(); // idle things come back with a full bucket
+        }
+        buckets
+            .entry(thing)
+            .or_insert_with(|| validate::Bucket::full(limits))
+            .take(n, limits)
+    }
+
     fn check_token(&self, principal: &Principal) -> Result<(), Status> {
         let now = sipmba_auth::signing::unix_now();
         if principal.expires_at <= now {
@@ -210,14 +226,26 @@ impl Collect {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (close_tx, mut closed) = watch::channel(false);
-        if let Some((_, older)) = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(thing, (id, close_tx))
-        {
-            let _ = older.send(true);
+        let full = {
+            let mut sessions = self
+                .inner
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let full =
+                !sessions.contains_key(&thing) && sessions.len() >= self.inner.limits.max_sessions;
+            if !full && let Some((_, older)) = sessions.insert(thing, (id, close_tx)) {
+                let _ = older.send(true);
+            }
+            full
+        };
+        if full {
+            let _ = tx
+                .send(Err(Status::resource_exhausted(
+                    "this Collect instance serves its maximum of sessions; retry in 5 s, possibly on another replica",
+                )))
+                .await;
+            return;
         }
         let mut acked = match self.inner.acks.acked(thing).await {
             Ok(acked) => acked,
@@ -248,6 +276,7 @@ impl Collect {
         tokio::pin!(expiry);
         // Order is checked within the session; resent readings below `acked` are duplicates.
         let mut previous = 0;
+        let mut paused_until: Option<tokio::time::Instant> = None;
         let end: Result<(), Status> = loop {
             let message = tokio::select! {
                 m = inbound.message() => m,
@@ -277,10 +306,39 @@ impl Collect {
             }
             match request.frame {
                 Some(session_request::Frame::Telemetry(batch)) => {
+                    if let Some(until) = paused_until
+                        && tokio::time::Instant::now() < until
+                    {
+                        break Err(Status::resource_exhausted(format!(
+                            "telemetry sent during a RetryAfter pause; wait {} ms before sending again",
+                            until
+                                .saturating_duration_since(tokio::time::Instant::now())
+                                .as_millis()
+                        )));
+                    }
                     let last = match validate::batch(&batch.readings, previous, &limits) {
                         Ok(last) => last,
                         Err(e) => break Err(Status::from(e)),
                     };
+                    if let Err(wait) = self.take_budget(thing, batch.readings.len()) {
+                        // Not committed: the thing resends this batch after the pause.
+                        paused_until = Some(tokio::time::Instant::now() + wait);
+                        let retry =
+                            session_response::Frame::RetryAfter(session_response::RetryAfter {
+                                retry_after: Some(prost_types::Duration {
+                                    seconds: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+                                    nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
+                                }),
+                                reason: format!(
+                                    "over the rate of {} readings per second for one thing",
+                                    limits.readings_per_second
+                                ),
+                            });
+                        if tx.send(frame(retry)).await.is_err() {
+                            break Ok(());
+                        }
+                        continue;
+                    }
                     previous = last;
                     match self.commit(thing, batch.readings, acked).await {
                         Ok((highest, _)) => acked = highest,
@@ -367,6 +425,13 @@ impl CollectService for Collect {
             self.check_token(&principal)?;
             previous = validate::batch(&message.readings, previous, &self.inner.limits)
                 .map_err(Status::from)?;
+            if let Err(wait) = self.take_budget(thing, message.readings.len()) {
+                return Err(Status::resource_exhausted(format!(
+                    "over the rate of {} readings per second for one thing; {accepted} readings up to seq {acked} are committed; retry the rest in {} ms",
+                    self.inner.limits.readings_per_second,
+                    wait.as_millis()
+                )));
+            }
             let (highest, new) = self
                 .commit(thing, message.readings, acked)
                 .await

@@ -28,6 +28,7 @@ const PARTITIONS: i32 = 4;
 
 struct Harness {
     channel: Channel,
+    verifier: Verifier,
     issuer: TestIssuer,
     queue: Queue,
     _broker: TestBroker,
@@ -37,6 +38,10 @@ struct Harness {
 }
 
 async fn start(backend: Backend) -> Harness {
+    start_with(backend, Limits::default()).await
+}
+
+async fn start_with(backend: Backend, limits: Limits) -> Harness {
     sipmba_testkit::init_logs();
     let db = TestDb::new(backend).await.unwrap();
     let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
@@ -58,11 +63,12 @@ async fn start(backend: Backend) -> Harness {
     )
     .unwrap();
     let (trigger, shutdown) = Shutdown::new();
+    let collect_verifier = verifier.clone();
     let collect = Collect::new(
         producer,
         AckStore::new(conn),
         verifier.clone(),
-        Limits::default(),
+        limits,
         "collect-test",
         shutdown.clone(),
     );
@@ -78,6 +84,7 @@ async fn start(backend: Backend) -> Harness {
         .unwrap();
     Harness {
         channel,
+        verifier: collect_verifier,
         issuer,
         queue,
         _broker: broker,
@@ -373,4 +380,77 @@ macro_rules! on_both_databases {
 on_both_databases!(
     a_hundred_thousand_readings_from_fifty_things_arrive_exactly_once,
     bad_input_gets_a_clear_status_and_loses_nothing_acknowledged,
+    rate_limits_answer_retry_after_and_never_slow_other_things,
+    a_token_revoked_mid_session_ends_it_unauthenticated,
 );
+
+async fn a_token_revoked_mid_session_ends_it_unauthenticated(backend: Backend) {
+    let h = start(backend).await;
+    let thing = Uuid::new_v4();
+    let claims = h
+        .issuer
+        .claims(Kind::Thing, thing, &[scopes::TELEMETRY_WRITE])
+        .with_owner(Uuid::new_v4());
+    let token = h.issuer.sign(&claims);
+    let (tx, mut inbound, _) = h.session(&token).await;
+    tx.send(batch(1..=10)).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, 10);
+    // The revocation feed reaches this process's list (here: directly).
+    h.verifier
+        .revocations()
+        .revoke_token(claims.jti.clone(), claims.exp, 0);
+    tx.send(batch(11..=20)).await.unwrap();
+    ends_with(&mut inbound, Code::Unauthenticated, "revoked").await;
+}
+
+async fn rate_limits_answer_retry_after_and_never_slow_other_things(backend: Backend) {
+    let limits = Limits {
+        readings_per_second: 100,
+        burst_readings: 200,
+        max_sessions: 2,
+        ..Limits::default()
+    };
+    let h = start_with(backend, limits).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a_tx, mut a_in, _) = h.session(&h.thing_token(a)).await;
+    let (b_tx, mut b_in, _) = h.session(&h.thing_token(b)).await;
+    a_tx.send(batch(1..=200)).await.unwrap();
+    assert_eq!(next_ack(&mut a_in).await, 200);
+    // Over the rate: told when to retry, and nothing of that batch is acknowledged.
+    a_tx.send(batch(201..=400)).await.unwrap();
+    match a_in.message().await.unwrap().unwrap().frame {
+        Some(session_response::Frame::RetryAfter(r)) => {
+            let wait = r.retry_after.unwrap();
+            assert!(wait.seconds >= 1 && wait.seconds <= 2, "{wait:?}");
+            assert!(r.reason.contains("100 readings per second"));
+        }
+        other => panic!("expected RetryAfter, got {other:?}"),
+    }
+    // Another thing is not slowed by it.
+    b_tx.send(batch(1..=200)).await.unwrap();
+    assert_eq!(next_ack(&mut b_in).await, 200);
+    // Ignoring the pause ends the session.
+    a_tx.send(batch(201..=300)).await.unwrap();
+    ends_with(&mut a_in, Code::ResourceExhausted, "RetryAfter pause").await;
+    // One instance serves at most two sessions: b and c fit, d does not.
+    let (_c_tx, _c_in, _) = h.session(&h.thing_token(Uuid::new_v4())).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(frame(session_request::Frame::Hello(
+        session_request::Hello::default(),
+    )))
+    .await
+    .unwrap();
+    let mut d_in = CollectServiceClient::new(h.channel.clone())
+        .session(with_token(
+            &h.thing_token(Uuid::new_v4()),
+            ReceiverStream::new(rx),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    ends_with(&mut d_in, Code::ResourceExhausted, "maximum of sessions").await;
+    // The acknowledged position of the limited thing is intact.
+    drop((b_tx, b_in));
+    let (_a_tx, _a_in, welcome) = h.session(&h.thing_token(a)).await;
+    assert_eq!(welcome.acked_seq, 200);
+}
