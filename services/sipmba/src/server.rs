@@ -161,10 +161,21 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         sipmba_objects::ObjectsService::new(store, shutdown.clone()).register(&mut server);
     }
 
-    let queue = if config.queue.brokers.is_empty() {
-        if !args.dev {
-            tracing::warn!("queue.brokers is not set: revocations stay inside this process");
+    // --dev brings its own broker when tansu is installed (.ci/test installs it).
+    let mut config = config;
+    let _dev_broker = if args.dev && config.queue.brokers.is_empty() {
+        let broker = dev_broker(&args.data_dir).await;
+        if let Some((addr, _)) = &broker {
+            config.queue.brokers = vec![addr.clone()];
         }
+        broker.map(|(_, child)| child)
+    } else {
+        None
+    };
+    let queue = if config.queue.brokers.is_empty() {
+        tracing::warn!(
+            "queue.brokers is not set: revocations stay inside this process and collect does not run"
+        );
         None
     } else {
         Some(connect_queue(&config, &shutdown).await?)
@@ -330,6 +341,54 @@ async fn start_sso(
     sipmba_runtime::retry::until_ok("cannot start sso yet", shutdown, start)
         .await
         .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before sso could start")))
+}
+
+/// Where the `--dev` broker listens.
+const DEV_BROKER: &str = "127.0.0.1:7401";
+
+/// Starts tansu for `--dev` (storage in `<data-dir>/broker`), when it is installed. The child is
+/// killed when the returned handle is dropped.
+async fn dev_broker(data_dir: &Path) -> Option<(String, tokio::process::Child)> {
+    let bin = std::env::var("SIPMBA_TANSU").unwrap_or_else(|_| "tansu".to_owned());
+    let dir = data_dir.join("broker");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(error = %e, "cannot create the broker directory; running without the log");
+        return None;
+    }
+    let url = format!("tcp://{DEV_BROKER}");
+    let child = tokio::process::Command::new(&bin)
+        .current_dir(&dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::info!(error = %e, "tansu is not installed (.ci/test installs it): running without the log");
+            return None;
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(DEV_BROKER).await.is_err() {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                "the dev broker did not start listening on {DEV_BROKER}; running without the log"
+            );
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tracing::info!(addr = DEV_BROKER, "started the development broker (tansu)");
+    Some((DEV_BROKER.to_owned(), child))
 }
 
 /// Connects to the log, retrying while the brokers are unreachable.

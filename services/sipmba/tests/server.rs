@@ -467,6 +467,8 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     let child = spawn(&dev, dir.path());
     let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
+    // With tansu installed (.ci/test installs it), --dev brings the log and collect.
+    wait_for_health(&channel, "sipmba.v1.CollectService", ServingStatus::Serving).await;
     assert!(
         dir.path().join(".sipmba/sipmba.db").is_file(),
         "SQLite is the embedded default"
