@@ -54,6 +54,20 @@ struct Inner {
     next_session: std::sync::atomic::AtomicU64,
     /// Publish rate of each thing.
     buckets: Mutex<HashMap<Uuid, validate::Bucket>>,
+    metrics: CollectMetrics,
+}
+
+/// Collect's own metrics (no per-thing labels: the fleet is unbounded).
+#[derive(Clone, Default)]
+struct CollectMetrics {
+    /// Readings committed to the log.
+    committed: prometheus_client::metrics::counter::Counter,
+    /// Resent readings dropped as duplicates.
+    duplicates: prometheus_client::metrics::counter::Counter,
+    /// Batches refused by the rate limit.
+    rate_limited: prometheus_client::metrics::counter::Counter,
+    /// Live sessions.
+    sessions: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// The Collect service. Cheap to clone.
@@ -102,12 +116,36 @@ impl Collect {
                 sessions: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 buckets: Mutex::new(HashMap::new()),
+                metrics: CollectMetrics::default(),
             }),
         }
     }
 
     /// Registers the service, its access rules and its database with `server`.
     pub fn register(&self, server: &mut sipmba_runtime::Server) {
+        let m = self.inner.metrics.clone();
+        server.metrics(move |registry| {
+            registry.register(
+                "collect_readings_committed",
+                "Readings committed to the log",
+                m.committed,
+            );
+            registry.register(
+                "collect_readings_duplicate",
+                "Resent readings dropped as already committed",
+                m.duplicates,
+            );
+            registry.register(
+                "collect_batches_rate_limited",
+                "Batches refused by the per-thing rate limit",
+                m.rate_limited,
+            );
+            registry.register(
+                "collect_sessions",
+                "Live thing sessions on this instance",
+                m.sessions,
+            );
+        });
         server
             .add_service(pb::collect_service_server::CollectServiceServer::new(
                 self.clone(),
@@ -127,6 +165,7 @@ impl Collect {
         let key = thing.to_string();
         let received = Some(timestamp_from_ms(sipmba_runtime::ids::now_ms()));
         let mut highest = acked;
+        let batch_len = readings.len() as u64;
         let mut pending = Vec::with_capacity(readings.len());
         for reading in readings {
             highest = highest.max(reading.seq);
@@ -147,6 +186,7 @@ impl Collect {
             );
         }
         let accepted = pending.len() as u64;
+        self.inner.metrics.duplicates.inc_by(batch_len - accepted);
         for commit in pending {
             match commit.await {
                 Ok(Ok(_)) => {}
@@ -158,6 +198,7 @@ impl Collect {
                 Err(_) => return Err(ServiceError::Unavailable("the producer stopped".into())),
             }
         }
+        self.inner.metrics.committed.inc_by(accepted);
         if highest > acked {
             self.inner.acks.advance(thing, highest).await?;
         }
@@ -166,6 +207,14 @@ impl Collect {
 
     /// Takes `n` readings from `thing`'s rate budget, or says when to retry.
     fn take_budget(&self, thing: Uuid, n: usize) -> Result<(), Duration> {
+        let result = self.bucket_take(thing, n);
+        if result.is_err() {
+            self.inner.metrics.rate_limited.inc();
+        }
+        result
+    }
+
+    fn bucket_take(&self, thing: Uuid, n: usize) -> Result<(), Duration> {
         let limits = &self.inner.limits;
         let mut buckets = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 100_000 {
@@ -237,6 +286,7 @@ impl Collect {
             if !full && let Some((_, older)) = sessions.insert(thing, (id, close_tx)) {
                 let _ = older.send(true);
             }
+            self.inner.metrics.sessions.set(sessions.len() as i64);
             full
         };
         if full {
@@ -383,6 +433,7 @@ impl Collect {
         if sessions.get(&thing).is_some_and(|(live, _)| *live == id) {
             sessions.remove(&thing);
         }
+        self.inner.metrics.sessions.set(sessions.len() as i64);
     }
 }
 

@@ -27,6 +27,7 @@ use uuid::Uuid;
 const PARTITIONS: i32 = 4;
 
 struct Harness {
+    addr: std::net::SocketAddr,
     channel: Channel,
     verifier: Verifier,
     issuer: TestIssuer,
@@ -83,6 +84,7 @@ async fn start_with(backend: Backend, limits: Limits) -> Harness {
         .await
         .unwrap();
     Harness {
+        addr,
         channel,
         verifier: collect_verifier,
         issuer,
@@ -449,6 +451,26 @@ async fn rate_limits_answer_retry_after_and_never_slow_other_things(backend: Bac
         .unwrap()
         .into_inner();
     ends_with(&mut d_in, Code::ResourceExhausted, "maximum of sessions").await;
+    // Operators see it in the metrics (no per-thing labels).
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(
+        metrics.contains("sipmba_collect_batches_rate_limited_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sipmba_collect_readings_committed_total 400"),
+        "{metrics}"
+    );
     // The acknowledged position of the limited thing is intact.
     drop((b_tx, b_in));
     let (_a_tx, _a_in, welcome) = h.session(&h.thing_token(a)).await;

@@ -110,7 +110,11 @@ pub struct Server {
     http: Router,
     probes: Vec<Probe>,
     descriptor_sets: Vec<&'static [u8]>,
+    metric_registrations: Vec<MetricRegistration>,
 }
+
+/// Adds a service's own metrics to the process registry.
+pub type MetricRegistration = Box<dyn FnOnce(&mut prometheus_client::registry::Registry) + Send>;
 
 /// A readiness check: true while a dependency is usable.
 pub type Probe = Arc<dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
@@ -138,6 +142,7 @@ impl Server {
             policy: AccessPolicy::new(),
             http: Router::new(),
             probes: Vec::new(),
+            metric_registrations: Vec::new(),
             descriptor_sets: vec![sipmba_proto::FILE_DESCRIPTOR_SET],
         }
     }
@@ -182,6 +187,15 @@ impl Server {
         }))
     }
 
+    /// Registers a service's metrics (served at `/metrics` with the `sipmba_` prefix).
+    pub fn metrics(
+        &mut self,
+        register: impl FnOnce(&mut prometheus_client::registry::Registry) + Send + 'static,
+    ) -> &mut Self {
+        self.metric_registrations.push(Box::new(register));
+        self
+    }
+
     /// Any other readiness condition (migrations applied, keys loaded).
     pub fn requires(&mut self, probe: Probe) -> &mut Self {
         self.probes.push(probe);
@@ -204,6 +218,7 @@ impl Server {
             http,
             probes,
             descriptor_sets,
+            metric_registrations,
         } = self;
 
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -245,7 +260,14 @@ impl Server {
 
         let policy = Arc::new(policy);
         let known = policy.clone();
-        let metrics = Metrics::new(move |path| known.known_path(path), |_| {});
+        let metrics = Metrics::new(
+            move |path| known.known_path(path),
+            |registry| {
+                for register in metric_registrations {
+                    register(registry);
+                }
+            },
+        );
         let grpc = routes
             .routes()
             .into_axum_router()

@@ -309,6 +309,20 @@ impl Sso {
         scope: &str,
         address: Option<IpAddr>,
     ) -> Result<Issued, OAuthError> {
+        let result = self
+            .password_grant_inner(username, password, scope, address)
+            .await;
+        self.inner.metrics.count("password", &result);
+        result
+    }
+
+    async fn password_grant_inner(
+        &self,
+        username: &str,
+        password: &str,
+        scope: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Issued, OAuthError> {
         if username.is_empty() || username.len() > 64 {
             return Err(OAuthError::invalid_request(
                 "`username` must be 1 to 64 characters",
@@ -359,6 +373,12 @@ impl Sso {
 
     /// The `refresh_token` grant: rotates the token; a reused token revokes its family.
     pub async fn refresh_grant(&self, token: &str, scope: &str) -> Result<Issued, OAuthError> {
+        let result = self.refresh_grant_inner(token, scope).await;
+        self.inner.metrics.count("refresh_token", &result);
+        result
+    }
+
+    async fn refresh_grant_inner(&self, token: &str, scope: &str) -> Result<Issued, OAuthError> {
         if token.is_empty() || token.len() > 256 {
             return Err(OAuthError::invalid_request(
                 "`refresh_token` is missing or malformed",
@@ -449,6 +469,20 @@ impl Sso {
 
     /// The `client_credentials` grant, for things and services.
     pub async fn client_credentials_grant(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Issued, OAuthError> {
+        let result = self
+            .client_credentials_grant_inner(client_id, secret, scope, address)
+            .await;
+        self.inner.metrics.count("client_credentials", &result);
+        result
+    }
+
+    async fn client_credentials_grant_inner(
         &self,
         client_id: &str,
         secret: &str,

@@ -42,6 +42,14 @@ pub fn access_policy() -> Vec<(&'static str, Access)> {
 impl Sso {
     /// Registers sso's gRPC services with `server`.
     pub fn register_grpc(&self, server: &mut sipmba_runtime::Server) {
+        let requests = self.inner.metrics.requests.clone();
+        server.metrics(move |registry| {
+            registry.register(
+                "sso_token_requests",
+                "Token requests by grant and outcome (issued, or the OAuth error code)",
+                requests,
+            );
+        });
         server
             .add_service(pb::token_service_server::TokenServiceServer::new(
                 self.clone(),

@@ -93,6 +93,34 @@ pub(crate) struct Inner {
     pub(crate) dummy_hash: String,
     /// Notified when a revocation is recorded (the publisher wakes up).
     pub(crate) revoked: tokio::sync::Notify,
+    pub(crate) metrics: SsoMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct GrantLabels {
+    grant: &'static str,
+    outcome: &'static str,
+}
+
+/// sso's own metrics: token requests by grant and outcome (bounded labels).
+#[derive(Clone, Default)]
+pub(crate) struct SsoMetrics {
+    pub(crate) requests: prometheus_client::metrics::family::Family<
+        GrantLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl SsoMetrics {
+    pub(crate) fn count(&self, grant: &'static str, result: &Result<Issued, OAuthError>) {
+        let outcome = match result {
+            Ok(_) => "issued",
+            Err(e) => e.code.as_str(),
+        };
+        self.requests
+            .get_or_create(&GrantLabels { grant, outcome })
+            .inc();
+    }
 }
 
 /// The SSO service. Cheap to clone.
@@ -144,6 +172,7 @@ impl Sso {
             verifier,
             dummy_hash,
             revoked: tokio::sync::Notify::new(),
+            metrics: SsoMetrics::default(),
         });
         let sso = Self { inner };
         sso.load_revocations().await?;

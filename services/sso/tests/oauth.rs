@@ -408,6 +408,22 @@ async fn wrong_passwords_are_throttled_and_disabled_users_refused(backend: Backe
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "unsupported_grant_type");
+    // Token requests are counted by grant and outcome.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", p.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"sipmba_sso_token_requests_total{grant="password",outcome="invalid_grant"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"outcome="slow_down""#), "{metrics}");
     let response = reqwest::Client::new()
         .post(format!("{}/oauth2/token", p.base))
         .form(&[("grant_type", "password"), ("username", "x")])
