@@ -6,6 +6,7 @@
 //! and yields a typed [`Principal`]. [`AuthLayer`] applies it to a tonic server: no or bad token
 //! answers UNAUTHENTICATED, a missing scope PERMISSION_DENIED.
 
+pub mod client;
 mod layer;
 mod principal;
 mod revocations;

@@ -522,6 +522,51 @@ async fn things_get_thing_tokens_with_client_credentials(backend: Backend) {
         .unwrap_err();
     assert_eq!(err, BasicErrorResponseType::InvalidClient);
 
+    // A service keeps a current token with its client credentials.
+    let secret_svc = sipmba_sso::secrets::random_secret();
+    p.sso
+        .ensure_service_client(
+            "control",
+            &secret_svc,
+            Uuid::new_v4(),
+            &[scopes::OBJECTS_AUTHORIZE],
+        )
+        .await
+        .unwrap();
+    let credentials = sipmba_auth::client::ServiceCredentials::new(
+        &format!("{}/oauth2/token", p.base),
+        "control",
+        &secret_svc,
+        "",
+    )
+    .unwrap();
+    let first = credentials.token().await.unwrap();
+    assert_eq!(
+        credentials.token().await.unwrap(),
+        first,
+        "cached until a minute before expiry"
+    );
+    let service = p.sso.verifier().verify(&first).await.unwrap();
+    assert_eq!(service.kind, Kind::Service);
+    assert!(service.has_scope(scopes::OBJECTS_AUTHORIZE));
+    let wrong = sipmba_auth::client::ServiceCredentials::new(
+        &format!("{}/oauth2/token", p.base),
+        "control",
+        "not the secret",
+        "",
+    )
+    .unwrap();
+    match wrong.token().await {
+        Err(sipmba_auth::client::CredentialsError::Refused { error, .. }) => {
+            assert_eq!(error, "invalid_client")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        !format!("{credentials:?}").contains(&secret_svc),
+        "no secret in Debug"
+    );
+
     // Rotation: the old secret stops working at once.
     let (_, rotated) = p.sso.issue_thing_secret(&caller, thing_id).await.unwrap();
     let err = p
