@@ -800,100 +800,35 @@ fn thing_token(issuer: &TestIssuer, thing: uuid::Uuid) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn collect_killed_mid_stream_loses_no_acknowledged_reading() {
-    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
-    let issuer = TestIssuer::new();
-    let (jwks_url, _jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sipmba.toml"),
-        format!(
-            "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
-            broker.addr, broker.prefix
-        ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = [
-        "server",
-        "--target",
-        "collect",
-        "--plaintext",
-        "--config",
-        "sipmba.toml",
-        "--listen",
-        &listen,
-        "--database-url",
-        "sqlite://collect.db",
-        "--jwks-url",
-        &jwks_url,
-        "--issuer",
-        &issuer.issuer,
-    ];
-    let collect = spawn(&args, dir.path());
-    let thing = uuid::Uuid::new_v4();
-    let token = thing_token(&issuer, thing);
-    let endpoint = Endpoint::from_shared(format!("http://{listen}")).unwrap();
-    let total = 20_000;
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = progress.clone();
-    let sender = tokio::spawn(stream_through_breaks(
-        endpoint,
-        token,
-        total,
-        move |acked| {
-            seen.store(acked, std::sync::atomic::Ordering::Relaxed);
-        },
-    ));
-
-    // SIGKILL collect in the middle of the stream, then start it again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while progress.load(std::sync::atomic::Ordering::Relaxed) < total / 3 {
-        assert!(Instant::now() < deadline, "the stream never got going");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut collect = collect;
-    collect.kill().await.unwrap();
-    let killed_at = progress.load(std::sync::atomic::Ordering::Relaxed);
-    let collect = spawn(&args, dir.path());
-    let breaks = sender.await.unwrap();
-    assert!(!breaks.is_empty(), "the kill broke the session");
-    assert!(killed_at < total, "killed before the end");
-
-    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
-        .await
-        .unwrap();
-    let seqs = telemetry_seqs(&queue, thing, total as usize).await;
-    assert_eq!(
-        seqs,
-        (1..=total).collect(),
-        "every reading, acknowledged before the kill or after"
-    );
-    sigterm_and_wait(collect).await;
+/// A `sipmba server --target collect` process with its broker and key set, and a thing
+/// streaming through it.
+struct CollectProcess {
+    broker: sipmba_testkit::TestBroker,
+    issuer: TestIssuer,
+    args: Vec<String>,
+    listen: String,
+    dir: tempfile::TempDir,
+    _jwks: sipmba_testkit::JwksServer,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
-    let mut broker = sipmba_testkit::TestBroker::start().await.unwrap();
-    let issuer = TestIssuer::new();
-    let (jwks_url, _jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
-        .await
+impl CollectProcess {
+    async fn new() -> Self {
+        let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+        let issuer = TestIssuer::new();
+        let (jwks_url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sipmba.toml"),
+            format!(
+                "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
+                broker.addr, broker.prefix
+            ),
+        )
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sipmba.toml"),
-        format!(
-            "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
-            broker.addr, broker.prefix
-        ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let collect = spawn(
-        &[
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
             "server",
             "--target",
             "collect",
@@ -908,37 +843,105 @@ async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
             &jwks_url,
             "--issuer",
             &issuer.issuer,
-        ],
-        dir.path(),
-    );
-    let thing = uuid::Uuid::new_v4();
-    let endpoint = Endpoint::from_shared(format!("http://{listen}")).unwrap();
-    let total = 20_000;
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = progress.clone();
-    let sender = tokio::spawn(stream_through_breaks(
-        endpoint,
-        thing_token(&issuer, thing),
-        total,
-        move |acked| {
-            seen.store(acked, std::sync::atomic::Ordering::Relaxed);
-        },
-    ));
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Self {
+            broker,
+            issuer,
+            args,
+            listen,
+            dir,
+            _jwks: jwks,
+        }
+    }
+
+    fn spawn(&self) -> Child {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        spawn(&args, self.dir.path())
+    }
+
+    /// Streams readings `1..=total` of a new thing in the background; returns the thing, the
+    /// sender and its acknowledged progress.
+    fn stream(
+        &self,
+        total: u64,
+    ) -> (
+        uuid::Uuid,
+        tokio::task::JoinHandle<Vec<u64>>,
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        let thing = uuid::Uuid::new_v4();
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.listen)).unwrap();
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = progress.clone();
+        let sender = tokio::spawn(stream_through_breaks(
+            endpoint,
+            thing_token(&self.issuer, thing),
+            total,
+            move |acked| {
+                seen.store(acked, std::sync::atomic::Ordering::Relaxed);
+            },
+        ));
+        (thing, sender, progress)
+    }
+
+    /// Every seq of `thing` in the log, once `total` are there.
+    async fn logged(&self, thing: uuid::Uuid, total: u64) -> std::collections::BTreeSet<u64> {
+        let queue = sipmba_queue::Queue::connect(
+            std::slice::from_ref(&self.broker.addr),
+            &self.broker.prefix,
+        )
+        .await
+        .unwrap();
+        telemetry_seqs(&queue, thing, total as usize).await
+    }
+}
+
+async fn until_acked(progress: &std::sync::atomic::AtomicU64, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while progress.load(std::sync::atomic::Ordering::Relaxed) < total / 3 {
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < at_least {
         assert!(Instant::now() < deadline, "the stream never got going");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // SIGKILL the broker and bring it back on the same storage.
-    broker.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the broker stays down a moment
-    broker.restart().await.unwrap();
-    sender.await.unwrap();
+}
 
-    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
-        .await
-        .unwrap();
-    let seqs = telemetry_seqs(&queue, thing, total as usize).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_killed_mid_stream_loses_no_acknowledged_reading() {
+    let p = CollectProcess::new().await;
+    let mut collect = p.spawn();
+    let total = 20_000;
+    let (thing, sender, progress) = p.stream(total);
+    // SIGKILL collect in the middle of the stream, then start it again.
+    until_acked(&progress, total / 3).await;
+    collect.kill().await.unwrap();
+    let killed_at = progress.load(std::sync::atomic::Ordering::Relaxed);
+    let collect = p.spawn();
+    let breaks = sender.await.unwrap();
+    assert!(!breaks.is_empty(), "the kill broke the session");
+    assert!(killed_at < total, "killed before the end");
+    let seqs = p.logged(thing, total).await;
+    assert_eq!(
+        seqs,
+        (1..=total).collect(),
+        "every reading, acknowledged before the kill or after"
+    );
+    sigterm_and_wait(collect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
+    let mut p = CollectProcess::new().await;
+    let collect = p.spawn();
+    let total = 20_000;
+    let (thing, sender, progress) = p.stream(total);
+    until_acked(&progress, total / 3).await;
+    // SIGKILL the broker and bring it back on the same storage.
+    p.broker.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the broker stays down a moment
+    p.broker.restart().await.unwrap();
+    sender.await.unwrap();
+    let seqs = p.logged(thing, total).await;
     assert_eq!(seqs, (1..=total).collect());
     sigterm_and_wait(collect).await;
 }
