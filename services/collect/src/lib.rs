@@ -55,6 +55,8 @@ struct Inner {
     /// Publish rate of each thing.
     buckets: Mutex<HashMap<Uuid, validate::Bucket>>,
     metrics: CollectMetrics,
+    /// Distinguishes this process's session ids from those of its previous runs.
+    boot: String,
 }
 
 /// Collect's own metrics (no per-thing labels: the fleet is unbounded).
@@ -117,6 +119,7 @@ impl Collect {
                 next_session: std::sync::atomic::AtomicU64::new(1),
                 buckets: Mutex::new(HashMap::new()),
                 metrics: CollectMetrics::default(),
+                boot: Uuid::new_v4().simple().to_string()[..8].to_owned(),
             }),
         }
     }
@@ -297,7 +300,8 @@ impl Collect {
                 .await;
             return;
         }
-        let mut acked = match self.inner.acks.acked(thing).await {
+        let session_id = format!("{}-{}-{id}", self.inner.instance, self.inner.boot);
+        let mut acked = match self.inner.acks.claim(thing, &session_id).await {
             Ok(acked) => acked,
             Err(e) => {
                 let _ = tx.send(Err(Status::from(e))).await;
@@ -310,7 +314,7 @@ impl Collect {
             thing: Some(pb::ThingId {
                 value: thing.to_string(),
             }),
-            session_id: format!("{}-{id}", self.inner.instance),
+            session_id: session_id.clone(),
             max_batch_readings: limits.max_batch_readings,
             max_reading_bytes: limits.max_reading_bytes,
             acked_seq: acked,
@@ -370,6 +374,20 @@ impl Collect {
                         Ok(last) => last,
                         Err(e) => break Err(Status::from(e)),
                     };
+                    // A newer session of this thing, on this replica or another, ends this one.
+                    match self.inner.acks.is_live(thing, &session_id).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let closing =
+                                session_response::Frame::Closing(session_response::Closing {
+                                    reason: "a newer session of this thing replaced this one"
+                                        .into(),
+                                });
+                            let _ = tx.send(frame(closing)).await;
+                            break Ok(());
+                        }
+                        Err(e) => break Err(Status::from(e)),
+                    }
                     if let Err(wait) = self.take_budget(thing, batch.readings.len()) {
                         // Not committed: the thing resends this batch after the pause.
                         paused_until = Some(tokio::time::Instant::now() + wait);

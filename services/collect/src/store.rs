@@ -23,6 +23,8 @@ pub mod acked {
         pub thing_id: Uuid,
         /// Highest acknowledged seq.
         pub seq: i64,
+        /// The thing's live session (any replica): the newest Hello wins.
+        pub session: String,
         /// Last change (ms).
         pub updated_ms: i64,
     }
@@ -103,6 +105,34 @@ impl AckStore {
             .map_or(0, |row| row.seq.try_into().unwrap_or(0)))
     }
 
+    /// Makes `session` the thing's live session (a newer session replaces the older, on any
+    /// replica); returns the acknowledged position.
+    pub async fn claim(&self, thing: Uuid, session: &str) -> ServiceResult<u64> {
+        let now = now_ms();
+        acked::Entity::insert(acked::ActiveModel {
+            thing_id: Set(thing),
+            seq: Set(0),
+            session: Set(session.to_owned()),
+            updated_ms: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(acked::Column::ThingId)
+                .update_columns([acked::Column::Session, acked::Column::UpdatedMs])
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        self.acked(thing).await
+    }
+
+    /// True while `session` is the thing's live session.
+    pub async fn is_live(&self, thing: Uuid, session: &str) -> ServiceResult<bool> {
+        Ok(acked::Entity::find_by_id(thing)
+            .one(&self.db)
+            .await?
+            .is_none_or(|row| row.session == session))
+    }
+
     /// Moves `thing`'s position up to `seq` (never down).
     pub async fn advance(&self, thing: Uuid, seq: u64) -> ServiceResult<()> {
         let seq: i64 = seq.try_into().unwrap_or(i64::MAX);
@@ -118,6 +148,7 @@ impl AckStore {
             acked::Entity::insert(acked::ActiveModel {
                 thing_id: Set(thing),
                 seq: Set(seq),
+                session: Set(String::new()),
                 updated_ms: Set(now),
             })
             .on_conflict(

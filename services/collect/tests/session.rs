@@ -29,6 +29,8 @@ const PARTITIONS: i32 = 4;
 struct Harness {
     addr: std::net::SocketAddr,
     channel: Channel,
+    /// A second Collect replica.
+    other: Channel,
     verifier: Verifier,
     issuer: TestIssuer,
     queue: Queue,
@@ -65,27 +67,48 @@ async fn start_with(backend: Backend, limits: Limits) -> Harness {
     .unwrap();
     let (trigger, shutdown) = Shutdown::new();
     let collect_verifier = verifier.clone();
-    let collect = Collect::new(
-        producer,
-        AckStore::new(conn),
-        verifier.clone(),
-        limits,
-        "collect-test",
-        shutdown.clone(),
-    );
-    let mut server = Server::new();
-    collect.register(&mut server);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.run(listener, None, verifier, shutdown, Duration::from_secs(1)));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    // Two replicas over the same database and log; `channel` talks to the first.
+    let mut replicas = Vec::new();
+    for replica in 0..2 {
+        let producer = if replica == 0 {
+            producer.clone()
+        } else {
+            Producer::new(&queue, TELEMETRY_TOPIC, PARTITIONS, BatchLimits::default())
+                .await
+                .unwrap()
+        };
+        let collect = Collect::new(
+            producer,
+            AckStore::new(conn.clone()),
+            verifier.clone(),
+            limits,
+            &format!("collect-{replica}"),
+            shutdown.clone(),
+        );
+        let mut server = Server::new();
+        collect.register(&mut server);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.run(
+            listener,
+            None,
+            verifier.clone(),
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        replicas.push((addr, channel));
+    }
+    let (addr, channel) = replicas[0].clone();
+    let other = replicas[1].1.clone();
     Harness {
         addr,
         channel,
+        other,
         verifier: collect_verifier,
         issuer,
         queue,
@@ -120,6 +143,18 @@ impl Harness {
         Streaming<pb::SessionResponse>,
         session_response::Welcome,
     ) {
+        self.session_on(&self.channel, token).await
+    }
+
+    async fn session_on(
+        &self,
+        channel: &Channel,
+        token: &str,
+    ) -> (
+        mpsc::Sender<pb::SessionRequest>,
+        Streaming<pb::SessionResponse>,
+        session_response::Welcome,
+    ) {
         let (tx, rx) = mpsc::channel(16);
         tx.send(frame(session_request::Frame::Hello(
             session_request::Hello {
@@ -130,7 +165,7 @@ impl Harness {
         )))
         .await
         .unwrap();
-        let mut inbound = CollectServiceClient::new(self.channel.clone())
+        let mut inbound = CollectServiceClient::new(channel.clone())
             .session(with_token(token, ReceiverStream::new(rx)))
             .await
             .unwrap()
@@ -384,7 +419,34 @@ on_both_databases!(
     bad_input_gets_a_clear_status_and_loses_nothing_acknowledged,
     rate_limits_answer_retry_after_and_never_slow_other_things,
     a_token_revoked_mid_session_ends_it_unauthenticated,
+    a_newer_session_on_another_replica_ends_the_older_one,
 );
+
+async fn a_newer_session_on_another_replica_ends_the_older_one(backend: Backend) {
+    let h = start(backend).await;
+    let thing = Uuid::new_v4();
+    let token = h.thing_token(thing);
+    let (old_tx, mut old_in, _) = h.session(&token).await;
+    old_tx.send(batch(1..=10)).await.unwrap();
+    assert_eq!(next_ack(&mut old_in).await, 10);
+    // The thing wakes again and reaches the other replica.
+    let (new_tx, mut new_in, welcome) = h.session_on(&h.other, &token).await;
+    assert_eq!(
+        welcome.acked_seq, 10,
+        "the position is shared by the replicas"
+    );
+    new_tx.send(batch(11..=20)).await.unwrap();
+    assert_eq!(next_ack(&mut new_in).await, 20);
+    // The older session's next batch is refused with Closing, and not committed.
+    old_tx.send(batch(11..=30)).await.unwrap();
+    match old_in.message().await.unwrap().unwrap().frame {
+        Some(session_response::Frame::Closing(c)) => assert!(c.reason.contains("newer session")),
+        other => panic!("expected Closing, got {other:?}"),
+    }
+    assert!(old_in.message().await.unwrap().is_none());
+    new_tx.send(batch(21..=25)).await.unwrap();
+    assert_eq!(next_ack(&mut new_in).await, 25);
+}
 
 async fn a_token_revoked_mid_session_ends_it_unauthenticated(backend: Backend) {
     let h = start(backend).await;
