@@ -301,6 +301,17 @@ impl Sso {
         }
     }
 
+    /// Runs a grant and counts its outcome.
+    async fn counted(
+        &self,
+        grant: &'static str,
+        attempt: impl std::future::Future<Output = Result<Issued, OAuthError>>,
+    ) -> Result<Issued, OAuthError> {
+        let result = attempt.await;
+        self.inner.metrics.count(grant, &result);
+        result
+    }
+
     /// The `password` grant.
     pub async fn password_grant(
         &self,
@@ -309,11 +320,8 @@ impl Sso {
         scope: &str,
         address: Option<IpAddr>,
     ) -> Result<Issued, OAuthError> {
-        let result = self
-            .password_grant_inner(username, password, scope, address)
-            .await;
-        self.inner.metrics.count("password", &result);
-        result
+        let attempt = self.password_grant_inner(username, password, scope, address);
+        self.counted("password", attempt).await
     }
 
     async fn password_grant_inner(
@@ -373,9 +381,8 @@ impl Sso {
 
     /// The `refresh_token` grant: rotates the token; a reused token revokes its family.
     pub async fn refresh_grant(&self, token: &str, scope: &str) -> Result<Issued, OAuthError> {
-        let result = self.refresh_grant_inner(token, scope).await;
-        self.inner.metrics.count("refresh_token", &result);
-        result
+        self.counted("refresh_token", self.refresh_grant_inner(token, scope))
+            .await
     }
 
     async fn refresh_grant_inner(&self, token: &str, scope: &str) -> Result<Issued, OAuthError> {
@@ -475,11 +482,8 @@ impl Sso {
         scope: &str,
         address: Option<IpAddr>,
     ) -> Result<Issued, OAuthError> {
-        let result = self
-            .client_credentials_grant_inner(client_id, secret, scope, address)
-            .await;
-        self.inner.metrics.count("client_credentials", &result);
-        result
+        let attempt = self.client_credentials_grant_inner(client_id, secret, scope, address);
+        self.counted("client_credentials", attempt).await
     }
 
     async fn client_credentials_grant_inner(
