@@ -126,6 +126,36 @@ struct FileConfig {
     sso: FileSso,
     #[serde(default)]
     queue: FileQueue,
+    #[serde(default)]
+    collect: FileCollect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCollect {
+    readings_per_second: Option<u32>,
+    burst_readings: Option<u32>,
+    max_sessions: Option<usize>,
+    max_batch_readings: Option<u32>,
+    max_reading_bytes: Option<u32>,
+    telemetry_partitions: Option<i32>,
+}
+
+/// Settings of the collect service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectSettings {
+    /// Sustained readings per second per thing.
+    pub readings_per_second: u32,
+    /// Readings a thing may send at once above the rate.
+    pub burst_readings: u32,
+    /// Sessions per instance.
+    pub max_sessions: usize,
+    /// Readings per batch.
+    pub max_batch_readings: u32,
+    /// Encoded bytes per reading.
+    pub max_reading_bytes: u32,
+    /// Partitions of the telemetry topic when collect creates it.
+    pub telemetry_partitions: i32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +305,8 @@ pub struct Config {
     pub sso: SsoSettings,
     /// The log.
     pub queue: QueueSettings,
+    /// collect settings.
+    pub collect: CollectSettings,
 }
 
 /// Defaults that differ between a production start and `--dev`.
@@ -573,7 +605,73 @@ impl Config {
             topic_prefix: file.queue.topic_prefix.unwrap_or_default(),
         };
 
+        let c = &file.collect;
+        let within = |setting: &str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    setting,
+                    format!("{value} is outside {lo} to {hi}"),
+                ))
+            }
+        };
+        let collect = CollectSettings {
+            readings_per_second: c.readings_per_second.unwrap_or(1000),
+            burst_readings: c.burst_readings.unwrap_or(20_000),
+            max_sessions: c.max_sessions.unwrap_or(10_000),
+            max_batch_readings: c.max_batch_readings.unwrap_or(500),
+            max_reading_bytes: c.max_reading_bytes.unwrap_or(64 * 1024),
+            telemetry_partitions: c.telemetry_partitions.unwrap_or(4),
+        };
+        within(
+            "collect.readings_per_second",
+            collect.readings_per_second.into(),
+            1,
+            1_000_000,
+        )?;
+        within(
+            "collect.burst_readings",
+            collect.burst_readings.into(),
+            1,
+            10_000_000,
+        )?;
+        within(
+            "collect.max_sessions",
+            collect.max_sessions as u64,
+            1,
+            1_000_000,
+        )?;
+        within(
+            "collect.max_batch_readings",
+            collect.max_batch_readings.into(),
+            1,
+            10_000,
+        )?;
+        within(
+            "collect.max_reading_bytes",
+            collect.max_reading_bytes.into(),
+            64,
+            4 * 1024 * 1024,
+        )?;
+        within(
+            "collect.telemetry_partitions",
+            u64::try_from(collect.telemetry_partitions).unwrap_or(0),
+            1,
+            1024,
+        )?;
+        if collect.burst_readings < collect.max_batch_readings {
+            return Err(ConfigError::new(
+                "collect.burst_readings",
+                format!(
+                    "{} is below collect.max_batch_readings ({}): a full batch could never pass",
+                    collect.burst_readings, collect.max_batch_readings
+                ),
+            ));
+        }
+
         Ok(Self {
+            collect,
             queue,
             sso,
             listen,
@@ -668,6 +766,11 @@ mod tests {
         let err = Config::from_toml("[server]\nlisten_on = 1", &ConfigArgs::default(), &prod())
             .unwrap_err();
         assert!(err.to_string().contains("listen_on"), "{err}");
+
+        let text = format!("{MINIMAL}\n[collect]\nburst_readings = 10\n");
+        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        assert_eq!(err.setting, "collect.burst_readings");
+        assert!(err.to_string().contains("max_batch_readings"), "{err}");
 
         let text = MINIMAL.replace("sqlite::memory:", "mysql://x");
         let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();

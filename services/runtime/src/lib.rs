@@ -11,8 +11,8 @@ pub mod retry;
 pub mod server;
 
 pub use config::{
-    AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, QueueSettings, ServiceClient,
-    SsoSettings, TlsFiles,
+    AuthConfig, CollectSettings, Config, ConfigArgs, ConfigError, Defaults, LogFormat,
+    QueueSettings, ServiceClient, SsoSettings, TlsFiles,
 };
 pub use error::{ServiceError, ServiceResult};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};

@@ -43,9 +43,6 @@ impl Target {
     }
 }
 
-/// Partitions of the telemetry topic when collect creates it.
-const TELEMETRY_PARTITIONS: i32 = 4;
-
 /// Targets this build can serve.
 const AVAILABLE: &[Target] = &[Target::Sso, Target::Objects, Target::Collect];
 
@@ -252,7 +249,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             let producer = sipmba_queue::producer::Producer::new(
                 queue,
                 sipmba_collect::TELEMETRY_TOPIC,
-                TELEMETRY_PARTITIONS,
+                config.collect.telemetry_partitions,
                 sipmba_queue::producer::BatchLimits::default(),
             )
             .await
@@ -272,7 +269,13 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
                 producer,
                 sipmba_collect::store::AckStore::new(db.clone()),
                 verifier.clone(),
-                sipmba_collect::validate::Limits::default(),
+                sipmba_collect::validate::Limits {
+                    max_batch_readings: config.collect.max_batch_readings,
+                    max_reading_bytes: config.collect.max_reading_bytes,
+                    readings_per_second: config.collect.readings_per_second,
+                    burst_readings: config.collect.burst_readings,
+                    max_sessions: config.collect.max_sessions,
+                },
                 &instance,
                 shutdown.clone(),
             )
