@@ -1,12 +1,14 @@
 //! Collect: things stream their readings over gRPC; a reading is acknowledged only once the
 //! Kafka-protocol log has committed it, so an acknowledged reading is never lost, and the thing
-//! resends everything else. Command delivery on the same stream comes with the command inbox.
+//! resends everything else. Pending commands go down the same stream (see [`inbox`]), and the
+//! thing's acknowledgements of them come back up.
 
+pub mod inbox;
 pub mod store;
 pub mod validate;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -26,7 +28,7 @@ use uuid::Uuid;
 use validate::Limits;
 
 /// Default name of the telemetry topic.
-pub const TELEMETRY_TOPIC: &str = "sipmba.telemetry";
+pub const TELEMETRY_TOPIC: &str = sipmba_queue::topics::TELEMETRY;
 
 /// What each Collect method needs.
 pub fn access_policy() -> Vec<(&'static str, Access)> {
@@ -53,10 +55,12 @@ struct Inner {
     sessions: Mutex<HashMap<Uuid, (u64, watch::Sender<bool>)>>,
     next_session: std::sync::atomic::AtomicU64,
     /// Publish rate of each thing.
-    buckets: Mutex<HashMap<Uuid, validate::Bucket>>,
+    rate: sipmba_runtime::ratelimit::RateLimiter,
     metrics: CollectMetrics,
     /// Distinguishes this process's session ids from those of its previous runs.
     boot: String,
+    /// Pending commands; without it sessions deliver none.
+    inbox: Option<inbox::Inbox>,
 }
 
 /// Collect's own metrics (no per-thing labels: the fleet is unbounded).
@@ -117,17 +121,42 @@ impl Collect {
                 shutdown,
                 sessions: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
-                buckets: Mutex::new(HashMap::new()),
+                rate: sipmba_runtime::ratelimit::RateLimiter::new(
+                    limits.readings_per_second,
+                    limits.burst_readings,
+                ),
                 metrics: CollectMetrics::default(),
                 boot: Uuid::new_v4().simple().to_string()[..8].to_owned(),
+                inbox: None,
             }),
         }
+    }
+
+    /// Delivers the commands of `inbox` on sessions. Call before the service is cloned.
+    pub fn with_inbox(mut self, inbox: inbox::Inbox) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.inbox = Some(inbox),
+            None => tracing::error!("with_inbox called on a shared Collect; commands stay off"),
+        }
+        self
     }
 
     /// Registers the service, its access rules and its database with `server`.
     pub fn register(&self, server: &mut sipmba_runtime::Server) {
         let m = self.inner.metrics.clone();
+        let inbox = self.inner.inbox.clone();
+        if let Some(inbox) = &inbox {
+            // A replica that has not read the command log yet would miss pending commands.
+            let inbox = inbox.clone();
+            server.requires(Arc::new(move || {
+                let ready = inbox.ready();
+                Box::pin(async move { ready })
+            }));
+        }
         server.metrics(move |registry| {
+            if let Some(inbox) = &inbox {
+                inbox.register_metrics(registry);
+            }
             registry.register(
                 "collect_readings_committed",
                 "Readings committed to the log",
@@ -210,23 +239,14 @@ impl Collect {
 
     /// Takes `n` readings from `thing`'s rate budget, or says when to retry.
     fn take_budget(&self, thing: Uuid, n: usize) -> Result<(), Duration> {
-        let result = self.bucket_take(thing, n);
+        let result = self
+            .inner
+            .rate
+            .take(thing, u32::try_from(n).unwrap_or(u32::MAX));
         if result.is_err() {
             self.inner.metrics.rate_limited.inc();
         }
         result
-    }
-
-    fn bucket_take(&self, thing: Uuid, n: usize) -> Result<(), Duration> {
-        let limits = &self.inner.limits;
-        let mut buckets = self.inner.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > 100_000 {
-            buckets.clear(); // idle things come back with a full bucket
-        }
-        buckets
-            .entry(thing)
-            .or_insert_with(|| validate::Bucket::full(limits))
-            .take(n, limits)
     }
 
     fn check_token(&self, principal: &Principal) -> Result<(), Status> {
@@ -256,10 +276,10 @@ impl Collect {
         tx: mpsc::Sender<Result<pb::SessionResponse, Status>>,
     ) {
         let frame = |f| Ok(pb::SessionResponse { frame: Some(f) });
-        match inbound.message().await {
+        let hello = match inbound.message().await {
             Ok(Some(pb::SessionRequest {
-                frame: Some(session_request::Frame::Hello(_)),
-            })) => {}
+                frame: Some(session_request::Frame::Hello(hello)),
+            })) => hello,
             Ok(_) => {
                 let _ = tx
                     .send(Err(Status::failed_precondition(
@@ -272,7 +292,7 @@ impl Collect {
                 let _ = tx.send(Err(status)).await;
                 return;
             }
-        }
+        };
         let id = self
             .inner
             .next_session
@@ -294,8 +314,9 @@ impl Collect {
         };
         if full {
             let _ = tx
-                .send(Err(Status::resource_exhausted(
+                .send(Err(sipmba_runtime::exhausted(
                     "this Collect instance serves its maximum of sessions; retry in 5 s, possibly on another replica",
+                    Duration::from_secs(5),
                 )))
                 .await;
             return;
@@ -323,6 +344,13 @@ impl Collect {
             self.unregister(thing, id);
             return;
         }
+        let mut commands = self.command_session(&principal, thing, id, &hello).await;
+        if let Some(c) = commands.as_mut()
+            && !c.deliver(&tx).await
+        {
+            self.unregister(thing, id);
+            return;
+        }
         let until_expiry = Duration::from_secs(
             u64::try_from(principal.expires_at - sipmba_auth::signing::unix_now()).unwrap_or(0),
         );
@@ -331,6 +359,7 @@ impl Collect {
         // Order is checked within the session; resent readings below `acked` are duplicates.
         let mut previous = 0;
         let mut paused_until: Option<tokio::time::Instant> = None;
+        let wake_on = commands.as_ref().map(|c| c.wake.clone());
         let end: Result<(), Status> = loop {
             let message = tokio::select! {
                 m = inbound.message() => m,
@@ -349,6 +378,12 @@ impl Collect {
                     break Ok(());
                 }
                 () = &mut expiry => break Err(Status::unauthenticated("the access token expired during the session")),
+                () = wake(wake_on.as_deref()) => {
+                    if let Some(c) = commands.as_mut() && !c.deliver(&tx).await {
+                        break Ok(());
+                    }
+                    continue;
+                }
             };
             let request = match message {
                 Ok(Some(request)) => request,
@@ -363,12 +398,14 @@ impl Collect {
                     if let Some(until) = paused_until
                         && tokio::time::Instant::now() < until
                     {
-                        break Err(Status::resource_exhausted(format!(
-                            "telemetry sent during a RetryAfter pause; wait {} ms before sending again",
-                            until
-                                .saturating_duration_since(tokio::time::Instant::now())
-                                .as_millis()
-                        )));
+                        let wait = until.saturating_duration_since(tokio::time::Instant::now());
+                        break Err(sipmba_runtime::exhausted(
+                            &format!(
+                                "telemetry sent during a RetryAfter pause; wait {} ms before sending again",
+                                wait.as_millis()
+                            ),
+                            wait,
+                        ));
                     }
                     let last = match validate::batch(&batch.readings, previous, &limits) {
                         Ok(last) => last,
@@ -418,8 +455,17 @@ impl Collect {
                         break Ok(());
                     }
                 }
-                Some(session_request::Frame::CommandAck(_)) => {
-                    tracing::debug!(%thing, "command ack without a delivered command; ignored");
+                Some(session_request::Frame::CommandAck(ack)) => {
+                    let Some(c) = commands.as_mut() else {
+                        tracing::debug!(%thing, "command ack on a session without commands; ignored");
+                        continue;
+                    };
+                    if let Err(status) = c.acknowledge(&ack).await {
+                        break Err(status);
+                    }
+                    if !c.deliver(&tx).await {
+                        break Ok(());
+                    }
                 }
                 Some(session_request::Frame::Goodbye(_)) => {
                     let ack =
@@ -439,7 +485,36 @@ impl Collect {
             tracing::debug!(%thing, code = ?status.code(), "session ended with an error");
             let _ = tx.send(Err(status)).await;
         }
+        if let Some(c) = &commands {
+            c.inbox.unsubscribe(thing, id);
+        }
         self.unregister(thing, id);
+    }
+
+    /// The command side of a session, when the thing takes commands (scope `commands:read`,
+    /// `Hello.max_commands` > 0) and this Collect has an inbox.
+    async fn command_session(
+        &self,
+        principal: &Principal,
+        thing: Uuid,
+        session: u64,
+        hello: &session_request::Hello,
+    ) -> Option<CommandSession> {
+        let inbox = self.inner.inbox.clone()?;
+        if hello.max_commands == 0 || !principal.has_scope(scopes::COMMANDS_READ) {
+            return None;
+        }
+        let wake = inbox.subscribe(thing, session);
+        inbox.sync(thing, Duration::from_secs(3)).await;
+        Some(CommandSession {
+            inbox,
+            thing,
+            wake,
+            window: usize::try_from(hello.max_commands.min(self.inner.limits.max_commands))
+                .unwrap_or(1),
+            sent: HashSet::new(),
+            outstanding: HashSet::new(),
+        })
     }
 
     fn unregister(&self, thing: Uuid, id: u64) {
@@ -452,6 +527,94 @@ impl Collect {
             sessions.remove(&thing);
         }
         self.inner.metrics.sessions.set(sessions.len() as i64);
+    }
+}
+
+/// Waits for a command to arrive for the session; never, for a session without commands.
+async fn wake(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The commands of one session: delivered at most `window` unacknowledged at a time, each at most
+/// once per session.
+struct CommandSession {
+    inbox: inbox::Inbox,
+    thing: Uuid,
+    wake: Arc<tokio::sync::Notify>,
+    window: usize,
+    /// Delivered in this session.
+    sent: HashSet<Uuid>,
+    /// Delivered in this session and not acknowledged.
+    outstanding: HashSet<Uuid>,
+}
+
+/// Longest detail a thing may attach to an acknowledgement.
+const MAX_ACK_DETAIL: usize = 1024;
+
+impl CommandSession {
+    /// Sends pending commands up to the window; false when the stream is gone.
+    async fn deliver(&mut self, tx: &mpsc::Sender<Result<pb::SessionResponse, Status>>) -> bool {
+        let room = self.window.saturating_sub(self.outstanding.len());
+        if room == 0 {
+            return true;
+        }
+        for command in self.inbox.next_for(self.thing, &self.sent, room) {
+            let delivery = session_response::Frame::Command(command.delivery());
+            if tx
+                .send(Ok(pb::SessionResponse {
+                    frame: Some(delivery),
+                }))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            self.sent.insert(command.id);
+            self.outstanding.insert(command.id);
+            self.inbox.delivered(self.thing, command.id).await;
+        }
+        true
+    }
+
+    /// Records the thing's outcome of a command.
+    async fn acknowledge(&mut self, ack: &session_request::CommandAck) -> Result<(), Status> {
+        let command = sipmba_runtime::ids::required_id("command_ack.command", ack.command.as_ref())
+            .map_err(Status::from)?;
+        let state = match pb::CommandOutcome::try_from(ack.outcome) {
+            Ok(pb::CommandOutcome::Acked) => pb::CommandState::Acked,
+            Ok(pb::CommandOutcome::Failed) => pb::CommandState::Failed,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "command_ack.outcome must be COMMAND_OUTCOME_ACKED or COMMAND_OUTCOME_FAILED",
+                ));
+            }
+        };
+        if ack.detail.len() > MAX_ACK_DETAIL {
+            return Err(Status::invalid_argument(format!(
+                "command_ack.detail is {} bytes; at most {MAX_ACK_DETAIL}",
+                ack.detail.len()
+            )));
+        }
+        self.outstanding.remove(&command);
+        match self.inbox.lookup(self.thing, command) {
+            inbox::Lookup::Pending => self
+                .inbox
+                .finish(self.thing, command, state, &ack.detail)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "the acknowledgement of command {command} was not recorded ({e}); send it again"
+                    ))
+                }),
+            // Too late, finished already, or not this thing's: nothing to record.
+            inbox::Lookup::Expired | inbox::Lookup::Unknown => {
+                tracing::debug!(thing = %self.thing, %command, "acknowledgement of a command that is not pending; ignored");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -495,11 +658,14 @@ impl CollectService for Collect {
             previous = validate::batch(&message.readings, previous, &self.inner.limits)
                 .map_err(Status::from)?;
             if let Err(wait) = self.take_budget(thing, message.readings.len()) {
-                return Err(Status::resource_exhausted(format!(
-                    "over the rate of {} readings per second for one thing; {accepted} readings up to seq {acked} are committed; retry the rest in {} ms",
-                    self.inner.limits.readings_per_second,
-                    wait.as_millis()
-                )));
+                return Err(sipmba_runtime::exhausted(
+                    &format!(
+                        "over the rate of {} readings per second for one thing; {accepted} readings up to seq {acked} are committed; retry the rest in {} ms",
+                        self.inner.limits.readings_per_second,
+                        wait.as_millis()
+                    ),
+                    wait,
+                ));
             }
             let (highest, new) = self
                 .commit(thing, message.readings, acked)

@@ -19,6 +19,8 @@ pub struct Limits {
     pub burst_readings: u32,
     /// Sessions one Collect instance serves at a time.
     pub max_sessions: usize,
+    /// Commands delivered and not yet acknowledged on one session (caps `Hello.max_commands`).
+    pub max_commands: u32,
 }
 
 impl Default for Limits {
@@ -29,41 +31,7 @@ impl Default for Limits {
             readings_per_second: 1000,
             burst_readings: 20_000,
             max_sessions: 10_000,
-        }
-    }
-}
-
-/// A token bucket of readings for one thing.
-#[derive(Debug, Clone, Copy)]
-pub struct Bucket {
-    tokens: f64,
-    at: std::time::Instant,
-}
-
-impl Bucket {
-    /// A full bucket.
-    pub fn full(limits: &Limits) -> Self {
-        Self {
-            tokens: f64::from(limits.burst_readings),
-            at: std::time::Instant::now(),
-        }
-    }
-
-    /// Takes `n` readings' worth, or says how long until they would be there.
-    pub fn take(&mut self, n: usize, limits: &Limits) -> Result<(), std::time::Duration> {
-        let rate = f64::from(limits.readings_per_second.max(1));
-        let now = std::time::Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * rate;
-        self.tokens = (self.tokens + refill).min(f64::from(limits.burst_readings));
-        self.at = now;
-        let wanted = n as f64;
-        if self.tokens >= wanted {
-            self.tokens -= wanted;
-            Ok(())
-        } else {
-            Err(std::time::Duration::from_secs_f64(
-                (wanted - self.tokens) / rate,
-            ))
+            max_commands: 16,
         }
     }
 }

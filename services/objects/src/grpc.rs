@@ -535,14 +535,18 @@ impl AccessService for ObjectsService {
                 let permission = permission("permission", r.permission)?;
                 Ok(
                     match self.store.check_access(user, thing, permission).await? {
-                        Some((via, owner)) => pb::CheckAccessResponse {
+                        Ok((via, owner)) => pb::CheckAccessResponse {
                             allowed: true,
                             via: via.to_owned(),
                             thing_owner: Some(pb::UserId {
                                 value: owner.to_string(),
                             }),
+                            denial: pb::AccessDenial::Unspecified as i32,
                         },
-                        None => pb::CheckAccessResponse::default(),
+                        Err(denial) => pb::CheckAccessResponse {
+                            denial: denial as i32,
+                            ..Default::default()
+                        },
                     },
                 )
             }

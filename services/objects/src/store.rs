@@ -1331,32 +1331,46 @@ impl Store {
 
     // ----- decisions for other services -------------------------------------------------------
 
-    /// May `user` exercise `permission` on `thing`? Returns how, and the thing's owner.
+    /// Whether `user` may exercise `permission` on `thing`: through its subtree or a live grant,
+    /// both effectively ACTIVE. Allowed: how, and the thing's owner; refused: why.
     pub async fn check_access(
         &self,
         user: Uuid,
         thing: Uuid,
         permission: pb::ChannelPermission,
-    ) -> ServiceResult<Option<(&'static str, Uuid)>> {
+    ) -> ServiceResult<Result<(&'static str, Uuid), pb::AccessDenial>> {
+        use pb::AccessDenial::{NotReachable, PermissionMissing, ThingInactive};
         let Some((user_path, true)) = self.lookup(user).await? else {
-            return Ok(None);
+            return Ok(Err(NotReachable));
         };
         let Some(thing) = things::Entity::find_by_id(thing).one(&self.db).await? else {
-            return Ok(None);
+            return Ok(Err(NotReachable));
         };
-        if thing.state != ACTIVE {
-            return Ok(None);
-        }
-        let Some((owner_path, true)) = self.lookup(thing.owner_id).await? else {
-            return Ok(None);
+        let Some((owner_path, owner_active)) = self.lookup(thing.owner_id).await? else {
+            return Ok(Err(NotReachable));
         };
-        if owner_path.starts_with(&user_path) {
-            return Ok(Some(("subtree", thing.owner_id)));
-        }
-        Ok(self
+        let active = thing.state == ACTIVE && owner_active;
+        let via = if owner_path.starts_with(&user_path) {
+            "subtree"
+        } else if self
             .granted(user, &thing, &owner_path, Some(permission))
             .await?
-            .map(|_| ("grant", thing.owner_id)))
+            .is_some()
+        {
+            "grant"
+        } else if self
+            .granted(user, &thing, &owner_path, None)
+            .await?
+            .is_some()
+        {
+            return Ok(Err(PermissionMissing));
+        } else {
+            return Ok(Err(NotReachable));
+        };
+        if !active {
+            return Ok(Err(ThingInactive));
+        }
+        Ok(Ok((via, thing.owner_id)))
     }
 
     /// Effective state of a user.

@@ -502,7 +502,9 @@ async fn authorization_hides_what_is_not_yours(backend: Backend) {
     assert!(allowed.allowed);
     assert_eq!(allowed.via, "subtree");
     assert!(!check(kid, alice_thing).await.allowed);
-    assert!(!check(bob, alice_thing).await.allowed);
+    let refused = check(bob, alice_thing).await;
+    assert!(!refused.allowed);
+    assert_eq!(refused.denial, pb::AccessDenial::NotReachable as i32);
     // CheckAccess itself needs objects:authorize.
     assert_status(
         h.access()
@@ -790,11 +792,12 @@ async fn channel_grants_share_things_until_they_expire(backend: Backend) {
     let read = check(friend, pb::ChannelPermission::ReadTelemetry).await;
     assert!(read.allowed);
     assert_eq!(read.via, "grant");
-    assert!(
-        !check(friend, pb::ChannelPermission::SendCommands)
-            .await
-            .allowed,
-        "read grant only"
+    let read_only = check(friend, pb::ChannelPermission::SendCommands).await;
+    assert!(!read_only.allowed, "read grant only");
+    assert_eq!(
+        read_only.denial,
+        pb::AccessDenial::PermissionMissing as i32,
+        "the friend sees the thing, without the permission"
     );
     assert!(
         check(other, pb::ChannelPermission::SendCommands)

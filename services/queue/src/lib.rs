@@ -14,10 +14,12 @@ use rskafka::{
     client::{
         Client, ClientBuilder,
         error::{Error as KafkaError, ProtocolError},
-        partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
+        partition::{Compression, OffsetAt, UnknownTopicHandling},
     },
     record::Record,
 };
+
+pub use rskafka::client::partition::PartitionClient;
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,9 @@ pub enum QueueError {
         /// What is wrong.
         reason: String,
     },
+    /// The topic does not exist (yet).
+    #[error("topic {0} does not exist")]
+    MissingTopic(String),
 }
 
 pub(crate) fn now() -> DateTime<Utc> {
@@ -50,6 +55,12 @@ pub(crate) fn now() -> DateTime<Utc> {
 pub mod topics {
     /// Token revocations, key = subject.
     pub const REVOCATIONS: &str = "sipmba.revocations";
+    /// Readings, key = thing.
+    pub const TELEMETRY: &str = "sipmba.telemetry";
+    /// Queued commands, key = thing.
+    pub const COMMANDS: &str = "sipmba.commands";
+    /// Changes of command states, key = thing.
+    pub const COMMAND_EVENTS: &str = "sipmba.command-events";
 }
 
 /// A connection to the log.
@@ -136,6 +147,25 @@ impl Queue {
         }
     }
 
+    /// How many partitions a topic has (from fresh metadata).
+    pub async fn partition_count(&self, name: &str) -> Result<i32, QueueError> {
+        let full = self.topic(name);
+        let topics = self.client.list_topics().await?;
+        let count = topics
+            .iter()
+            .find(|t| t.name == full)
+            .map_or(0, |t| t.partitions.len());
+        match i32::try_from(count) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(QueueError::MissingTopic(full)),
+        }
+    }
+
+    /// The offset the next record of a partition will get (its high watermark).
+    pub async fn end_offset(partition: &PartitionClient) -> Result<i64, QueueError> {
+        Ok(partition.get_offset(OffsetAt::Latest).await?)
+    }
+
     /// A client for one partition of a topic.
     pub async fn partition(
         &self,
@@ -168,12 +198,72 @@ impl Queue {
     }
 }
 
+/// Reads one partition in order, from an explicit offset (or its earliest record).
+pub struct Reader {
+    partition: PartitionClient,
+    offset: Option<i64>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("topic", &self.partition.topic())
+            .field("partition", &self.partition.partition())
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+impl Reader {
+    /// Starts at `offset`; `None` means the earliest record still on the log.
+    pub fn new(partition: PartitionClient, offset: Option<i64>) -> Self {
+        Self { partition, offset }
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        self.partition.topic()
+    }
+
+    /// The partition read.
+    pub fn partition(&self) -> i32 {
+        self.partition.partition()
+    }
+
+    /// The next records (offset and value; records without a value are skipped), waiting at most
+    /// [`FETCH_WAIT`] at the end of the partition, and the offset to read next and the partition's
+    /// end (high watermark) after them.
+    pub async fn next(&mut self) -> Result<(Vec<(i64, Vec<u8>)>, i64, i64), QueueError> {
+        let start = match self.offset {
+            Some(o) => o,
+            None => self.partition.get_offset(OffsetAt::Earliest).await?,
+        };
+        let (records, high_watermark) = self
+            .partition
+            .fetch_records(start, 1..4_000_000, FETCH_WAIT.as_millis() as i32)
+            .await?;
+        let mut next = start;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            if r.offset < next {
+                continue;
+            }
+            next = r.offset + 1;
+            if let Some(value) = r.record.value {
+                out.push((r.offset, value));
+            }
+        }
+        self.offset = Some(next);
+        Ok((out, next, high_watermark))
+    }
+}
+
 /// Reads a partition from `offset` on, handing each record's value and offset to `apply`;
 /// `caught_up` is called once the follower has reached the end of the partition as it was when
 /// it started. Retries with backoff while the broker is unreachable; returns when `stop` fires.
 pub async fn follow<F, C>(
     partition: PartitionClient,
-    mut offset: Option<i64>,
+    offset: Option<i64>,
     mut apply: F,
     mut caught_up: C,
     stop: impl std::future::Future<Output = ()>,
@@ -182,44 +272,27 @@ pub async fn follow<F, C>(
     C: FnMut(),
 {
     tokio::pin!(stop);
+    let mut reader = Reader::new(partition, offset);
     let mut pause = Duration::from_millis(100);
     let mut reached_end = false;
     loop {
-        let step = async {
-            let start = match offset {
-                Some(o) => o,
-                None => partition.get_offset(OffsetAt::Earliest).await?,
-            };
-            let (records, high_watermark) = partition
-                .fetch_records(start, 1..4_000_000, FETCH_WAIT.as_millis() as i32)
-                .await?;
-            Ok::<_, KafkaError>((start, records, high_watermark))
-        };
         let result = tokio::select! {
-            r = step => r,
+            r = reader.next() => r,
             () = &mut stop => return,
         };
         match result {
-            Ok((start, records, high_watermark)) => {
+            Ok((records, next, high_watermark)) => {
                 pause = Duration::from_millis(100);
-                let mut next = start;
-                for r in records {
-                    if r.offset < next {
-                        continue;
-                    }
-                    if let Some(value) = &r.record.value {
-                        apply(r.offset, value);
-                    }
-                    next = r.offset + 1;
+                for (offset, value) in &records {
+                    apply(*offset, value);
                 }
-                offset = Some(next);
                 if !reached_end && next >= high_watermark {
                     reached_end = true;
                     caught_up();
                 }
             }
             Err(e) => {
-                tracing::warn!(topic = partition.topic(), error = %e, retry_in_ms = pause.as_millis() as u64, "cannot read the log");
+                tracing::warn!(topic = reader.topic(), error = %e, retry_in_ms = pause.as_millis() as u64, "cannot read the log");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = &mut stop => return,

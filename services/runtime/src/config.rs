@@ -128,6 +128,45 @@ struct FileConfig {
     queue: FileQueue,
     #[serde(default)]
     collect: FileCollect,
+    #[serde(default)]
+    control: FileControl,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileControl {
+    objects_url: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    commands_per_second: Option<u32>,
+    burst_commands: Option<u32>,
+    max_pending_per_thing: Option<u64>,
+    default_ttl_secs: Option<u64>,
+    max_ttl_secs: Option<u64>,
+}
+
+/// Settings of the control service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Where Objects answers access checks; `None` means this process.
+    pub objects_url: Option<String>,
+    /// sso's token endpoint for control's own token; `None` means this process.
+    pub token_url: Option<String>,
+    /// Control's client id at sso.
+    pub client_id: String,
+    /// File holding control's client secret; required unless sso runs in this process.
+    pub client_secret_file: Option<PathBuf>,
+    /// Sustained commands per second per issuer.
+    pub commands_per_second: u32,
+    /// Commands an issuer may send at once above the rate.
+    pub burst_commands: u32,
+    /// Commands waiting for one thing.
+    pub max_pending_per_thing: u64,
+    /// TTL of a command that sets none.
+    pub default_ttl: Duration,
+    /// Longest TTL.
+    pub max_ttl: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +178,7 @@ struct FileCollect {
     max_batch_readings: Option<u32>,
     max_reading_bytes: Option<u32>,
     telemetry_partitions: Option<i32>,
+    max_commands: Option<u32>,
 }
 
 /// Settings of the collect service.
@@ -156,6 +196,8 @@ pub struct CollectSettings {
     pub max_reading_bytes: u32,
     /// Partitions of the telemetry topic when collect creates it.
     pub telemetry_partitions: i32,
+    /// Commands delivered and not yet acknowledged on one session.
+    pub max_commands: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +205,7 @@ pub struct CollectSettings {
 struct FileQueue {
     brokers: Option<Vec<String>>,
     topic_prefix: Option<String>,
+    command_partitions: Option<i32>,
 }
 
 /// The Kafka-protocol log.
@@ -172,6 +215,8 @@ pub struct QueueSettings {
     pub brokers: Vec<String>,
     /// Put in front of every topic name.
     pub topic_prefix: String,
+    /// Partitions of the command topics when they are created.
+    pub command_partitions: i32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +352,8 @@ pub struct Config {
     pub queue: QueueSettings,
     /// collect settings.
     pub collect: CollectSettings,
+    /// control settings.
+    pub control: ControlSettings,
 }
 
 /// Defaults that differ between a production start and `--dev`.
@@ -603,6 +650,7 @@ impl Config {
         let queue = QueueSettings {
             brokers,
             topic_prefix: file.queue.topic_prefix.unwrap_or_default(),
+            command_partitions: file.queue.command_partitions.unwrap_or(4),
         };
 
         let c = &file.collect;
@@ -623,7 +671,15 @@ impl Config {
             max_batch_readings: c.max_batch_readings.unwrap_or(500),
             max_reading_bytes: c.max_reading_bytes.unwrap_or(64 * 1024),
             telemetry_partitions: c.telemetry_partitions.unwrap_or(4),
+            max_commands: c.max_commands.unwrap_or(16),
         };
+        within(
+            "queue.command_partitions",
+            u64::try_from(queue.command_partitions).unwrap_or(0),
+            1,
+            1024,
+        )?;
+        within("collect.max_commands", collect.max_commands.into(), 1, 1000)?;
         within(
             "collect.readings_per_second",
             collect.readings_per_second.into(),
@@ -670,7 +726,64 @@ impl Config {
             ));
         }
 
+        let k = file.control;
+        let control = ControlSettings {
+            objects_url: k.objects_url,
+            token_url: k.token_url,
+            client_id: k.client_id.unwrap_or_else(|| "sipmba-control".into()),
+            client_secret_file: k.client_secret_file,
+            commands_per_second: k.commands_per_second.unwrap_or(10),
+            burst_commands: k.burst_commands.unwrap_or(100),
+            max_pending_per_thing: k.max_pending_per_thing.unwrap_or(1000),
+            default_ttl: Duration::from_secs(k.default_ttl_secs.unwrap_or(3600)),
+            max_ttl: Duration::from_secs(k.max_ttl_secs.unwrap_or(7 * 24 * 3600)),
+        };
+        within(
+            "control.commands_per_second",
+            control.commands_per_second.into(),
+            1,
+            1_000_000,
+        )?;
+        within(
+            "control.burst_commands",
+            control.burst_commands.into(),
+            1,
+            1_000_000,
+        )?;
+        within(
+            "control.max_pending_per_thing",
+            control.max_pending_per_thing,
+            1,
+            1_000_000,
+        )?;
+        within(
+            "control.max_ttl_secs",
+            control.max_ttl.as_secs(),
+            1,
+            365 * 24 * 3600,
+        )?;
+        within(
+            "control.default_ttl_secs",
+            control.default_ttl.as_secs(),
+            1,
+            control.max_ttl.as_secs(),
+        )?;
+        for (setting, url) in [
+            ("control.objects_url", &control.objects_url),
+            ("control.token_url", &control.token_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+
         Ok(Self {
+            control,
             collect,
             queue,
             sso,

@@ -23,6 +23,14 @@ pub enum ServiceError {
     /// The caller's identity is not (or no longer) acceptable.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A limit is reached; the status carries `google.rpc.RetryInfo` with `retry_after`.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What limit, and what to do.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// A dependency (database, broker) is not reachable right now; retrying may help.
     #[error("{0}")]
     Unavailable(String),
@@ -51,6 +59,7 @@ impl ServiceError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -68,9 +77,27 @@ impl From<ServiceError> for Status {
                 tracing::warn!(%detail, "dependency unavailable");
                 Status::unavailable(e.to_string())
             }
+            ServiceError::ResourceExhausted {
+                message,
+                retry_after,
+            } => exhausted(message, *retry_after),
             _ => Status::new(e.code(), e.to_string()),
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED with `message` and a `google.rpc.RetryInfo` detail saying when to retry.
+pub fn exhausted(message: &str, retry_after: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    // Whole milliseconds, rounded up, so that a client waiting exactly this long is not early.
+    let wait = std::time::Duration::from_millis(
+        u64::try_from(retry_after.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(wait)),
+    )
 }
 
 impl From<sea_orm::DbErr> for ServiceError {

@@ -122,14 +122,17 @@ impl Page {
             return String::new();
         }
         items.truncate(size);
-        match items.last() {
-            Some(last) => {
-                let mut raw = key(last).as_bytes().to_vec();
-                raw.extend_from_slice(&self.fingerprint.to_be_bytes());
-                URL_SAFE_NO_PAD.encode(raw)
-            }
-            None => String::new(),
-        }
+        items
+            .last()
+            .map_or_else(String::new, |last| self.token_after(key(last)))
+    }
+
+    /// The token of a page starting after `id` (for a list that stops early, e.g. after
+    /// examining as many rows as it may in one call).
+    pub fn token_after(&self, id: Uuid) -> String {
+        let mut raw = id.as_bytes().to_vec();
+        raw.extend_from_slice(&self.fingerprint.to_be_bytes());
+        URL_SAFE_NO_PAD.encode(raw)
     }
 }
 

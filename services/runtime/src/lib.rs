@@ -7,14 +7,15 @@ pub mod db;
 mod error;
 pub mod ids;
 pub mod metrics;
+pub mod ratelimit;
 pub mod retry;
 pub mod server;
 
 pub use config::{
-    AuthConfig, CollectSettings, Config, ConfigArgs, ConfigError, Defaults, LogFormat,
-    QueueSettings, ServiceClient, SsoSettings, TlsFiles,
+    AuthConfig, CollectSettings, Config, ConfigArgs, ConfigError, ControlSettings, Defaults,
+    LogFormat, QueueSettings, ServiceClient, SsoSettings, TlsFiles,
 };
-pub use error::{ServiceError, ServiceResult};
+pub use error::{ServiceError, ServiceResult, exhausted};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.

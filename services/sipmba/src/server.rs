@@ -44,7 +44,12 @@ impl Target {
 }
 
 /// Targets this build can serve.
-const AVAILABLE: &[Target] = &[Target::Sso, Target::Objects, Target::Collect];
+const AVAILABLE: &[Target] = &[
+    Target::Sso,
+    Target::Objects,
+    Target::Collect,
+    Target::Control,
+];
 
 /// Arguments of `sipmba server`.
 #[derive(Debug, clap::Args)]
@@ -108,10 +113,29 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     }
     let config =
         Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
-    if args.target == Target::Collect && config.queue.brokers.is_empty() {
-        return Err(Failure::Usage(
+    if matches!(args.target, Target::Collect | Target::Control) && config.queue.brokers.is_empty() {
+        return Err(Failure::Usage(format!(
             "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
-             is not set: collect commits readings to the Kafka-protocol log"
+             is not set: {} works on the Kafka-protocol log",
+            args.target.name()
+        )));
+    }
+    if runs(Target::Control) && !runs(Target::Sso) && config.control.client_secret_file.is_none() {
+        return Err(Failure::Usage(
+            "invalid setting `control.client_secret_file`: is not set: control authenticates to \
+             sso with client_credentials (client `control.client_id`) to ask Objects who may command what"
+                .into(),
+        ));
+    }
+    if runs(Target::Control)
+        && ((!runs(Target::Objects) || config.tls.is_some())
+            && config.control.objects_url.is_none()
+            || (!runs(Target::Sso) || config.tls.is_some()) && config.control.token_url.is_none())
+    {
+        return Err(Failure::Usage(
+            "invalid setting `control.objects_url` / `control.token_url`: control needs the \
+             http:// addresses of Objects and of sso's /oauth2/token unless they run in this \
+             process without TLS"
                 .into(),
         ));
     }
@@ -265,6 +289,14 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
                 Failure::Runtime(anyhow::anyhow!("stopped before collect could start"))
             })?;
             let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "collect".into());
+            let inbox = sipmba_collect::inbox::Inbox::start(
+                queue,
+                config.queue.command_partitions,
+                &instance,
+                shutdown.clone(),
+            )
+            .await
+            .context("following the command topics")?;
             sipmba_collect::Collect::new(
                 producer,
                 sipmba_collect::store::AckStore::new(db.clone()),
@@ -275,16 +307,30 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
                     readings_per_second: config.collect.readings_per_second,
                     burst_readings: config.collect.burst_readings,
                     max_sessions: config.collect.max_sessions,
+                    max_commands: config.collect.max_commands,
                 },
                 &instance,
                 shutdown.clone(),
             )
+            .with_inbox(inbox)
             .register(&mut server);
         }
         _ if args.target == Target::All => tracing::info!(
-            "collect needs queue.brokers; running without it. Control and processing are not in this build yet"
+            "collect and control need queue.brokers; running without them. Processing is not in this build yet"
         ),
         _ => {}
+    }
+    if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Control)) {
+        start_control(
+            &db,
+            queue,
+            &config,
+            sso_handle.as_ref(),
+            &verifier,
+            &shutdown,
+        )
+        .await?
+        .register(&mut server);
     }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -313,6 +359,87 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     db.close().await.ok();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Migrates the control schema, gets control its service credentials, and starts following the
+/// command topics.
+async fn start_control(
+    db: &sea_orm::DatabaseConnection,
+    queue: &sipmba_queue::Queue,
+    config: &Config,
+    sso: Option<&sipmba_sso::Sso>,
+    verifier: &Verifier,
+    shutdown: &Shutdown,
+) -> Result<sipmba_control::Control, Failure> {
+    let settings = &config.control;
+    let own = format!("http://{}", loopback(config.listen));
+    let secret = match (&settings.client_secret_file, sso) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {} (control.client_secret_file)", file.display()))?
+            .trim()
+            .to_owned(),
+        // sso is this process: control gets a client of its own, with a fresh secret each start.
+        (None, Some(sso)) => {
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            sso.ensure_service_client(
+                &settings.client_id,
+                &secret,
+                uuid::Uuid::new_v4(),
+                &[sipmba_auth::scopes::OBJECTS_AUTHORIZE],
+            )
+            .await
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("control's service client: {e}")))?;
+            secret
+        }
+        (None, None) => {
+            return Err(Failure::Usage(
+                "invalid setting `control.client_secret_file`: is not set".into(),
+            ));
+        }
+    };
+    let token_url = settings
+        .token_url
+        .clone()
+        .unwrap_or_else(|| format!("{own}/oauth2/token"));
+    let credentials = sipmba_auth::client::ServiceCredentials::new(
+        &token_url,
+        &settings.client_id,
+        &secret,
+        sipmba_auth::scopes::OBJECTS_AUTHORIZE,
+    )
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("control's credentials: {e}")))?;
+    let objects_url = settings.objects_url.clone().unwrap_or(own);
+    let objects = sipmba_control::access::ObjectsAccess::new(
+        &objects_url,
+        sipmba_control::access::ServiceToken::Credentials(Arc::new(credentials)),
+    )
+    .map_err(|e| Failure::Usage(format!("invalid setting `control.objects_url`: {e}")))?;
+    let migrate = || async { sipmba_control::store::migrate(db).await };
+    sipmba_runtime::retry::until_ok("cannot migrate the control schema yet", shutdown, migrate)
+        .await
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before control could start")))?;
+    sipmba_control::Control::start(
+        sipmba_control::store::Store::new(db.clone()),
+        queue,
+        config.queue.command_partitions,
+        objects,
+        verifier.clone(),
+        sipmba_control::ControlLimits {
+            commands_per_second: settings.commands_per_second,
+            burst_commands: settings.burst_commands,
+            max_pending_per_thing: settings.max_pending_per_thing,
+            default_ttl: settings.default_ttl,
+            max_ttl: settings.max_ttl,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .context("creating the command topics")
+    .map_err(Failure::from)
 }
 
 /// Migrates the sso schema and loads its keys, retrying while the database is unreachable

@@ -145,12 +145,41 @@ async fn forward(listener: TcpListener, to: SocketAddr) {
 
 #[tokio::test]
 async fn bad_invocations_exit_with_a_message_that_names_the_problem() {
-    let (code, err) = run_to_end(&["server", "--target", "control", "--plaintext"]).await;
+    let (code, err) = run_to_end(&["server", "--target", "processing", "--plaintext"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("target `control` is not available") && err.contains("sso, objects, collect"),
+        err.contains("target `processing` is not available")
+            && err.contains("sso, objects, collect, control"),
         "{err}"
     );
+    let (code, err) = run_to_end(&[
+        "server",
+        "--target",
+        "control",
+        "--plaintext",
+        "--database-url",
+        "sqlite::memory:",
+        "--jwks-url",
+        "http://127.0.0.1:9/jwks",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("queue.brokers"), "{err}");
+    let (code, err) = run_to_end(&[
+        "server",
+        "--target",
+        "control",
+        "--plaintext",
+        "--database-url",
+        "sqlite::memory:",
+        "--jwks-url",
+        "http://127.0.0.1:9/jwks",
+        "--brokers",
+        "127.0.0.1:9",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("control.client_secret_file"), "{err}");
     let (code, err) = run_to_end(&[
         "server",
         "--target",
@@ -482,10 +511,52 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
             parent: None,
         },
     );
-    users
+    let root = users
         .create_user(request)
         .await
-        .expect("the dev token works");
+        .expect("the dev token works")
+        .into_inner();
+    // Control runs too, and asks Objects with a client_credentials token of the same process.
+    wait_for_health(&channel, "sipmba.v1.ControlService", ServingStatus::Serving).await;
+    let thing = pb::thing_service_client::ThingServiceClient::new(channel.clone())
+        .create_thing(with_token(
+            &token,
+            pb::CreateThingRequest {
+                name: "dev-thing".into(),
+                owner: root.id.clone(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .expect("a thing")
+        .into_inner();
+    let mut control = pb::control_service_client::ControlServiceClient::new(channel.clone());
+    let command = control
+        .send_command(with_token(
+            &token,
+            pb::SendCommandRequest {
+                thing: thing.id.clone(),
+                name: "ping".into(),
+                payload: vec![],
+                ttl: None,
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .expect("the dev platform queues commands")
+        .into_inner();
+    assert_eq!(command.state, pb::CommandState::Queued as i32);
+    let fetched = control
+        .get_command(with_token(
+            &token,
+            pb::GetCommandRequest {
+                id: command.id.clone(),
+            },
+        ))
+        .await
+        .expect("and shows them")
+        .into_inner();
+    assert_eq!(fetched.id, command.id);
     let jwks = http_get(listen.parse().unwrap(), "/.well-known/jwks.json").await;
     assert!(
         jwks.contains(r#""kty":"OKP""#) && jwks.contains("Ed25519"),

@@ -1,0 +1,146 @@
+//! Who may command which thing: asked of Objects (`AccessService`) with Control's own service
+//! token.
+
+use std::{sync::Arc, time::Duration};
+
+use sipmba_auth::client::ServiceCredentials;
+use sipmba_proto::v1 as pb;
+use sipmba_runtime::{ServiceError, ServiceResult};
+use tonic::{Code, Request, transport::Channel};
+use uuid::Uuid;
+
+/// Where Control's own access token comes from.
+#[derive(Clone)]
+pub enum ServiceToken {
+    /// `client_credentials` at sso, renewed before expiry.
+    Credentials(Arc<ServiceCredentials>),
+    /// A fixed token (tests).
+    Fixed(String),
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        match self {
+            Self::Credentials(c) => f.debug_tuple("Credentials").field(c).finish(),
+            Self::Fixed(_) => f.write_str("Fixed(..)"),
+        }
+    }
+}
+
+impl ServiceToken {
+    async fn get(&self) -> ServiceResult<String> {
+        match self {
+            Self::Credentials(c) => c.token().await.map_err(|e| {
+                ServiceError::Unavailable(format!("control cannot obtain its service token: {e}"))
+            }),
+            Self::Fixed(t) => Ok(t.clone()),
+        }
+    }
+}
+
+/// A decision about a user and a thing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed.
+    Allowed,
+    /// The user cannot reach the thing (or it does not exist): answer NOT_FOUND.
+    NotReachable,
+    /// The user reaches the thing without the permission.
+    PermissionMissing,
+    /// The user reaches the thing, which is not effectively ACTIVE.
+    ThingInactive,
+}
+
+/// A client of Objects' `AccessService`.
+#[derive(Debug, Clone)]
+pub struct ObjectsAccess {
+    channel: Channel,
+    token: ServiceToken,
+}
+
+fn unavailable(status: &tonic::Status) -> ServiceError {
+    ServiceError::Unavailable(format!(
+        "objects cannot answer an access check: {}",
+        status.message()
+    ))
+}
+
+impl ObjectsAccess {
+    /// Objects at `url` (connects lazily).
+    pub fn new(url: &str, token: ServiceToken) -> ServiceResult<Self> {
+        let channel = Channel::from_shared(url.to_owned())
+            .map_err(|e| ServiceError::Internal(format!("objects URL {url:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self { channel, token })
+    }
+
+    async fn request<T>(&self, msg: T) -> ServiceResult<Request<T>> {
+        let token = self.token.get().await?;
+        let mut request = Request::new(msg);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ServiceError::Internal("service token is not ASCII".into()))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// May `user` exercise `permission` on `thing`?
+    pub async fn check(
+        &self,
+        user: Uuid,
+        thing: Uuid,
+        permission: pb::ChannelPermission,
+    ) -> ServiceResult<Decision> {
+        let request = self
+            .request(pb::CheckAccessRequest {
+                user: Some(pb::UserId {
+                    value: user.to_string(),
+                }),
+                thing: Some(pb::ThingId {
+                    value: thing.to_string(),
+                }),
+                permission: permission as i32,
+            })
+            .await?;
+        let answer = pb::access_service_client::AccessServiceClient::new(self.channel.clone())
+            .check_access(request)
+            .await
+            .map_err(|s| unavailable(&s))?
+            .into_inner();
+        if answer.allowed {
+            return Ok(Decision::Allowed);
+        }
+        Ok(match pb::AccessDenial::try_from(answer.denial) {
+            Ok(pb::AccessDenial::PermissionMissing) => Decision::PermissionMissing,
+            Ok(pb::AccessDenial::ThingInactive) => Decision::ThingInactive,
+            _ => Decision::NotReachable,
+        })
+    }
+
+    /// The effective state of `thing`, or `None` when it does not exist (service callers).
+    pub async fn thing_state(&self, thing: Uuid) -> ServiceResult<Option<pb::ObjectState>> {
+        let request = self
+            .request(pb::GetEffectiveStateRequest {
+                subject: Some(pb::get_effective_state_request::Subject::Thing(
+                    pb::ThingId {
+                        value: thing.to_string(),
+                    },
+                )),
+            })
+            .await?;
+        match pb::access_service_client::AccessServiceClient::new(self.channel.clone())
+            .get_effective_state(request)
+            .await
+        {
+            Ok(answer) => Ok(Some(
+                pb::ObjectState::try_from(answer.into_inner().effective_state)
+                    .unwrap_or(pb::ObjectState::Disabled),
+            )),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(unavailable(&s)),
+        }
+    }
+}
