@@ -202,6 +202,7 @@ impl Queue {
 pub struct Reader {
     partition: PartitionClient,
     offset: Option<i64>,
+    wait: Duration,
 }
 
 impl std::fmt::Debug for Reader {
@@ -217,7 +218,17 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     /// Starts at `offset`; `None` means the earliest record still on the log.
     pub fn new(partition: PartitionClient, offset: Option<i64>) -> Self {
-        Self { partition, offset }
+        Self {
+            partition,
+            offset,
+            wait: FETCH_WAIT,
+        }
+    }
+
+    /// Waits at most `wait` at the end of the partition (default [`FETCH_WAIT`]).
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// The topic read.
@@ -231,7 +242,7 @@ impl Reader {
     }
 
     /// The next records (offset and value; records without a value are skipped), waiting at most
-    /// [`FETCH_WAIT`] at the end of the partition, and the offset to read next and the partition's
+    /// the fetch wait at the end of the partition, and the offset to read next and the partition's
     /// end (high watermark) after them.
     pub async fn next(&mut self) -> Result<(Vec<(i64, Vec<u8>)>, i64, i64), QueueError> {
         let start = match self.offset {
@@ -240,7 +251,11 @@ impl Reader {
         };
         let (records, high_watermark) = self
             .partition
-            .fetch_records(start, 1..4_000_000, FETCH_WAIT.as_millis() as i32)
+            .fetch_records(
+                start,
+                1..4_000_000,
+                i32::try_from(self.wait.as_millis()).unwrap_or(i32::MAX),
+            )
             .await?;
         let mut next = start;
         let mut out = Vec::with_capacity(records.len());

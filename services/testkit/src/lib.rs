@@ -291,11 +291,30 @@ pub struct TestBroker {
     pub prefix: String,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
+    storage: &'static str,
+    /// The address the broker tells clients to use (a proxy, for byte counts); `addr` if none.
+    advertised: Option<String>,
 }
 
 impl TestBroker {
-    /// Starts a broker and waits until it accepts connections.
+    /// Starts a broker (sqlite storage: durable, and correct) and waits until it accepts
+    /// connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_storage("sqlite://tansu.db").await
+    }
+
+    /// Starts a broker with another tansu storage URL, e.g. `memory://tansu/` for benchmarks
+    /// (tansu 0.6's memory storage has offset bugs: never use it for correctness tests).
+    pub async fn start_with_storage(storage: &'static str) -> anyhow::Result<Self> {
+        Self::start_advertising(storage, None).await
+    }
+
+    /// As [`TestBroker::start_with_storage`], telling clients to connect through `advertised`
+    /// (`host:port` of a proxy in front of [`TestBroker::addr`]).
+    pub async fn start_advertising(
+        storage: &'static str,
+        advertised: Option<String>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -306,6 +325,8 @@ impl TestBroker {
             prefix: format!("t{}.", Uuid::new_v4().simple()),
             child: None,
             dir,
+            storage,
+            advertised,
         };
         broker.spawn()?;
         broker.wait_ready().await?;
@@ -315,10 +336,12 @@ impl TestBroker {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = std::env::var("SIPMBA_TANSU").unwrap_or_else(|_| "tansu".to_owned());
         let url = format!("tcp://{}", self.addr);
+        let advertised = format!("tcp://{}", self.advertised.as_ref().unwrap_or(&self.addr));
         let child = std::process::Command::new(&bin)
             .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", self.storage])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

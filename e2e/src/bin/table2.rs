@@ -1,0 +1,704 @@
+//! The paper's Table II, redone honestly and side by side in one run: one device sends
+//! `"hello i"` messages through
+//!
+//! - (a) SIP-MBA: a Collect `Session` over gRPC into the log (tansu), counted when Collect has
+//!   acknowledged them (broker-committed) and when a consumer has read them back — once with
+//!   tansu's durable sqlite storage, once with its memory storage;
+//! - (b) the log alone: rskafka produce and fetch of the same records to the same broker;
+//! - (c) Mosquitto (127.0.0.1:1883), QoS 0, 1 and 2, publisher to subscriber.
+//!
+//! Every row counts lost and duplicated messages at the reader, measures p50/p99 end-to-end
+//! latency at a fixed rate, and bytes on the wire per message on the device's connection
+//! (through a counting proxy, in the fixed-rate run).
+//!
+//! Run: `cargo run --release -p sipmba-e2e --bin table2` (tansu on the PATH, Mosquitto running);
+//! `--messages` and `--rate` change the sizes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use prost::Message;
+use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
+use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
+use sipmba_proto::v1::{
+    self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
+};
+use sipmba_queue::{
+    Queue, Reader,
+    producer::{BatchLimits, Producer},
+};
+use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
+use sipmba_testkit::{TestBroker, TestDb, TestIssuer, serve_jwks, with_token};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Messages in the throughput runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Readings per gRPC batch, and records per produce request of the log-alone row.
+    #[arg(long, default_value_t = 1000)]
+    batch: u64,
+    /// Messages per second in the latency runs.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Messages in each latency run.
+    #[arg(long, default_value_t = 100_000)]
+    latency_messages: u64,
+    /// In-flight window of the MQTT publisher (QoS 1 and 2).
+    #[arg(long, default_value_t = 1000)]
+    mqtt_inflight: u16,
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("hello {i}").into_bytes()
+}
+
+fn reading(i: u64) -> pb::Reading {
+    pb::Reading {
+        seq: i,
+        device_time: None,
+        metrics: vec![],
+        payload: payload(i),
+    }
+}
+
+/// What a reader saw: each message index counted once, repeats counted as duplicates, and the
+/// latency of each first sight when the sender kept a schedule.
+struct Tally {
+    total: u64,
+    seen: Vec<bool>,
+    unique: u64,
+    duplicates: u64,
+    schedule: Option<(Instant, u64)>,
+    latencies_us: Vec<u64>,
+    done_at: Option<Instant>,
+}
+
+impl Tally {
+    fn new(total: u64, schedule: Option<(Instant, u64)>) -> Self {
+        Self {
+            total,
+            seen: vec![false; usize::try_from(total + 1).unwrap()],
+            unique: 0,
+            duplicates: 0,
+            schedule,
+            latencies_us: Vec::new(),
+            done_at: None,
+        }
+    }
+
+    fn saw(&mut self, i: u64, now: Instant) {
+        let Some(slot) = usize::try_from(i).ok().and_then(|i| self.seen.get_mut(i)) else {
+            return;
+        };
+        if *slot {
+            self.duplicates += 1;
+            return;
+        }
+        *slot = true;
+        self.unique += 1;
+        if let Some((start, rate)) = self.schedule {
+            let due = start + Duration::from_secs_f64((i - 1) as f64 / rate as f64);
+            self.latencies_us
+                .push(now.saturating_duration_since(due).as_micros() as u64);
+        }
+        if self.unique == self.total {
+            self.done_at = Some(now);
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.unique == self.total
+    }
+
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[index] as f64 / 1000.0
+    }
+}
+
+/// The result of one run.
+struct Run {
+    committed: Option<Duration>,
+    consumed: Duration,
+    tally: Tally,
+    wire_bytes: u64,
+}
+
+/// A TCP proxy that counts the bytes passing in both directions.
+struct CountingProxy {
+    addr: String,
+    bytes: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    async fn start(listener: TcpListener, target: String) -> Self {
+        let addr = listener.local_addr().unwrap().to_string();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (target, counter) = (target.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut ri, mut wi) = inbound.split();
+                    let (mut ro, mut wo) = outbound.split();
+                    let up = copy_counting(&mut ri, &mut wo, &counter);
+                    let down = copy_counting(&mut ro, &mut wi, &counter);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, bytes }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+async fn copy_counting(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Reads `topic` partition 0 until every index is seen (or nothing new comes for `idle`).
+async fn consume(
+    queue: Queue,
+    topic: &'static str,
+    mut tally: Tally,
+    wait: Duration,
+    idle: Duration,
+) -> Tally {
+    let partition = queue.partition(topic, 0).await.unwrap();
+    let mut reader = Reader::new(partition, Some(0)).with_wait(wait);
+    let mut last_progress = Instant::now();
+    while !tally.complete() && last_progress.elapsed() < idle {
+        let (records, _, _) = match reader.next().await {
+            Ok(step) => step,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        if !records.is_empty() {
+            last_progress = now;
+        }
+        for (_, value) in records {
+            let record = pb::TelemetryRecord::decode(value.as_slice()).unwrap();
+            tally.saw(record.reading.map_or(0, |r| r.seq), now);
+        }
+    }
+    tally
+}
+
+/// The pieces of a Collect platform over one broker.
+struct Platform {
+    channel: tonic::transport::Channel,
+    collect_addr: String,
+    token: String,
+    queue: Queue,
+    _broker: TestBroker,
+    _trigger: ShutdownTrigger,
+    _jwks: sipmba_testkit::JwksServer,
+    _db: TestDb,
+}
+
+async fn platform(storage: &'static str, batch: u64) -> anyhow::Result<Platform> {
+    let broker = TestBroker::start_with_storage(storage).await?;
+    let db = TestDb::sqlite()?;
+    let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
+    sipmba_collect::store::migrate(&conn).await?;
+    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix).await?;
+    let producer = Producer::new(
+        &queue,
+        TELEMETRY_TOPIC,
+        1,
+        BatchLimits {
+            max_records: usize::try_from(batch)?.max(1),
+            ..BatchLimits::default()
+        },
+    )
+    .await?;
+    let issuer = TestIssuer::new();
+    let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks())?).await?;
+    let verifier = Verifier::new(
+        VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience),
+        Revocations::default(),
+    )?;
+    let (trigger, shutdown) = Shutdown::new();
+    let limits = Limits {
+        readings_per_second: 10_000_000,
+        burst_readings: 10_000_000,
+        max_batch_readings: u32::try_from(batch)?,
+        ..Limits::default()
+    };
+    let collect = Collect::new(
+        producer,
+        AckStore::new(conn),
+        verifier.clone(),
+        limits,
+        "table2",
+        shutdown.clone(),
+    );
+    let mut server = Server::new();
+    collect.register(&mut server);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(server.run(listener, None, verifier, shutdown, Duration::from_secs(1)));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let thing = Uuid::new_v4();
+    let token = issuer.sign(
+        &issuer
+            .claims(Kind::Thing, thing, &[scopes::TELEMETRY_WRITE])
+            .with_owner(Uuid::new_v4()),
+    );
+    Ok(Platform {
+        channel,
+        collect_addr: addr.to_string(),
+        token,
+        queue,
+        _broker: broker,
+        _trigger: trigger,
+        _jwks: jwks,
+        _db: db,
+    })
+}
+
+/// Batches of readings `1..=n`: as fast as possible, or on a schedule of `rate` per second
+/// (every millisecond, what is due).
+fn batches(
+    n: u64,
+    batch: u64,
+    rate: Option<u64>,
+    start: Instant,
+) -> tokio::sync::mpsc::Receiver<Vec<u64>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut next = 1;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        while next <= n {
+            let until = match rate {
+                None => (next + batch - 1).min(n),
+                Some(rate) => {
+                    tick.tick().await;
+                    let due = (start.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
+                    due.min(n).min(next + batch - 1)
+                }
+            };
+            if until < next {
+                continue;
+            }
+            if tx.send((next..=until).collect()).await.is_err() {
+                return;
+            }
+            next = until + 1;
+        }
+    });
+    rx
+}
+
+/// (a): readings through a Collect session; the session goes through a counting proxy when
+/// `proxy` is set.
+async fn through_collect(p: &Platform, args: &Args, n: u64, rate: Option<u64>, proxy: bool) -> Run {
+    let channel = if proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = CountingProxy::start(listener, p.collect_addr.clone()).await;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", proxy.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        (channel, Some(proxy))
+    } else {
+        (p.channel.clone(), None)
+    };
+    let (channel, proxy) = channel;
+    let start = Instant::now();
+    let schedule = rate.map(|r| (start, r));
+    let wait = if rate.is_some() {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(50)
+    };
+    let consumer = tokio::spawn(consume(
+        p.queue.clone(),
+        TELEMETRY_TOPIC,
+        Tally::new(n, schedule),
+        wait,
+        Duration::from_secs(30),
+    ));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = session_request::Frame::Hello(session_request::Hello::default());
+    tx.send(pb::SessionRequest { frame: Some(hello) })
+        .await
+        .unwrap();
+    let mut inbound = CollectServiceClient::new(channel)
+        .session(with_token(&p.token, ReceiverStream::new(rx)))
+        .await
+        .unwrap()
+        .into_inner();
+    let welcome = inbound.message().await.unwrap().unwrap();
+    let base = match welcome.frame {
+        Some(session_response::Frame::Welcome(w)) => w.acked_seq,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    assert_eq!(base, 0, "each run uses a fresh thing");
+    let mut source = batches(n, args.batch, rate, start);
+    let sender = tokio::spawn(async move {
+        while let Some(indexes) = source.recv().await {
+            let readings = indexes.into_iter().map(reading).collect();
+            let frame =
+                session_request::Frame::Telemetry(session_request::TelemetryBatch { readings });
+            tx.send(pb::SessionRequest { frame: Some(frame) })
+                .await
+                .unwrap();
+        }
+        tx
+    });
+    let committed = loop {
+        match inbound.message().await.unwrap().unwrap().frame {
+            Some(session_response::Frame::Ack(a)) if a.acked_seq >= n => break start.elapsed(),
+            Some(session_response::Frame::Ack(_)) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    let tx = sender.await.unwrap();
+    let goodbye = session_request::Frame::Goodbye(session_request::Goodbye {});
+    let _ = tx
+        .send(pb::SessionRequest {
+            frame: Some(goodbye),
+        })
+        .await;
+    drop(tx);
+    while let Ok(Some(_)) = inbound.message().await {}
+    let tally = consumer.await.unwrap();
+    let consumed = tally.done_at.map_or(start.elapsed(), |t| t - start);
+    Run {
+        committed: Some(committed),
+        consumed,
+        tally,
+        wire_bytes: proxy.map_or(0, |p| p.bytes()),
+    }
+}
+
+/// (b): the same records produced and fetched with rskafka, no service in between.
+async fn through_log(
+    storage: &'static str,
+    args: &Args,
+    n: u64,
+    rate: Option<u64>,
+    proxy: bool,
+) -> Run {
+    // With a proxy, the broker advertises it, so every connection of the producer goes through.
+    let (broker, counter) = if proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap().to_string();
+        let broker = TestBroker::start_advertising(storage, Some(proxy_addr))
+            .await
+            .unwrap();
+        let counter = CountingProxy::start(listener, broker.addr.clone()).await;
+        (broker, Some(counter))
+    } else {
+        (TestBroker::start_with_storage(storage).await.unwrap(), None)
+    };
+    let bootstrap = counter
+        .as_ref()
+        .map_or_else(|| broker.addr.clone(), |c| c.addr.clone());
+    let queue = Queue::connect(&[bootstrap], &broker.prefix).await.unwrap();
+    const RAW: &str = "raw";
+    queue.ensure_topic(RAW, 1).await.unwrap();
+    let partition = queue.partition(RAW, 0).await.unwrap();
+    let start = Instant::now();
+    let schedule = rate.map(|r| (start, r));
+    // The reader of the log-alone row talks to the broker directly when the producer's bytes
+    // are being counted.
+    let consumer = if proxy {
+        None
+    } else {
+        let wait = if rate.is_some() {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(50)
+        };
+        Some(tokio::spawn(consume(
+            queue.clone(),
+            RAW,
+            Tally::new(n, schedule),
+            wait,
+            Duration::from_secs(30),
+        )))
+    };
+    let thing = Uuid::new_v4().to_string();
+    let mut source = batches(n, args.batch, rate, start);
+    while let Some(indexes) = source.recv().await {
+        let records = indexes
+            .into_iter()
+            .map(|i| {
+                let value = pb::TelemetryRecord {
+                    thing: Some(pb::ThingId {
+                        value: thing.clone(),
+                    }),
+                    reading: Some(reading(i)),
+                    received_time: Some(sipmba_runtime::ids::timestamp_from_ms(
+                        sipmba_runtime::ids::now_ms(),
+                    )),
+                    collect_instance: "table2".into(),
+                }
+                .encode_to_vec();
+                rskafka::record::Record {
+                    key: Some(thing.as_bytes().to_vec()),
+                    value: Some(value),
+                    headers: Default::default(),
+                    timestamp: rskafka::chrono::Utc::now(),
+                }
+            })
+            .collect();
+        partition
+            .produce(
+                records,
+                rskafka::client::partition::Compression::NoCompression,
+            )
+            .await
+            .unwrap();
+    }
+    let committed = start.elapsed();
+    let wire_bytes = counter.as_ref().map_or(0, CountingProxy::bytes);
+    let (tally, consumed) = match consumer {
+        Some(c) => {
+            let tally = c.await.unwrap();
+            let consumed = tally.done_at.map_or(start.elapsed(), |t| t - start);
+            (tally, consumed)
+        }
+        None => (Tally::new(0, None), committed),
+    };
+    drop(broker);
+    Run {
+        committed: Some(committed),
+        consumed,
+        tally,
+        wire_bytes,
+    }
+}
+
+/// (c): MQTT through Mosquitto, publisher to subscriber.
+async fn through_mosquitto(
+    qos: rumqttc::QoS,
+    args: &Args,
+    n: u64,
+    rate: Option<u64>,
+    proxy: bool,
+) -> Run {
+    let topic = format!("sipmba-table2/{}", Uuid::new_v4().simple());
+    let options = |name: &str, port: u16| {
+        let mut o = rumqttc::MqttOptions::new(
+            format!("table2-{name}-{}", Uuid::new_v4().simple()),
+            "127.0.0.1",
+            port,
+        );
+        o.set_keep_alive(Duration::from_secs(60));
+        o.set_inflight(args.mqtt_inflight);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o
+    };
+    // Subscriber first, subscribed before the first publish.
+    let (sub, mut sub_events) = rumqttc::AsyncClient::new(options("sub", 1883), 10_000);
+    sub.subscribe(&topic, qos).await.unwrap();
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) =
+            sub_events.poll().await.unwrap()
+        {
+            break;
+        }
+    }
+    let counter = if proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Some(CountingProxy::start(listener, "127.0.0.1:1883".into()).await)
+    } else {
+        None
+    };
+    let port = counter.as_ref().map_or(1883, |c| {
+        c.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    });
+    let (publisher, mut pub_events) = rumqttc::AsyncClient::new(options("pub", port), 10_000);
+    let start = Instant::now();
+    let schedule = rate.map(|r| (start, r));
+    let receiver = tokio::spawn(async move {
+        let mut tally = Tally::new(n, schedule);
+        while !tally.complete() {
+            match tokio::time::timeout(Duration::from_secs(5), sub_events.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                    let text = std::str::from_utf8(&p.payload).unwrap();
+                    let i = text.trim_start_matches("hello ").parse().unwrap();
+                    tally.saw(i, Instant::now());
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("subscriber: {e}"),
+                Err(_) => break, // nothing more is coming
+            }
+        }
+        let _ = sub.disconnect().await;
+        tally
+    });
+    // The publisher's event loop must run for anything to go out.
+    let acks = tokio::spawn(async move {
+        loop {
+            match pub_events.poll().await {
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let mut source = batches(n, args.batch, rate, start);
+    while let Some(indexes) = source.recv().await {
+        for i in indexes {
+            publisher
+                .publish(&topic, qos, false, payload(i))
+                .await
+                .unwrap();
+        }
+    }
+    let tally = receiver.await.unwrap();
+    let consumed = tally.done_at.map_or(start.elapsed(), |t| t - start);
+    let _ = publisher.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    acks.abort();
+    Run {
+        committed: None,
+        consumed,
+        tally,
+        wire_bytes: counter.as_ref().map_or(0, CountingProxy::bytes),
+    }
+}
+
+struct Row {
+    name: String,
+    throughput: Run,
+    latency: Run,
+    bytes: Run,
+}
+
+fn print_table(rows: &mut [Row], n: u64, latency_n: u64, rate: u64) {
+    println!();
+    println!(
+        "| path | messages | committed s | read back s | messages/s (read back) | lost | duplicated | p50 ms @ {rate}/s | p99 ms @ {rate}/s | bytes/msg on the device's connection |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows.iter_mut() {
+        let t = &row.throughput;
+        let lost =
+            n - t.tally.unique.min(n) + (latency_n - row.latency.tally.unique.min(latency_n));
+        let dup = t.tally.duplicates + row.latency.tally.duplicates;
+        let committed = t
+            .committed
+            .map_or_else(|| "—".to_owned(), |c| format!("{:.2}", c.as_secs_f64()));
+        let bytes_per_message = row.bytes.wire_bytes as f64 / latency_n as f64;
+        let p50 = row.latency.tally.percentile_ms(0.50);
+        let p99 = row.latency.tally.percentile_ms(0.99);
+        println!(
+            "| {} | {n} | {committed} | {:.2} | {:.0} | {lost} | {dup} | {p50:.1} | {p99:.1} | {bytes_per_message:.1} |",
+            row.name,
+            t.consumed.as_secs_f64(),
+            t.tally.unique as f64 / t.consumed.as_secs_f64(),
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
+    println!(
+        "Table II redone: {n} messages \"hello i\" from one device; latency at {rate} msg/s over {ln} messages; batches of {}",
+        args.batch
+    );
+    let mut rows = Vec::new();
+    for (label, storage) in [
+        ("sqlite", "sqlite://tansu.db"),
+        ("memory", "memory://tansu/"),
+    ] {
+        eprintln!("(a) SIP-MBA Collect, tansu {label}");
+        let p = platform(storage, args.batch).await?;
+        let throughput = through_collect(&p, &args, n, None, false).await;
+        drop(p);
+        let p = platform(storage, args.batch).await?;
+        let latency = through_collect(&p, &args, ln, Some(rate), true).await;
+        drop(p);
+        rows.push(Row {
+            name: format!("(a) SIP-MBA gRPC → Collect → log, tansu {label}"),
+            bytes: Run {
+                committed: None,
+                consumed: Duration::ZERO,
+                tally: Tally::new(0, None),
+                wire_bytes: latency.wire_bytes,
+            },
+            throughput,
+            latency,
+        });
+        eprintln!("(b) rskafka alone, tansu {label}");
+        let throughput = through_log(storage, &args, n, None, false).await;
+        let latency = through_log(storage, &args, ln, Some(rate), false).await;
+        let bytes = through_log(storage, &args, ln, Some(rate), true).await;
+        rows.push(Row {
+            name: format!("(b) rskafka produce + fetch, tansu {label}"),
+            throughput,
+            latency,
+            bytes,
+        });
+    }
+    for (label, qos) in [
+        ("QoS 0", rumqttc::QoS::AtMostOnce),
+        ("QoS 1", rumqttc::QoS::AtLeastOnce),
+        ("QoS 2", rumqttc::QoS::ExactlyOnce),
+    ] {
+        eprintln!("(c) Mosquitto {label}");
+        let throughput = through_mosquitto(qos, &args, n, None, false).await;
+        let latency = through_mosquitto(qos, &args, ln, Some(rate), true).await;
+        rows.push(Row {
+            name: format!("(c) Mosquitto {label}, publisher → subscriber"),
+            bytes: Run {
+                committed: None,
+                consumed: Duration::ZERO,
+                tally: Tally::new(0, None),
+                wire_bytes: latency.wire_bytes,
+            },
+            throughput,
+            latency,
+        });
+    }
+    print_table(&mut rows, n, ln, rate);
+    Ok(())
+}
