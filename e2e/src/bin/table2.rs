@@ -54,9 +54,21 @@ struct Args {
     /// Messages in each latency run.
     #[arg(long, default_value_t = 100_000)]
     latency_messages: u64,
-    /// In-flight window of the MQTT publisher (QoS 1 and 2).
-    #[arg(long, default_value_t = 1000)]
+    /// Only the Mosquitto rows (to tune the baseline).
+    #[arg(long)]
+    only_mqtt: bool,
+    /// Measure one row in this process and print its figures as JSON (used by the table run).
+    #[arg(long)]
+    row: Option<String>,
+    /// In-flight window of the MQTT publisher at QoS 1. Mosquitto's defaults keep at most 1,000
+    /// messages queued per subscriber and drop the rest, so the window is what keeps the baseline
+    /// lossless at its best speed (measured: 100 is as fast as 1,000 and loses nothing).
+    #[arg(long, default_value_t = 100)]
     mqtt_inflight: u16,
+    /// In-flight window of the MQTT publisher at QoS 2 (Mosquitto's own `max_inflight_messages`;
+    /// 50 or more overflow its subscriber queue and lose messages).
+    #[arg(long, default_value_t = 20)]
+    mqtt_inflight_qos2: u16,
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -347,20 +359,6 @@ async fn through_collect(p: &Platform, args: &Args, n: u64, rate: Option<u64>, p
         (p.channel.clone(), None)
     };
     let (channel, proxy) = channel;
-    let start = Instant::now();
-    let schedule = rate.map(|r| (start, r));
-    let wait = if rate.is_some() {
-        Duration::from_millis(5)
-    } else {
-        Duration::from_millis(50)
-    };
-    let consumer = tokio::spawn(consume(
-        p.queue.clone(),
-        TELEMETRY_TOPIC,
-        Tally::new(n, schedule),
-        wait,
-        Duration::from_secs(30),
-    ));
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let hello = session_request::Frame::Hello(session_request::Hello::default());
     tx.send(pb::SessionRequest { frame: Some(hello) })
@@ -377,6 +375,21 @@ async fn through_collect(p: &Platform, args: &Args, n: u64, rate: Option<u64>, p
         other => panic!("expected Welcome, got {other:?}"),
     };
     assert_eq!(base, 0, "each run uses a fresh thing");
+    // The clock starts when the device starts sending, as for the other rows.
+    let start = Instant::now();
+    let schedule = rate.map(|r| (start, r));
+    let wait = if rate.is_some() {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(50)
+    };
+    let consumer = tokio::spawn(consume(
+        p.queue.clone(),
+        TELEMETRY_TOPIC,
+        Tally::new(n, schedule),
+        wait,
+        Duration::from_secs(30),
+    ));
     let mut source = batches(n, args.batch, rate, start);
     let sender = tokio::spawn(async move {
         while let Some(indexes) = source.recv().await {
@@ -418,6 +431,7 @@ async fn through_collect(p: &Platform, args: &Args, n: u64, rate: Option<u64>, p
 /// (b): the same records produced and fetched with rskafka, no service in between.
 async fn through_log(
     storage: &'static str,
+    nodelay: bool,
     args: &Args,
     n: u64,
     rate: Option<u64>,
@@ -438,7 +452,9 @@ async fn through_log(
     let bootstrap = counter
         .as_ref()
         .map_or_else(|| broker.addr.clone(), |c| c.addr.clone());
-    let queue = Queue::connect(&[bootstrap], &broker.prefix).await.unwrap();
+    let queue = Queue::connect_with(&[bootstrap], &broker.prefix, nodelay)
+        .await
+        .unwrap();
     const RAW: &str = "raw";
     queue.ensure_topic(RAW, 1).await.unwrap();
     let partition = queue.partition(RAW, 0).await.unwrap();
@@ -530,17 +546,36 @@ async fn through_mosquitto(
             port,
         );
         o.set_keep_alive(Duration::from_secs(60));
-        o.set_inflight(args.mqtt_inflight);
+        o.set_inflight(if qos == rumqttc::QoS::ExactlyOnce {
+            args.mqtt_inflight_qos2
+        } else {
+            args.mqtt_inflight
+        });
         o.set_max_packet_size(1 << 20, 1 << 20);
         o
     };
     // Subscriber first, subscribed before the first publish.
-    let (sub, mut sub_events) = rumqttc::AsyncClient::new(options("sub", 1883), 10_000);
-    sub.subscribe(&topic, qos).await.unwrap();
+    // The subscriber speaks MQTT 5 and announces the largest receive maximum, so that Mosquitto
+    // may keep as many messages in flight towards it as the protocol allows (with 3.1.1 it keeps
+    // 20, and drops what overflows its queue of 1,000).
+    use rumqttc::v5::{self, mqttbytes::v5::Packet as Packet5};
+    let mut sub_options = v5::MqttOptions::new(
+        format!("table2-sub-{}", Uuid::new_v4().simple()),
+        "127.0.0.1",
+        1883,
+    );
+    sub_options.set_keep_alive(Duration::from_secs(60));
+    sub_options.set_receive_maximum(Some(u16::MAX));
+    sub_options.set_max_packet_size(Some(1 << 20));
+    let (sub, mut sub_events) = v5::AsyncClient::new(sub_options, 10_000);
+    let qos5 = match qos {
+        rumqttc::QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+    };
+    sub.subscribe(&topic, qos5).await.unwrap();
     loop {
-        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) =
-            sub_events.poll().await.unwrap()
-        {
+        if let v5::Event::Incoming(Packet5::SubAck(_)) = sub_events.poll().await.unwrap() {
             break;
         }
     }
@@ -560,7 +595,7 @@ async fn through_mosquitto(
         let mut tally = Tally::new(n, schedule);
         while !tally.complete() {
             match tokio::time::timeout(Duration::from_secs(5), sub_events.poll()).await {
-                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                Ok(Ok(v5::Event::Incoming(Packet5::Publish(p)))) => {
                     let text = std::str::from_utf8(&p.payload).unwrap();
                     let i = text.trim_start_matches("hello ").parse().unwrap();
                     tally.saw(i, Instant::now());
@@ -604,101 +639,143 @@ async fn through_mosquitto(
     }
 }
 
-struct Row {
-    name: String,
-    throughput: Run,
-    latency: Run,
-    bytes: Run,
+/// The rows, each measured in a process of its own so that nothing left from one row (a
+/// reconnecting client, a server task) takes CPU from the next.
+const ROWS: &[(&str, &str)] = &[
+    ("a-sqlite", "(a) SIP-MBA gRPC → Collect → log, tansu sqlite"),
+    ("b-sqlite", "(b) rskafka produce + fetch, tansu sqlite"),
+    ("a-memory", "(a) SIP-MBA gRPC → Collect → log, tansu memory"),
+    ("b-memory", "(b) rskafka produce + fetch, tansu memory"),
+    (
+        "b-memory-100",
+        "(b) the same in batches of 100 (mid-sized requests), TCP_NODELAY as sipmba-queue sets it",
+    ),
+    (
+        "b-memory-100-nagle",
+        "(b) the same in batches of 100, rskafka as is (Nagle on: the stall sipmba-queue removes)",
+    ),
+    ("c-0", "(c) Mosquitto QoS 0, publisher → subscriber"),
+    ("c-1", "(c) Mosquitto QoS 1, publisher → subscriber"),
+    ("c-2", "(c) Mosquitto QoS 2, publisher → subscriber"),
+];
+
+/// Measures one row: throughput, latency at the fixed rate, bytes on the device's connection.
+async fn measure(row: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
+    let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
+    let storage = |label: &str| {
+        if label.ends_with("sqlite") {
+            "sqlite://tansu.db"
+        } else {
+            "memory://tansu/"
+        }
+    };
+    let (throughput, mut latency, bytes) = match row {
+        "a-sqlite" | "a-memory" => {
+            let p = platform(storage(row), args.batch).await?;
+            let throughput = through_collect(&p, args, n, None, false).await;
+            drop(p);
+            let p = platform(storage(row), args.batch).await?;
+            let latency = through_collect(&p, args, ln, Some(rate), true).await;
+            let bytes = latency.wire_bytes;
+            (throughput, latency, bytes)
+        }
+        "b-sqlite" | "b-memory" | "b-memory-100" | "b-memory-100-nagle" => {
+            let nodelay = !row.ends_with("nagle");
+            let store = storage(row.trim_end_matches("-nagle").trim_end_matches("-100"));
+            let mut args = args.clone();
+            if row.contains("-100") {
+                args.batch = 100;
+            }
+            let args = &args;
+            // Nagle's stall makes that row slow: it gets fewer messages.
+            let n = if nodelay { n } else { n.min(50_000) };
+            let throughput = through_log(store, nodelay, args, n, None, false).await;
+            let latency = through_log(store, nodelay, args, ln, Some(rate), false).await;
+            let bytes = through_log(store, nodelay, args, ln, Some(rate), true)
+                .await
+                .wire_bytes;
+            (throughput, latency, bytes)
+        }
+        "c-0" | "c-1" | "c-2" => {
+            let qos = match row {
+                "c-0" => rumqttc::QoS::AtMostOnce,
+                "c-1" => rumqttc::QoS::AtLeastOnce,
+                _ => rumqttc::QoS::ExactlyOnce,
+            };
+            let throughput = through_mosquitto(qos, args, n, None, false).await;
+            let latency = through_mosquitto(qos, args, ln, Some(rate), true).await;
+            let bytes = latency.wire_bytes;
+            (throughput, latency, bytes)
+        }
+        other => anyhow::bail!("unknown row {other:?}"),
+    };
+    let n = throughput.tally.total;
+    Ok(serde_json::json!({
+        "messages": n,
+        "committed_s": throughput.committed.map(|c| c.as_secs_f64()),
+        "consumed_s": throughput.consumed.as_secs_f64(),
+        "received": throughput.tally.unique,
+        "lost": (n - throughput.tally.unique.min(n)) + (ln - latency.tally.unique.min(ln)),
+        "duplicated": throughput.tally.duplicates + latency.tally.duplicates,
+        "p50_ms": latency.tally.percentile_ms(0.50),
+        "p99_ms": latency.tally.percentile_ms(0.99),
+        "bytes_per_message": bytes as f64 / ln as f64,
+    }))
 }
 
-fn print_table(rows: &mut [Row], n: u64, latency_n: u64, rate: u64) {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(row) = &args.row {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(measure(row, &args))?;
+        println!("RESULT {result}");
+        // Do not wait for the tasks left behind.
+        std::process::exit(0);
+    }
+    let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
+    println!(
+        "Table II redone: {n} messages \"hello i\" from one device; latency at {rate} msg/s over {ln} messages; batches of {}; MQTT in-flight window {} (QoS 2: {})",
+        args.batch, args.mqtt_inflight, args.mqtt_inflight_qos2
+    );
     println!();
     println!(
         "| path | messages | committed s | read back s | messages/s (read back) | lost | duplicated | p50 ms @ {rate}/s | p99 ms @ {rate}/s | bytes/msg on the device's connection |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for row in rows.iter_mut() {
-        let t = &row.throughput;
-        let lost =
-            n - t.tally.unique.min(n) + (latency_n - row.latency.tally.unique.min(latency_n));
-        let dup = t.tally.duplicates + row.latency.tally.duplicates;
-        let committed = t
-            .committed
-            .map_or_else(|| "—".to_owned(), |c| format!("{:.2}", c.as_secs_f64()));
-        let bytes_per_message = row.bytes.wire_bytes as f64 / latency_n as f64;
-        let p50 = row.latency.tally.percentile_ms(0.50);
-        let p99 = row.latency.tally.percentile_ms(0.99);
+    let exe = std::env::current_exe()?;
+    for (row, name) in ROWS {
+        if args.only_mqtt && !row.starts_with('c') {
+            continue;
+        }
+        let output = std::process::Command::new(&exe)
+            .args(std::env::args().skip(1))
+            .args(["--row", row])
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+            println!("| {name} | failed: {} |", output.status);
+            continue;
+        };
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let committed = r["committed_s"]
+            .as_f64()
+            .map_or_else(|| "—".to_owned(), |c| format!("{c:.2}"));
         println!(
-            "| {} | {n} | {committed} | {:.2} | {:.0} | {lost} | {dup} | {p50:.1} | {p99:.1} | {bytes_per_message:.1} |",
-            row.name,
-            t.consumed.as_secs_f64(),
-            t.tally.unique as f64 / t.consumed.as_secs_f64(),
+            "| {name} | {} | {committed} | {:.2} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            r["messages"],
+            f("consumed_s"),
+            f("received") / f("consumed_s"),
+            r["lost"],
+            r["duplicated"],
+            f("p50_ms"),
+            f("p99_ms"),
+            f("bytes_per_message"),
         );
     }
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
-    println!(
-        "Table II redone: {n} messages \"hello i\" from one device; latency at {rate} msg/s over {ln} messages; batches of {}",
-        args.batch
-    );
-    let mut rows = Vec::new();
-    for (label, storage) in [
-        ("sqlite", "sqlite://tansu.db"),
-        ("memory", "memory://tansu/"),
-    ] {
-        eprintln!("(a) SIP-MBA Collect, tansu {label}");
-        let p = platform(storage, args.batch).await?;
-        let throughput = through_collect(&p, &args, n, None, false).await;
-        drop(p);
-        let p = platform(storage, args.batch).await?;
-        let latency = through_collect(&p, &args, ln, Some(rate), true).await;
-        drop(p);
-        rows.push(Row {
-            name: format!("(a) SIP-MBA gRPC → Collect → log, tansu {label}"),
-            bytes: Run {
-                committed: None,
-                consumed: Duration::ZERO,
-                tally: Tally::new(0, None),
-                wire_bytes: latency.wire_bytes,
-            },
-            throughput,
-            latency,
-        });
-        eprintln!("(b) rskafka alone, tansu {label}");
-        let throughput = through_log(storage, &args, n, None, false).await;
-        let latency = through_log(storage, &args, ln, Some(rate), false).await;
-        let bytes = through_log(storage, &args, ln, Some(rate), true).await;
-        rows.push(Row {
-            name: format!("(b) rskafka produce + fetch, tansu {label}"),
-            throughput,
-            latency,
-            bytes,
-        });
-    }
-    for (label, qos) in [
-        ("QoS 0", rumqttc::QoS::AtMostOnce),
-        ("QoS 1", rumqttc::QoS::AtLeastOnce),
-        ("QoS 2", rumqttc::QoS::ExactlyOnce),
-    ] {
-        eprintln!("(c) Mosquitto {label}");
-        let throughput = through_mosquitto(qos, &args, n, None, false).await;
-        let latency = through_mosquitto(qos, &args, ln, Some(rate), true).await;
-        rows.push(Row {
-            name: format!("(c) Mosquitto {label}, publisher → subscriber"),
-            bytes: Run {
-                committed: None,
-                consumed: Duration::ZERO,
-                tally: Tally::new(0, None),
-                wire_bytes: latency.wire_bytes,
-            },
-            throughput,
-            latency,
-        });
-    }
-    print_table(&mut rows, n, ln, rate);
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt as _;
 use prost::Message;
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1::{
@@ -187,7 +188,7 @@ impl Collect {
     }
 
     /// Commits `readings` (already validated) for `thing`; returns the seq every reading up to
-    /// which is now committed or was before.
+    /// which is now committed or was before. The caller records that position.
     async fn commit(
         &self,
         thing: Uuid,
@@ -198,28 +199,26 @@ impl Collect {
         let received = Some(timestamp_from_ms(sipmba_runtime::ids::now_ms()));
         let mut highest = acked;
         let batch_len = readings.len() as u64;
-        let mut pending = Vec::with_capacity(readings.len());
+        let mut record = pb::TelemetryRecord {
+            thing: Some(pb::ThingId { value: key.clone() }),
+            reading: None,
+            received_time: received,
+            collect_instance: self.inner.instance.clone(),
+        };
+        let mut values = Vec::with_capacity(readings.len());
         for reading in readings {
             highest = highest.max(reading.seq);
             if reading.seq <= acked {
                 continue; // a resent reading that is already committed
             }
-            let record = pb::TelemetryRecord {
-                thing: Some(pb::ThingId { value: key.clone() }),
-                reading: Some(reading),
-                received_time: received,
-                collect_instance: self.inner.instance.clone(),
-            };
-            pending.push(
-                self.inner
-                    .producer
-                    .send(key.as_bytes(), record.encode_to_vec())
-                    .await,
-            );
+            record.reading = Some(reading);
+            values.push(record.encode_to_vec());
         }
-        let accepted = pending.len() as u64;
+        let accepted = values.len() as u64;
         self.inner.metrics.duplicates.inc_by(batch_len - accepted);
-        for commit in pending {
+        if !values.is_empty() {
+            // One produce for the whole group, in order, in the thing's partition.
+            let commit = self.inner.producer.send_many(key.as_bytes(), values).await;
             match commit.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -231,9 +230,6 @@ impl Collect {
             }
         }
         self.inner.metrics.committed.inc_by(accepted);
-        if highest > acked {
-            self.inner.acks.advance(thing, highest).await?;
-        }
         Ok((highest, accepted))
     }
 
@@ -360,8 +356,13 @@ impl Collect {
         let mut previous = 0;
         let mut paused_until: Option<tokio::time::Instant> = None;
         let wake_on = commands.as_ref().map(|c| c.wake.clone());
+        // A frame read while gathering a group commit, to be handled next.
+        let mut deferred: Option<Result<Option<pb::SessionRequest>, Status>> = None;
         let end: Result<(), Status> = loop {
-            let message = tokio::select! {
+            let message = if let Some(message) = deferred.take() {
+                message
+            } else {
+                tokio::select! {
                 m = inbound.message() => m,
                 _ = closed.changed() => {
                     let closing = session_response::Frame::Closing(session_response::Closing {
@@ -383,6 +384,7 @@ impl Collect {
                         break Ok(());
                     }
                     continue;
+                }
                 }
             };
             let request = match message {
@@ -444,9 +446,54 @@ impl Collect {
                         }
                         continue;
                     }
+                    // Group commit: batches that have already arrived join this one, so a thing
+                    // sending many small batches costs one commit and one position update.
+                    let mut last = last;
+                    let mut readings = batch.readings;
+                    let group_limit = limits.max_batch_readings as usize * GROUP_BATCHES;
+                    while readings.len() < group_limit {
+                        let Some(next) = inbound.message().now_or_never() else {
+                            break;
+                        };
+                        let more = match next {
+                            Ok(Some(pb::SessionRequest {
+                                frame: Some(session_request::Frame::Telemetry(more)),
+                            })) => more,
+                            other => {
+                                deferred = Some(other);
+                                break;
+                            }
+                        };
+                        let more_last = match validate::batch(&more.readings, last, &limits) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                // What came before is committed first; then the session ends.
+                                deferred = Some(Err(Status::from(e)));
+                                break;
+                            }
+                        };
+                        if self.take_budget(thing, more.readings.len()).is_err() {
+                            // Handled on its own next: it gets the RetryAfter.
+                            deferred = Some(Ok(Some(pb::SessionRequest {
+                                frame: Some(session_request::Frame::Telemetry(more)),
+                            })));
+                            break;
+                        }
+                        last = more_last;
+                        readings.extend(more.readings);
+                    }
                     previous = last;
-                    match self.commit(thing, batch.readings, acked).await {
-                        Ok((highest, _)) => acked = highest,
+                    match self.commit(thing, readings, acked).await {
+                        Ok((highest, _)) => {
+                            // Recorded before the Ack: Welcome never shows less than was
+                            // acknowledged (a thing that lost its outbox numbers from it).
+                            if highest > acked
+                                && let Err(e) = self.inner.acks.advance(thing, highest).await
+                            {
+                                break Err(Status::from(e));
+                            }
+                            acked = highest;
+                        }
                         Err(e) => break Err(Status::from(e)),
                     }
                     let ack =
@@ -550,6 +597,9 @@ struct CommandSession {
     /// Delivered in this session and not acknowledged.
     outstanding: HashSet<Uuid>,
 }
+
+/// Most batches (of the largest size) one group commit gathers.
+const GROUP_BATCHES: usize = 8;
 
 /// Longest detail a thing may attach to an acknowledgement.
 const MAX_ACK_DETAIL: usize = 1024;
@@ -671,6 +721,13 @@ impl CollectService for Collect {
                 .commit(thing, message.readings, acked)
                 .await
                 .map_err(Status::from)?;
+            if highest > acked {
+                self.inner
+                    .acks
+                    .advance(thing, highest)
+                    .await
+                    .map_err(Status::from)?;
+            }
             acked = highest;
             accepted += new;
         }

@@ -172,10 +172,14 @@ impl Queue {
         name: &str,
         partition: i32,
     ) -> Result<PartitionClient, QueueError> {
-        Ok(self
+        let client = self
             .client
             .partition_client(self.topic(name), partition, UnknownTopicHandling::Retry)
-            .await?)
+            .await?;
+        // The partition's leader may be a connection rskafka has just opened: no Nagle on it
+        // from its first request (the periodic pass covers later reconnections).
+        self.apply_nodelay();
+        Ok(client)
     }
 
     /// Appends one record; returns its offset once the broker has committed it.

@@ -56,7 +56,7 @@ type Reply = oneshot::Sender<Result<Committed, NotCommitted>>;
 
 struct Pending {
     key: Vec<u8>,
-    value: Vec<u8>,
+    values: Vec<Vec<u8>>,
     reply: Reply,
 }
 
@@ -141,12 +141,22 @@ impl Producer {
         key: &[u8],
         value: Vec<u8>,
     ) -> oneshot::Receiver<Result<Committed, NotCommitted>> {
+        self.send_many(key, vec![value]).await
+    }
+
+    /// Queues records with one key, kept together and in order in one produce request; the
+    /// receiver completes once all are committed (with the offset of the last) or not.
+    pub async fn send_many(
+        &self,
+        key: &[u8],
+        values: Vec<Vec<u8>>,
+    ) -> oneshot::Receiver<Result<Committed, NotCommitted>> {
         let (reply, committed) = oneshot::channel();
         let count = i32::try_from(self.partitions.len()).unwrap_or(i32::MAX);
         let index = usize::try_from(partition_for(key, count)).unwrap_or(0);
         let pending = Pending {
             key: key.to_vec(),
-            value,
+            values,
             reply,
         };
         if let Err(mpsc::error::SendError(pending)) = self.partitions[index].send(pending).await {
@@ -158,6 +168,12 @@ impl Producer {
     }
 }
 
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.values.iter().map(|v| self.key.len() + v.len()).sum()
+    }
+}
+
 /// Gathers and produces the batches of one partition until every `Producer` clone is dropped.
 async fn run_partition(
     client: PartitionClient,
@@ -166,10 +182,11 @@ async fn run_partition(
 ) {
     let partition = client.partition();
     while let Some(first) = rx.recv().await {
-        let mut bytes = first.key.len() + first.value.len();
+        let mut bytes = first.bytes();
+        let mut records = first.values.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + limits.linger;
-        while batch.len() < limits.max_records && bytes < limits.max_bytes {
+        while records < limits.max_records && bytes < limits.max_bytes {
             // Take what is already queued without waiting, then wait out the linger time.
             let next = match rx.try_recv() {
                 Ok(p) => Some(p),
@@ -182,33 +199,47 @@ async fn run_partition(
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             let Some(p) = next else { break };
-            bytes += p.key.len() + p.value.len();
+            bytes += p.bytes();
+            records += p.values.len();
             batch.push(p);
         }
-        let (records, replies): (Vec<Record>, Vec<Reply>) = batch
-            .into_iter()
-            .map(|p| {
-                (
-                    Record {
-                        key: Some(p.key),
-                        value: Some(p.value),
-                        headers: BTreeMap::new(),
-                        timestamp: crate::now(),
-                    },
-                    p.reply,
-                )
-            })
-            .unzip();
-        match client.produce(records, Compression::NoCompression).await {
+        let timestamp = crate::now();
+        let mut out = Vec::with_capacity(records);
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            let n = p.values.len();
+            for value in p.values {
+                out.push(Record {
+                    key: Some(p.key.clone()),
+                    value: Some(value),
+                    headers: BTreeMap::new(),
+                    timestamp,
+                });
+            }
+            replies.push((p.reply, n));
+        }
+        match client.produce(out, Compression::NoCompression).await {
             Ok(offsets) => {
-                for (reply, offset) in replies.into_iter().zip(offsets) {
+                let mut end = 0;
+                for (reply, n) in replies {
+                    end += n;
+                    let offset = match end.checked_sub(1).and_then(|last| offsets.get(last)) {
+                        Some(offset) => *offset,
+                        None if n == 0 => -1,
+                        None => {
+                            let _ = reply.send(Err(NotCommitted(
+                                "the broker confirmed fewer records than were sent".into(),
+                            )));
+                            continue;
+                        }
+                    };
                     let _ = reply.send(Ok(Committed { partition, offset }));
                 }
             }
             Err(e) => {
                 tracing::warn!(topic = client.topic(), partition, error = %e, "produce failed");
                 let reason: Arc<str> = e.to_string().into();
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Err(NotCommitted(reason.clone())));
                 }
             }

@@ -589,11 +589,24 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
             parent: None,
         },
     );
-    let err = pb::user_service_client::UserServiceClient::new(channel)
+    let err = pb::user_service_client::UserServiceClient::new(channel.clone())
         .create_user(request)
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    // The command queued before the restart is still there, still waiting for its thing.
+    wait_for_health(&channel, "sipmba.v1.ControlService", ServingStatus::Serving).await;
+    let kept = pb::control_service_client::ControlServiceClient::new(channel)
+        .get_command(with_token(
+            &token,
+            pb::GetCommandRequest {
+                id: command.id.clone(),
+            },
+        ))
+        .await
+        .expect("the command survives the restart")
+        .into_inner();
+    assert_eq!(kept.state, pb::CommandState::Queued as i32);
     sigterm_and_wait(child).await;
 }
 
