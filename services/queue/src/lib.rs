@@ -3,6 +3,7 @@
 //!
 //! rskafka has no consumer groups: a follower keeps its own offset.
 
+pub mod admin;
 pub mod nodelay;
 pub mod producer;
 pub mod revocations;
@@ -39,6 +40,9 @@ pub enum QueueError {
         /// What is wrong.
         reason: String,
     },
+    /// An admin request (topic creation with configs) failed.
+    #[error("admin: {0}")]
+    Admin(String),
     /// The topic does not exist (yet).
     #[error("topic {0} does not exist")]
     MissingTopic(String),
@@ -70,6 +74,10 @@ pub struct Queue {
     prefix: String,
     /// Broker addresses whose connections get `TCP_NODELAY` (see [`nodelay`]).
     nodelay_peers: Option<Arc<Vec<std::net::SocketAddr>>>,
+    /// The bootstrap brokers (admin requests go to the first that answers).
+    brokers: Arc<Vec<String>>,
+    /// Retention of the topics this process creates, by name (without the prefix).
+    retention: Arc<std::collections::HashMap<String, Duration>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -105,6 +113,8 @@ impl Queue {
             client: Arc::new(client),
             prefix: prefix.to_owned(),
             nodelay_peers: nodelay.then(|| Arc::new(nodelay::resolve(brokers))),
+            brokers: Arc::new(brokers.to_vec()),
+            retention: Arc::default(),
         };
         queue.apply_nodelay();
         if let Some(peers) = &queue.nodelay_peers {
@@ -131,8 +141,38 @@ impl Queue {
         format!("{}{name}", self.prefix)
     }
 
-    /// Creates a topic unless it exists.
+    /// Topics created from now on by this queue (and its clones) get these retention times
+    /// (`retention.ms`); topics not named keep the broker's default.
+    pub fn with_retention(mut self, retention: &[(&str, Duration)]) -> Self {
+        self.retention = Arc::new(
+            retention
+                .iter()
+                .map(|(name, time)| ((*name).to_owned(), *time))
+                .collect(),
+        );
+        self
+    }
+
+    /// Creates a topic unless it exists (an existing topic keeps its settings).
     pub async fn ensure_topic(&self, name: &str, partitions: i32) -> Result<(), QueueError> {
+        if let Some(retention) = self.retention.get(name) {
+            let ms = retention.as_millis().to_string();
+            let mut last = QueueError::Admin("no broker configured".into());
+            for broker in self.brokers.iter() {
+                match admin::create_topic(
+                    broker,
+                    &self.topic(name),
+                    partitions,
+                    &[("retention.ms", ms.clone())],
+                )
+                .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                }
+            }
+            return Err(last);
+        }
         let controller = self.client.controller_client()?;
         match controller
             .create_topic(self.topic(name), partitions, 1, 5_000)

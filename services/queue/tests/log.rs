@@ -180,3 +180,47 @@ async fn a_lone_record_is_committed_once_its_linger_time_is_up() {
     // Ensuring a topic twice is fine.
     queue.ensure_topic("linger", 1).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_once_with_their_retention() {
+    sipmba_testkit::init_logs();
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let topic = format!("{}retained", broker.prefix);
+    let week = (7 * 24 * 3600 * 1000_i64).to_string();
+    sipmba_queue::admin::create_topic(&broker.addr, &topic, 3, &[("retention.ms", week.clone())])
+        .await
+        .unwrap();
+    // Again: the topic exists; nothing changes and nothing fails.
+    sipmba_queue::admin::create_topic(&broker.addr, &topic, 5, &[("retention.ms", "1".into())])
+        .await
+        .unwrap();
+    let configs = sipmba_queue::admin::describe_topic(&broker.addr, &topic)
+        .await
+        .unwrap();
+    assert!(
+        configs.contains(&("retention.ms".to_owned(), week)),
+        "{configs:?}"
+    );
+    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), "")
+        .await
+        .unwrap();
+    assert_eq!(queue.partition_count(&topic).await.unwrap(), 3);
+
+    // Through the queue, as the services create their topics.
+    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap()
+        .with_retention(&[("events", Duration::from_secs(3600))]);
+    queue.ensure_topic("events", 2).await.unwrap();
+    queue.ensure_topic("events", 2).await.unwrap();
+    queue.ensure_topic("plain", 1).await.unwrap();
+    let configs = sipmba_queue::admin::describe_topic(&broker.addr, &queue.topic("events"))
+        .await
+        .unwrap();
+    assert!(
+        configs.contains(&("retention.ms".to_owned(), "3600000".to_owned())),
+        "{configs:?}"
+    );
+    assert_eq!(queue.partition_count("events").await.unwrap(), 2);
+    assert_eq!(queue.partition_count("plain").await.unwrap(), 1);
+}

@@ -206,6 +206,9 @@ struct FileQueue {
     brokers: Option<Vec<String>>,
     topic_prefix: Option<String>,
     command_partitions: Option<i32>,
+    telemetry_retention_hours: Option<u64>,
+    command_retention_hours: Option<u64>,
+    revocation_retention_hours: Option<u64>,
 }
 
 /// The Kafka-protocol log.
@@ -217,6 +220,12 @@ pub struct QueueSettings {
     pub topic_prefix: String,
     /// Partitions of the command topics when they are created.
     pub command_partitions: i32,
+    /// Retention of `sipmba.telemetry` when it is created.
+    pub telemetry_retention: Duration,
+    /// Retention of `sipmba.commands` and `sipmba.command-events` (at least the longest TTL).
+    pub command_retention: Duration,
+    /// Retention of `sipmba.revocations` (at least the longest access-token lifetime).
+    pub revocation_retention: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -651,6 +660,15 @@ impl Config {
             brokers,
             topic_prefix: file.queue.topic_prefix.unwrap_or_default(),
             command_partitions: file.queue.command_partitions.unwrap_or(4),
+            telemetry_retention: Duration::from_secs(
+                3600 * file.queue.telemetry_retention_hours.unwrap_or(7 * 24),
+            ),
+            command_retention: Duration::from_secs(
+                3600 * file.queue.command_retention_hours.unwrap_or(8 * 24),
+            ),
+            revocation_retention: Duration::from_secs(
+                3600 * file.queue.revocation_retention_hours.unwrap_or(2 * 24),
+            ),
         };
 
         let c = &file.collect;
@@ -768,6 +786,36 @@ impl Config {
             1,
             control.max_ttl.as_secs(),
         )?;
+        within(
+            "queue.telemetry_retention_hours",
+            queue.telemetry_retention.as_secs() / 3600,
+            1,
+            100 * 365 * 24,
+        )?;
+        if queue.command_retention < control.max_ttl {
+            return Err(ConfigError::new(
+                "queue.command_retention_hours",
+                format!(
+                    "{} h is shorter than control.max_ttl_secs ({} s): a pending command could leave the log before it expires",
+                    queue.command_retention.as_secs() / 3600,
+                    control.max_ttl.as_secs()
+                ),
+            ));
+        }
+        let longest_token = sso
+            .user_token_lifetime
+            .max(sso.thing_token_lifetime)
+            .max(sso.service_token_lifetime);
+        if queue.revocation_retention < longest_token {
+            return Err(ConfigError::new(
+                "queue.revocation_retention_hours",
+                format!(
+                    "{} h is shorter than the longest access-token lifetime ({} s): a service starting later would accept a revoked token",
+                    queue.revocation_retention.as_secs() / 3600,
+                    longest_token.as_secs()
+                ),
+            ));
+        }
         for (setting, url) in [
             ("control.objects_url", &control.objects_url),
             ("control.token_url", &control.token_url),
@@ -884,6 +932,19 @@ mod tests {
         let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
         assert_eq!(err.setting, "collect.burst_readings");
         assert!(err.to_string().contains("max_batch_readings"), "{err}");
+
+        let text = format!("{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n");
+        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        assert_eq!(err.setting, "queue.command_retention_hours");
+        assert!(err.to_string().contains("control.max_ttl_secs"), "{err}");
+        let text = format!(
+            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n[control]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 60\n"
+        );
+        let config = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap();
+        assert_eq!(
+            config.queue.command_retention,
+            Duration::from_secs(24 * 3600)
+        );
 
         let text = MINIMAL.replace("sqlite::memory:", "mysql://x");
         let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();

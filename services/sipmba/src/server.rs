@@ -528,9 +528,17 @@ async fn connect_queue(
 ) -> Result<sipmba_queue::Queue, Failure> {
     let connect =
         || sipmba_queue::Queue::connect(&config.queue.brokers, &config.queue.topic_prefix);
-    sipmba_runtime::retry::until_ok("cannot reach the brokers yet", shutdown, connect)
+    let queue = sipmba_runtime::retry::until_ok("cannot reach the brokers yet", shutdown, connect)
         .await
-        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered")))
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered")))?;
+    use sipmba_queue::topics;
+    let q = &config.queue;
+    Ok(queue.with_retention(&[
+        (topics::TELEMETRY, q.telemetry_retention),
+        (topics::COMMANDS, q.command_retention),
+        (topics::COMMAND_EVENTS, q.command_retention),
+        (topics::REVOCATIONS, q.revocation_retention),
+    ]))
 }
 
 /// The address this process answers on, for calls to itself.

@@ -1,0 +1,210 @@
+//! The two Kafka admin requests rskafka 0.6 does not offer: CreateTopics *with topic configs*
+//! (retention) and DescribeConfigs, in non-flexible versions (CreateTopics v2, DescribeConfigs v1)
+//! that Kafka, Redpanda and tansu accept.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::QueueError;
+
+const CREATE_TOPICS: i16 = 19;
+const DESCRIBE_CONFIGS: i16 = 32;
+/// Kafka's TOPIC_ALREADY_EXISTS.
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// Largest response accepted.
+const MAX_RESPONSE: usize = 16 << 20;
+
+fn admin_error(reason: impl Into<String>) -> QueueError {
+    QueueError::Admin(reason.into())
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn i8(&mut self, v: i8) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn i16(&mut self, v: i16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn i32(&mut self, v: i32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn string(&mut self, s: &str) -> Result<(), QueueError> {
+        let len = i16::try_from(s.len()).map_err(|_| admin_error("a string is too long"))?;
+        self.i16(len);
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+    fn len(&mut self, n: usize) -> Result<(), QueueError> {
+        self.i32(i32::try_from(n).map_err(|_| admin_error("an array is too long"))?);
+        Ok(())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], QueueError> {
+        if self.0.len() < n {
+            return Err(admin_error("truncated admin response"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn i8(&mut self) -> Result<i8, QueueError> {
+        Ok(i8::from_be_bytes([self.take(1)?[0]]))
+    }
+    fn i16(&mut self) -> Result<i16, QueueError> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self) -> Result<i32, QueueError> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn nullable_string(&mut self) -> Result<Option<String>, QueueError> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let bytes = self.take(usize::try_from(len).unwrap_or(0))?;
+        Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    }
+    fn string(&mut self) -> Result<String, QueueError> {
+        Ok(self.nullable_string()?.unwrap_or_default())
+    }
+    fn count(&mut self) -> Result<usize, QueueError> {
+        Ok(usize::try_from(self.i32()?.max(0)).unwrap_or(0))
+    }
+}
+
+/// Sends one request (`api_key`, `version`, `body`) to `broker` and returns the response body.
+async fn call(
+    broker: &str,
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+) -> Result<Vec<u8>, QueueError> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(broker)
+            .await
+            .map_err(|e| admin_error(format!("cannot reach {broker}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut header = Writer(Vec::with_capacity(body.len() + 32));
+        header.i16(api_key);
+        header.i16(version);
+        header.i32(1); // correlation id
+        header.string("sipmba")?;
+        header.0.extend_from_slice(body);
+        let mut frame = Writer(Vec::with_capacity(header.0.len() + 4));
+        frame.len(header.0.len())?;
+        frame.0.extend_from_slice(&header.0);
+        stream
+            .write_all(&frame.0)
+            .await
+            .map_err(|e| admin_error(format!("{broker}: {e}")))?;
+        let size = stream
+            .read_i32()
+            .await
+            .map_err(|e| admin_error(format!("{broker}: {e}")))?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| (4..=MAX_RESPONSE).contains(s))
+            .ok_or_else(|| admin_error(format!("{broker} sent a response of {size} bytes")))?;
+        let mut response = vec![0; size];
+        stream
+            .read_exact(&mut response)
+            .await
+            .map_err(|e| admin_error(format!("{broker}: {e}")))?;
+        // Skip the correlation id (one request per connection).
+        Ok(response.split_off(4))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| admin_error(format!("{broker} did not answer an admin request in 10 s")))?
+}
+
+/// Creates `topic` with `partitions` partitions and the given topic configs (e.g.
+/// `retention.ms`), unless it exists. An existing topic keeps its settings.
+pub async fn create_topic(
+    broker: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, String)],
+) -> Result<(), QueueError> {
+    let mut w = Writer(Vec::new());
+    w.len(1)?;
+    w.string(topic)?;
+    w.i32(partitions);
+    w.i16(1); // replication factor: the broker's own default is not expressible in v2
+    w.len(0)?; // no manual assignment
+    w.len(configs.len())?;
+    for (name, value) in configs {
+        w.string(name)?;
+        w.string(value)?;
+    }
+    w.i32(5_000); // timeout ms
+    w.i8(0); // validate only: no
+    let response = call(broker, CREATE_TOPICS, 2, &w.0).await?;
+    let mut r = Reader(&response);
+    let _throttle = r.i32()?;
+    for _ in 0..r.count()? {
+        let name = r.string()?;
+        let code = r.i16()?;
+        let message = r.nullable_string()?;
+        if code != 0 && code != TOPIC_ALREADY_EXISTS {
+            return Err(admin_error(format!(
+                "creating topic {name}: error {code}{}",
+                message.map(|m| format!(" ({m})")).unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The configs of `topic` as the broker reports them (name, value).
+pub async fn describe_topic(
+    broker: &str,
+    topic: &str,
+) -> Result<Vec<(String, String)>, QueueError> {
+    let mut w = Writer(Vec::new());
+    w.len(1)?;
+    w.i8(2); // resource type: topic
+    w.string(topic)?;
+    w.i32(-1); // every config
+    w.i8(0); // no synonyms
+    let response = call(broker, DESCRIBE_CONFIGS, 1, &w.0).await?;
+    let mut r = Reader(&response);
+    let _throttle = r.i32()?;
+    let mut out = Vec::new();
+    for _ in 0..r.count()? {
+        let code = r.i16()?;
+        let message = r.nullable_string()?;
+        let _kind = r.i8()?;
+        let name = r.string()?;
+        if code != 0 {
+            return Err(admin_error(format!(
+                "describing topic {name}: error {code}{}",
+                message.map(|m| format!(" ({m})")).unwrap_or_default()
+            )));
+        }
+        for _ in 0..r.count()? {
+            let key = r.string()?;
+            let value = r.nullable_string()?;
+            let _read_only = r.i8()?;
+            let _source = r.i8()?;
+            let _sensitive = r.i8()?;
+            for _ in 0..r.count()? {
+                let (_name, _value, _source) = (r.string()?, r.nullable_string()?, r.i8()?);
+            }
+            out.push((key, value.unwrap_or_default()));
+        }
+    }
+    Ok(out)
+}
