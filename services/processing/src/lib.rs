@@ -1,0 +1,186 @@
+//! Processing: consumes `sipmba.telemetry` into the database, exactly once in effect (the offset
+//! of each partition is committed in the same transaction as the readings read from it, and a
+//! repeated `(thing, seq)` is dropped). Partitions are owned statically by replica ordinal.
+
+pub mod store;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use prost::Message;
+use sipmba_proto::v1 as pb;
+use sipmba_queue::{Queue, QueueError, Reader, topics};
+use sipmba_runtime::Shutdown;
+use store::{Incoming, Store};
+use uuid::Uuid;
+
+/// Which partitions a replica consumes: those whose number modulo `replicas` is `replica`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ownership {
+    /// This replica's ordinal (a StatefulSet pod's index).
+    pub replica: u32,
+    /// How many replicas share the partitions.
+    pub replicas: u32,
+}
+
+impl Default for Ownership {
+    fn default() -> Self {
+        Self {
+            replica: 0,
+            replicas: 1,
+        }
+    }
+}
+
+impl Ownership {
+    /// True when this replica consumes `partition`.
+    pub fn owns(&self, partition: i32) -> bool {
+        u32::try_from(partition).is_ok_and(|p| p % self.replicas.max(1) == self.replica)
+    }
+}
+
+/// Decodes one telemetry record; `None` for a poison record (logged by the caller).
+pub fn decode(value: &[u8]) -> Result<Incoming, String> {
+    let record = pb::TelemetryRecord::decode(value).map_err(|e| e.to_string())?;
+    let thing = record
+        .thing
+        .as_ref()
+        .and_then(|t| Uuid::parse_str(&t.value).ok())
+        .ok_or("no valid thing id")?;
+    let reading = record.reading.ok_or("no reading")?;
+    let received_ms = record
+        .received_time
+        .as_ref()
+        .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("received_time", t).ok())
+        .unwrap_or_else(sipmba_runtime::ids::now_ms);
+    Ok(Incoming {
+        thing,
+        reading,
+        received_ms,
+    })
+}
+
+/// The telemetry consumer of one replica.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    behind: Arc<AtomicUsize>,
+    stored: prometheus_client::metrics::counter::Counter,
+    poison: prometheus_client::metrics::counter::Counter,
+}
+
+impl Consumer {
+    /// Consumes the owned partitions of the telemetry topic into `store` until `shutdown`.
+    pub async fn start(
+        store: Store,
+        queue: &Queue,
+        ownership: Ownership,
+        shutdown: Shutdown,
+    ) -> Result<Self, QueueError> {
+        let partitions = queue.partition_count(topics::TELEMETRY).await?;
+        let owned: Vec<i32> = (0..partitions).filter(|p| ownership.owns(*p)).collect();
+        let consumer = Self {
+            behind: Arc::new(AtomicUsize::new(owned.len())),
+            stored: Default::default(),
+            poison: Default::default(),
+        };
+        for partition in owned {
+            let client = queue.partition(topics::TELEMETRY, partition).await?;
+            tokio::spawn(
+                consumer
+                    .clone()
+                    .run(store.clone(), client, shutdown.clone()),
+            );
+        }
+        Ok(consumer)
+    }
+
+    /// True once every owned partition has been read to the end it had when consuming began.
+    pub fn caught_up(&self) -> bool {
+        self.behind.load(Ordering::Relaxed) == 0
+    }
+
+    /// Registers the consumer's metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "processing_readings_stored",
+            "Readings read from the log and stored (duplicates included, dropped by the store)",
+            self.stored.clone(),
+        );
+        registry.register(
+            "processing_records_undecodable",
+            "Telemetry records skipped because they could not be decoded",
+            self.poison.clone(),
+        );
+    }
+
+    async fn run(self, store: Store, client: sipmba_queue::PartitionClient, stop: Shutdown) {
+        let partition = client.partition();
+        let topic = topics::TELEMETRY;
+        let mut pause = Duration::from_millis(100);
+        let start = loop {
+            match store.offset(topic, partition).await {
+                Ok(offset) => break offset,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read the telemetry offset yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.clone().wait() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut reader = Reader::new(client, start);
+        let mut reached_end = false;
+        loop {
+            let step = tokio::select! {
+                step = reader.next() => step,
+                () = stop.clone().wait() => return,
+            };
+            let (records, next, high_watermark) = match step {
+                Ok(step) => step,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot read the telemetry log");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.clone().wait() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(100);
+            if !records.is_empty() {
+                let mut batch = Vec::with_capacity(records.len());
+                for (offset, value) in &records {
+                    match decode(value) {
+                        Ok(incoming) => batch.push(incoming),
+                        Err(reason) => {
+                            self.poison.inc();
+                            tracing::warn!(partition, offset, %reason, "skipping an undecodable telemetry record");
+                        }
+                    }
+                }
+                // Retried until stored: the offset moves only with the readings.
+                while let Err(e) = store.apply(topic, partition, &batch, next).await {
+                    tracing::warn!(partition, error = %e, "cannot store readings yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.clone().wait() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                self.stored.inc_by(batch.len() as u64);
+            }
+            if !reached_end && next >= high_watermark {
+                reached_end = true;
+                self.behind.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

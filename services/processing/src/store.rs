@@ -1,0 +1,450 @@
+//! Stored telemetry: readings, their metrics (by thing, metric and device time, for history
+//! queries), the latest value of each metric, presence, and the consumer offsets — all written in
+//! one transaction per batch read from the log, so a batch is stored exactly once whatever
+//! crashes, and a repeated `(thing, seq)` is dropped by the primary key.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+    sea_query::{Expr, OnConflict},
+};
+use sea_orm_migration::{async_trait, prelude::*};
+use sipmba_proto::v1 as pb;
+use sipmba_runtime::ServiceResult;
+use uuid::Uuid;
+
+/// The `processing_readings` table.
+pub mod readings {
+    use sea_orm::entity::prelude::*;
+
+    /// One reading.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "processing_readings")]
+    pub struct Model {
+        /// The thing.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thing_id: Uuid,
+        /// Its per-thing sequence number.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        /// Device time (ms); the received time when the device sent none.
+        pub device_ms: i64,
+        /// When Collect received it (ms).
+        pub received_ms: i64,
+        /// The opaque payload.
+        pub payload: Vec<u8>,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `processing_metrics` table: one row per metric of a reading.
+pub mod metrics {
+    use sea_orm::entity::prelude::*;
+
+    /// One metric value.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "processing_metrics")]
+    pub struct Model {
+        /// The thing.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thing_id: Uuid,
+        /// The metric name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The reading's seq.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        /// Device time (ms).
+        pub device_ms: i64,
+        /// A number, or a flag as 0/1.
+        pub number: Option<f64>,
+        /// True when the value was a flag.
+        pub is_flag: bool,
+        /// A text value.
+        pub text: Option<String>,
+        /// Unit.
+        pub unit: String,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `processing_latest` table: the value of the highest seq per (thing, metric).
+pub mod latest {
+    use sea_orm::entity::prelude::*;
+
+    /// The latest value of a metric.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "processing_latest")]
+    pub struct Model {
+        /// The thing.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thing_id: Uuid,
+        /// The metric name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The reading's seq.
+        pub seq: i64,
+        /// Device time (ms).
+        pub device_ms: i64,
+        /// A number, or a flag as 0/1.
+        pub number: Option<f64>,
+        /// True when the value was a flag.
+        pub is_flag: bool,
+        /// A text value.
+        pub text: Option<String>,
+        /// Unit.
+        pub unit: String,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `processing_presence` table: when each thing was last heard from.
+pub mod presence {
+    use sea_orm::entity::prelude::*;
+
+    /// A thing's presence.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "processing_presence")]
+    pub struct Model {
+        /// The thing.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thing_id: Uuid,
+        /// Last received (ms, server clock).
+        pub last_seen_ms: i64,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `processing_offsets` table: the next offset of each owned partition.
+pub mod offsets {
+    use sea_orm::entity::prelude::*;
+
+    /// A read position.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "processing_offsets")]
+    pub struct Model {
+        /// Topic (without the deployment prefix).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub topic: String,
+        /// Partition.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub partition: i32,
+        /// Next offset to read.
+        pub next_offset: i64,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The Processing migrator.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Init)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "processing_migrations".into_iden()
+    }
+}
+
+struct Init;
+
+impl MigrationName for Init {
+    fn name(&self) -> &str {
+        "m20261125_000001_processing_init"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Init {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = sea_orm::Schema::new(manager.get_database_backend());
+        manager
+            .create_table(schema.create_table_from_entity(readings::Entity))
+            .await?;
+        manager
+            .create_table(schema.create_table_from_entity(metrics::Entity))
+            .await?;
+        manager
+            .create_table(schema.create_table_from_entity(latest::Entity))
+            .await?;
+        manager
+            .create_table(schema.create_table_from_entity(presence::Entity))
+            .await?;
+        manager
+            .create_table(schema.create_table_from_entity(offsets::Entity))
+            .await?;
+        // History queries: one metric of one thing over a device-time range.
+        manager
+            .create_index(
+                Index::create()
+                    .name("processing_metrics_history")
+                    .table(metrics::Entity)
+                    .col(metrics::Column::ThingId)
+                    .col(metrics::Column::Name)
+                    .col(metrics::Column::DeviceMs)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for table in [
+            "processing_offsets",
+            "processing_presence",
+            "processing_latest",
+            "processing_metrics",
+            "processing_readings",
+        ] {
+            manager
+                .drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies the Processing migrations.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    sipmba_runtime::db::migrate::<Migrator>(db, 74000006).await
+}
+
+/// A reading as read from the log, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// The thing.
+    pub thing: Uuid,
+    /// The reading.
+    pub reading: pb::Reading,
+    /// When Collect received it (ms).
+    pub received_ms: i64,
+}
+
+/// Rows per INSERT statement (SQLite binds at most 32,766 values).
+const CHUNK: usize = 500;
+
+fn metric_value(m: &pb::Metric) -> (Option<f64>, bool, Option<String>) {
+    match &m.value {
+        Some(pb::metric::Value::Number(n)) => (Some(*n), false, None),
+        Some(pb::metric::Value::Flag(f)) => (Some(if *f { 1.0 } else { 0.0 }), true, None),
+        Some(pb::metric::Value::Text(t)) => (None, false, Some(t.clone())),
+        None => (None, false, None),
+    }
+}
+
+/// Reads and writes stored telemetry.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// A store on a migrated database.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The connection.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Where to resume reading `topic`/`partition`.
+    pub async fn offset(&self, topic: &str, partition: i32) -> ServiceResult<Option<i64>> {
+        Ok(offsets::Entity::find_by_id((topic.to_owned(), partition))
+            .one(&self.db)
+            .await?
+            .map(|o| o.next_offset))
+    }
+
+    /// Stores `batch` (read from `topic`/`partition`) and moves the partition's offset to
+    /// `next`, in one transaction. Readings already stored are dropped.
+    pub async fn apply(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: &[Incoming],
+        next: i64,
+    ) -> ServiceResult<()> {
+        let txn = self.db.begin().await?;
+        store_batch(&txn, batch).await?;
+        offsets::Entity::insert(offsets::ActiveModel {
+            topic: Set(topic.to_owned()),
+            partition: Set(partition),
+            next_offset: Set(next),
+        })
+        .on_conflict(
+            OnConflict::columns([offsets::Column::Topic, offsets::Column::Partition])
+                .update_column(offsets::Column::NextOffset)
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// How many readings of `thing` are stored.
+    pub async fn count(&self, thing: Uuid) -> ServiceResult<u64> {
+        use sea_orm::PaginatorTrait;
+        Ok(readings::Entity::find()
+            .filter(readings::Column::ThingId.eq(thing))
+            .count(&self.db)
+            .await?)
+    }
+}
+
+async fn store_batch(db: &impl ConnectionTrait, batch: &[Incoming]) -> ServiceResult<()> {
+    let mut latest: HashMap<(Uuid, &str), (&Incoming, &pb::Metric)> = HashMap::new();
+    let mut seen: HashMap<Uuid, i64> = HashMap::new();
+    let mut reading_rows = Vec::with_capacity(batch.len());
+    let mut metric_rows = Vec::new();
+    for incoming in batch {
+        let r = &incoming.reading;
+        let seq: i64 = r.seq.try_into().unwrap_or(i64::MAX);
+        let device_ms = r
+            .device_time
+            .as_ref()
+            .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("device_time", t).ok())
+            .unwrap_or(incoming.received_ms);
+        reading_rows.push(readings::ActiveModel {
+            thing_id: Set(incoming.thing),
+            seq: Set(seq),
+            device_ms: Set(device_ms),
+            received_ms: Set(incoming.received_ms),
+            payload: Set(r.payload.clone()),
+        });
+        for m in &r.metrics {
+            let (number, is_flag, text) = metric_value(m);
+            metric_rows.push(metrics::ActiveModel {
+                thing_id: Set(incoming.thing),
+                name: Set(m.name.clone()),
+                seq: Set(seq),
+                device_ms: Set(device_ms),
+                number: Set(number),
+                is_flag: Set(is_flag),
+                text: Set(text),
+                unit: Set(m.unit.clone()),
+            });
+            let entry = latest
+                .entry((incoming.thing, m.name.as_str()))
+                .or_insert((incoming, m));
+            if entry.0.reading.seq < r.seq {
+                *entry = (incoming, m);
+            }
+        }
+        let last = seen.entry(incoming.thing).or_insert(incoming.received_ms);
+        *last = Ord::max(*last, incoming.received_ms);
+    }
+    while !reading_rows.is_empty() {
+        let chunk: Vec<_> = reading_rows
+            .drain(..reading_rows.len().min(CHUNK))
+            .collect();
+        readings::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::columns([readings::Column::ThingId, readings::Column::Seq])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    while !metric_rows.is_empty() {
+        let chunk: Vec<_> = metric_rows.drain(..metric_rows.len().min(CHUNK)).collect();
+        metrics::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::columns([
+                    metrics::Column::ThingId,
+                    metrics::Column::Name,
+                    metrics::Column::Seq,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    for ((thing, name), (incoming, m)) in latest {
+        let (number, is_flag, text) = metric_value(m);
+        let seq: i64 = incoming.reading.seq.try_into().unwrap_or(i64::MAX);
+        let device_ms = incoming
+            .reading
+            .device_time
+            .as_ref()
+            .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("device_time", t).ok())
+            .unwrap_or(incoming.received_ms);
+        latest::Entity::insert(latest::ActiveModel {
+            thing_id: Set(thing),
+            name: Set(name.to_owned()),
+            seq: Set(seq),
+            device_ms: Set(device_ms),
+            number: Set(number),
+            is_flag: Set(is_flag),
+            text: Set(text),
+            unit: Set(m.unit.clone()),
+        })
+        .on_conflict(
+            OnConflict::columns([latest::Column::ThingId, latest::Column::Name])
+                .update_columns([
+                    latest::Column::Seq,
+                    latest::Column::DeviceMs,
+                    latest::Column::Number,
+                    latest::Column::IsFlag,
+                    latest::Column::Text,
+                    latest::Column::Unit,
+                ])
+                // Only a newer reading replaces the latest value.
+                .action_and_where(Expr::cust("excluded.seq > processing_latest.seq"))
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    }
+    for (thing, last_seen_ms) in seen {
+        presence::Entity::insert(presence::ActiveModel {
+            thing_id: Set(thing),
+            last_seen_ms: Set(last_seen_ms),
+        })
+        .on_conflict(
+            OnConflict::column(presence::Column::ThingId)
+                .update_column(presence::Column::LastSeenMs)
+                .action_and_where(Expr::cust(
+                    "excluded.last_seen_ms > processing_presence.last_seen_ms",
+                ))
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    }
+    Ok(())
+}
