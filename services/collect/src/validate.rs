@@ -36,13 +36,6 @@ impl Default for Limits {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// Checks one reading; `previous` is the last seq seen in this session.
 pub fn reading(r: &pb::Reading, previous: u64, limits: &Limits) -> ServiceResult<()> {
     let seq = r.seq;
@@ -69,7 +62,7 @@ pub fn reading(r: &pb::Reading, previous: u64, limits: &Limits) -> ServiceResult
     }
     let mut names = HashSet::new();
     for m in &r.metrics {
-        if !valid_name(&m.name) {
+        if !sipmba_runtime::ids::valid_name(&m.name) {
             return Err(ServiceError::invalid(format!(
                 "reading {seq}: metric name {:?} must be 1 to 64 characters of [A-Za-z0-9._-]",
                 m.name

@@ -3,16 +3,15 @@
 //! `sipmba.commands` and `sipmba.command-events` into its database to answer GetCommand,
 //! ListCommands and WatchCommand (commands issued by processing rules included).
 
-pub mod access;
 pub mod store;
 
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
-use access::{Decision, ObjectsAccess};
 use prost::Message;
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1::{self as pb, control_service_server::ControlService};
 use sipmba_queue::{Queue, QueueError, Reader, producer::Producer, topics};
+use sipmba_runtime::objects::{Decision, ObjectsAccess};
 use sipmba_runtime::{
     ServiceError, ServiceResult, Shutdown,
     ids::{Page, now_ms, optional_id, required_id, timestamp_from_ms, timestamp_to_ms},
@@ -106,13 +105,6 @@ impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control").finish_non_exhaustive()
     }
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// The issuer of a command, as stored.
@@ -412,7 +404,7 @@ impl Control {
         r: &pb::SendCommandRequest,
     ) -> ServiceResult<pb::Command> {
         let thing = required_id("thing", r.thing.as_ref())?;
-        if !valid_name(&r.name) {
+        if !sipmba_runtime::ids::valid_name(&r.name) {
             return Err(ServiceError::invalid(format!(
                 "`name` must be 1 to {MAX_NAME} characters of [A-Za-z0-9._-]"
             )));

@@ -11,7 +11,6 @@ use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scope
 use sipmba_collect::{Collect, inbox::Inbox, store::AckStore, validate::Limits};
 use sipmba_control::{
     Control, ControlLimits,
-    access::{ObjectsAccess, ServiceToken},
     store::{Store, statuses},
 };
 use sipmba_proto::v1::{
@@ -19,6 +18,7 @@ use sipmba_proto::v1::{
     control_service_client::ControlServiceClient, session_request, session_response,
 };
 use sipmba_queue::{Queue, producer::BatchLimits};
+use sipmba_runtime::objects::{ObjectsAccess, ServiceToken};
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
 use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, serve_jwks, with_token as req};
 use tokio::sync::mpsc;

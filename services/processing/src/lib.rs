@@ -2,6 +2,7 @@
 //! of each partition is committed in the same transaction as the readings read from it, and a
 //! repeated `(thing, seq)` is dropped). Partitions are owned statically by replica ordinal.
 
+pub mod grpc;
 pub mod store;
 
 use std::{
@@ -69,22 +70,27 @@ pub fn decode(value: &[u8]) -> Result<Incoming, String> {
 #[derive(Debug, Clone)]
 pub struct Consumer {
     behind: Arc<AtomicUsize>,
+    /// Every stored batch, for live subscriptions.
+    live: tokio::sync::broadcast::Sender<Arc<Vec<Incoming>>>,
     stored: prometheus_client::metrics::counter::Counter,
     poison: prometheus_client::metrics::counter::Counter,
 }
 
 impl Consumer {
-    /// Consumes the owned partitions of the telemetry topic into `store` until `shutdown`.
+    /// Consumes the owned partitions of the telemetry topic into `store` until `shutdown`; every
+    /// stored batch also goes to `live`.
     pub async fn start(
         store: Store,
         queue: &Queue,
         ownership: Ownership,
+        live: tokio::sync::broadcast::Sender<Arc<Vec<Incoming>>>,
         shutdown: Shutdown,
     ) -> Result<Self, QueueError> {
         let partitions = queue.partition_count(topics::TELEMETRY).await?;
         let owned: Vec<i32> = (0..partitions).filter(|p| ownership.owns(*p)).collect();
         let consumer = Self {
             behind: Arc::new(AtomicUsize::new(owned.len())),
+            live,
             stored: Default::default(),
             poison: Default::default(),
         };
@@ -176,6 +182,8 @@ impl Consumer {
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
                 self.stored.inc_by(batch.len() as u64);
+                // Nobody listening is fine.
+                let _ = self.live.send(Arc::new(batch));
             }
             if !reached_end && next >= high_watermark {
                 reached_end = true;

@@ -63,6 +63,8 @@ pub mod metrics {
         pub seq: i64,
         /// Device time (ms).
         pub device_ms: i64,
+        /// When Collect received the reading (ms).
+        pub received_ms: i64,
         /// A number, or a flag as 0/1.
         pub number: Option<f64>,
         /// True when the value was a flag.
@@ -239,6 +241,23 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     sipmba_runtime::db::migrate::<Migrator>(db, 74000006).await
 }
 
+/// Aggregates of one history bucket (over numbers and flags; `count` over every value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// Start of the bucket (ms).
+    pub start_ms: i64,
+    /// Mean.
+    pub avg: Option<f64>,
+    /// Smallest.
+    pub min: Option<f64>,
+    /// Largest.
+    pub max: Option<f64>,
+    /// Sum.
+    pub sum: Option<f64>,
+    /// Values.
+    pub count: u64,
+}
+
 /// A reading as read from the log, ready to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
@@ -314,6 +333,137 @@ impl Store {
         Ok(())
     }
 
+    /// The latest values of `things` (only `names`, unless empty).
+    pub async fn latest(
+        &self,
+        things: &[Uuid],
+        names: &[String],
+    ) -> ServiceResult<Vec<latest::Model>> {
+        let mut query =
+            latest::Entity::find().filter(latest::Column::ThingId.is_in(things.to_vec()));
+        if !names.is_empty() {
+            query = query.filter(latest::Column::Name.is_in(names.to_vec()));
+        }
+        Ok(query.all(&self.db).await?)
+    }
+
+    /// Raw values of one metric in `[start, end)`, oldest first, after `after` (device ms, seq).
+    pub async fn points(
+        &self,
+        thing: Uuid,
+        name: &str,
+        (start, end): (i64, i64),
+        after: Option<(i64, i64)>,
+        limit: u64,
+    ) -> ServiceResult<Vec<metrics::Model>> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let mut query = metrics::Entity::find()
+            .filter(metrics::Column::ThingId.eq(thing))
+            .filter(metrics::Column::Name.eq(name))
+            .filter(metrics::Column::DeviceMs.gte(start))
+            .filter(metrics::Column::DeviceMs.lt(end));
+        if let Some((ms, seq)) = after {
+            query = query.filter(
+                sea_orm::Condition::any()
+                    .add(metrics::Column::DeviceMs.gt(ms))
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(metrics::Column::DeviceMs.eq(ms))
+                            .add(metrics::Column::Seq.gt(seq)),
+                    ),
+            );
+        }
+        Ok(query
+            .order_by_asc(metrics::Column::DeviceMs)
+            .order_by_asc(metrics::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Aggregates of one metric per bucket of `width` ms in `[start, end)`, oldest first, for
+    /// buckets starting after `after`.
+    pub async fn buckets(
+        &self,
+        thing: Uuid,
+        name: &str,
+        (start, end): (i64, i64),
+        width: i64,
+        after: Option<i64>,
+        limit: u64,
+    ) -> ServiceResult<Vec<Bucket>> {
+        use sea_orm::{FromQueryResult, QueryOrder, QuerySelect};
+        // The width is an integer literal (not a bind parameter), so that PostgreSQL sees the
+        // grouped expression and the selected one as the same.
+        let bucket = Expr::cust(format!("(device_ms / {width}) * {width}"));
+        let mut query = metrics::Entity::find()
+            .select_only()
+            .column_as(bucket.clone(), "start_ms")
+            .column_as(Expr::col(metrics::Column::Number).avg(), "avg")
+            .column_as(Expr::col(metrics::Column::Number).min(), "min")
+            .column_as(Expr::col(metrics::Column::Number).max(), "max")
+            .column_as(Expr::col(metrics::Column::Number).sum(), "sum")
+            .column_as(Expr::col(metrics::Column::Seq).count(), "count")
+            .filter(metrics::Column::ThingId.eq(thing))
+            .filter(metrics::Column::Name.eq(name))
+            .filter(metrics::Column::DeviceMs.gte(start))
+            .filter(metrics::Column::DeviceMs.lt(end));
+        if let Some(after) = after {
+            // The bucket after `after` starts at `after + width`.
+            query = query.filter(metrics::Column::DeviceMs.gte(after.saturating_add(width)));
+        }
+        #[derive(FromQueryResult)]
+        struct Row {
+            start_ms: i64,
+            avg: Option<f64>,
+            min: Option<f64>,
+            max: Option<f64>,
+            sum: Option<f64>,
+            count: i64,
+        }
+        let rows = query
+            .group_by(bucket.clone())
+            .order_by(bucket, sea_orm::Order::Asc)
+            .limit(limit)
+            .into_model::<Row>()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Bucket {
+                start_ms: r.start_ms,
+                avg: r.avg,
+                min: r.min,
+                max: r.max,
+                sum: r.sum,
+                count: r.count.try_into().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// When each of `things` was last heard from (ms), for those ever heard from.
+    pub async fn presence(&self, things: &[Uuid]) -> ServiceResult<HashMap<Uuid, i64>> {
+        Ok(presence::Entity::find()
+            .filter(presence::Column::ThingId.is_in(things.to_vec()))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|p| (p.thing_id, p.last_seen_ms))
+            .collect())
+    }
+
+    /// The highest stored seq of `thing` (0 when none).
+    pub async fn last_seq(&self, thing: Uuid) -> ServiceResult<u64> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        let row = readings::Entity::find()
+            .filter(readings::Column::ThingId.eq(thing))
+            .order_by_desc(readings::Column::Seq)
+            .limit(1)
+            .one(&self.db)
+            .await?;
+        Ok(row.map_or(0, |r| r.seq.try_into().unwrap_or(0)))
+    }
+
     /// How many readings of `thing` are stored.
     pub async fn count(&self, thing: Uuid) -> ServiceResult<u64> {
         use sea_orm::PaginatorTrait;
@@ -351,6 +501,7 @@ async fn store_batch(db: &impl ConnectionTrait, batch: &[Incoming]) -> ServiceRe
                 name: Set(m.name.clone()),
                 seq: Set(seq),
                 device_ms: Set(device_ms),
+                received_ms: Set(incoming.received_ms),
                 number: Set(number),
                 is_flag: Set(is_flag),
                 text: Set(text),

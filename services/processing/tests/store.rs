@@ -23,6 +23,11 @@ use sipmba_testkit::{Backend, TestBroker, TestDb};
 use uuid::Uuid;
 
 const THINGS: usize = 50;
+
+fn live() -> tokio::sync::broadcast::Sender<std::sync::Arc<Vec<sipmba_processing::store::Incoming>>>
+{
+    tokio::sync::broadcast::channel(16).0
+}
 const PER_THING: u64 = 2_000;
 const PARTITIONS: i32 = 4;
 
@@ -113,9 +118,15 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     // It comes back: everything is stored, nothing twice.
     let (trigger, shutdown) = Shutdown::new();
     let store = Store::new(conn.clone());
-    let consumer = Consumer::start(store.clone(), &queue, Ownership::default(), shutdown)
-        .await
-        .unwrap();
+    let consumer = Consumer::start(
+        store.clone(),
+        &queue,
+        Ownership::default(),
+        live(),
+        shutdown,
+    )
+    .await
+    .unwrap();
     wait_stored(&conn, total).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !consumer.caught_up() {
@@ -130,15 +141,27 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     trigger.trigger();
     produce(&producer, &things, PER_THING + 1, PER_THING + 400, 50).await;
     let (trigger, shutdown) = Shutdown::new();
-    Consumer::start(store.clone(), &queue, Ownership::default(), shutdown)
-        .await
-        .unwrap();
+    Consumer::start(
+        store.clone(),
+        &queue,
+        Ownership::default(),
+        live(),
+        shutdown,
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     trigger.trigger();
     let (_trigger, shutdown) = Shutdown::new();
-    Consumer::start(store.clone(), &queue, Ownership::default(), shutdown)
-        .await
-        .unwrap();
+    Consumer::start(
+        store.clone(),
+        &queue,
+        Ownership::default(),
+        live(),
+        shutdown,
+    )
+    .await
+    .unwrap();
     let total = THINGS as u64 * (PER_THING + 400);
     wait_stored(&conn, total).await;
     for thing in &things {

@@ -52,6 +52,14 @@ macro_rules! id_value {
 }
 id_value!(UserId, ThingId, ChannelId, CommandId, RuleId);
 
+/// True for a name of 1 to 64 characters of `[A-Za-z0-9._-]`: metric names and command names.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Largest page a list call returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Page size when the request says 0.

@@ -7,6 +7,7 @@ pub mod db;
 mod error;
 pub mod ids;
 pub mod metrics;
+pub mod objects;
 pub mod ratelimit;
 pub mod retry;
 pub mod server;

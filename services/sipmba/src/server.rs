@@ -413,9 +413,9 @@ async fn start_control(
     )
     .map_err(|e| Failure::Runtime(anyhow::anyhow!("control's credentials: {e}")))?;
     let objects_url = settings.objects_url.clone().unwrap_or(own);
-    let objects = sipmba_control::access::ObjectsAccess::new(
+    let objects = sipmba_runtime::objects::ObjectsAccess::new(
         &objects_url,
-        sipmba_control::access::ServiceToken::Credentials(Arc::new(credentials)),
+        sipmba_runtime::objects::ServiceToken::Credentials(Arc::new(credentials)),
     )
     .map_err(|e| Failure::Usage(format!("invalid setting `control.objects_url`: {e}")))?;
     let migrate = || async { sipmba_control::store::migrate(db).await };

@@ -1,11 +1,11 @@
-//! Who may command which thing: asked of Objects (`AccessService`) with Control's own service
-//! token.
+//! Who may do what to which thing: asked of Objects (`AccessService`) with the calling
+//! service's own token (Control before queuing a command, Processing before showing telemetry).
 
 use std::{sync::Arc, time::Duration};
 
+use crate::{ServiceError, ServiceResult};
 use sipmba_auth::client::ServiceCredentials;
 use sipmba_proto::v1 as pb;
-use sipmba_runtime::{ServiceError, ServiceResult};
 use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
 
@@ -32,7 +32,7 @@ impl ServiceToken {
     async fn get(&self) -> ServiceResult<String> {
         match self {
             Self::Credentials(c) => c.token().await.map_err(|e| {
-                ServiceError::Unavailable(format!("control cannot obtain its service token: {e}"))
+                ServiceError::Unavailable(format!("cannot obtain this service's own token: {e}"))
             }),
             Self::Fixed(t) => Ok(t.clone()),
         }
