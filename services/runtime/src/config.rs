@@ -130,6 +130,48 @@ struct FileConfig {
     collect: FileCollect,
     #[serde(default)]
     control: FileControl,
+    #[serde(default)]
+    processing: FileProcessing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProcessing {
+    objects_url: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    replica: Option<u32>,
+    replicas: Option<u32>,
+    online_window_secs: Option<u64>,
+}
+
+/// How a service reaches Objects for access decisions, with its own client_credentials token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceIdentity {
+    /// The settings section (`control`, `processing`), for messages.
+    pub section: &'static str,
+    /// Where Objects answers access checks; `None` means this process.
+    pub objects_url: Option<String>,
+    /// sso's token endpoint; `None` means this process.
+    pub token_url: Option<String>,
+    /// The client id at sso.
+    pub client_id: String,
+    /// File holding the client secret; required unless sso runs in this process.
+    pub client_secret_file: Option<PathBuf>,
+}
+
+/// Settings of the processing service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessingSettings {
+    /// How it reaches Objects.
+    pub identity: ServiceIdentity,
+    /// This replica's ordinal: it consumes the telemetry partitions p with p % replicas == replica.
+    pub replica: u32,
+    /// How many processing replicas share the partitions.
+    pub replicas: u32,
+    /// A thing is online when heard from within this window.
+    pub online_window: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,14 +191,8 @@ struct FileControl {
 /// Settings of the control service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlSettings {
-    /// Where Objects answers access checks; `None` means this process.
-    pub objects_url: Option<String>,
-    /// sso's token endpoint for control's own token; `None` means this process.
-    pub token_url: Option<String>,
-    /// Control's client id at sso.
-    pub client_id: String,
-    /// File holding control's client secret; required unless sso runs in this process.
-    pub client_secret_file: Option<PathBuf>,
+    /// How it reaches Objects.
+    pub identity: ServiceIdentity,
     /// Sustained commands per second per issuer.
     pub commands_per_second: u32,
     /// Commands an issuer may send at once above the rate.
@@ -363,6 +399,8 @@ pub struct Config {
     pub collect: CollectSettings,
     /// control settings.
     pub control: ControlSettings,
+    /// processing settings.
+    pub processing: ProcessingSettings,
 }
 
 /// Defaults that differ between a production start and `--dev`.
@@ -746,10 +784,13 @@ impl Config {
 
         let k = file.control;
         let control = ControlSettings {
-            objects_url: k.objects_url,
-            token_url: k.token_url,
-            client_id: k.client_id.unwrap_or_else(|| "sipmba-control".into()),
-            client_secret_file: k.client_secret_file,
+            identity: ServiceIdentity {
+                section: "control",
+                objects_url: k.objects_url,
+                token_url: k.token_url,
+                client_id: k.client_id.unwrap_or_else(|| "sipmba-control".into()),
+                client_secret_file: k.client_secret_file,
+            },
             commands_per_second: k.commands_per_second.unwrap_or(10),
             burst_commands: k.burst_commands.unwrap_or(100),
             max_pending_per_thing: k.max_pending_per_thing.unwrap_or(1000),
@@ -816,9 +857,37 @@ impl Config {
                 ),
             ));
         }
+        let p = file.processing;
+        let processing = ProcessingSettings {
+            identity: ServiceIdentity {
+                section: "processing",
+                objects_url: p.objects_url,
+                token_url: p.token_url,
+                client_id: p.client_id.unwrap_or_else(|| "sipmba-processing".into()),
+                client_secret_file: p.client_secret_file,
+            },
+            replica: p.replica.unwrap_or(0),
+            replicas: p.replicas.unwrap_or(1),
+            online_window: Duration::from_secs(p.online_window_secs.unwrap_or(300)),
+        };
+        within("processing.replicas", processing.replicas.into(), 1, 1024)?;
+        within(
+            "processing.replica",
+            processing.replica.into(),
+            0,
+            u64::from(processing.replicas) - 1,
+        )?;
+        within(
+            "processing.online_window_secs",
+            processing.online_window.as_secs(),
+            1,
+            30 * 24 * 3600,
+        )?;
         for (setting, url) in [
-            ("control.objects_url", &control.objects_url),
-            ("control.token_url", &control.token_url),
+            ("control.objects_url", &control.identity.objects_url),
+            ("control.token_url", &control.identity.token_url),
+            ("processing.objects_url", &processing.identity.objects_url),
+            ("processing.token_url", &processing.identity.token_url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -831,6 +900,7 @@ impl Config {
         }
 
         Ok(Self {
+            processing,
             control,
             collect,
             queue,

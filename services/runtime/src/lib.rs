@@ -14,7 +14,8 @@ pub mod server;
 
 pub use config::{
     AuthConfig, CollectSettings, Config, ConfigArgs, ConfigError, ControlSettings, Defaults,
-    LogFormat, QueueSettings, ServiceClient, SsoSettings, TlsFiles,
+    LogFormat, ProcessingSettings, QueueSettings, ServiceClient, ServiceIdentity, SsoSettings,
+    TlsFiles,
 };
 pub use error::{ServiceError, ServiceResult, exhausted};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};

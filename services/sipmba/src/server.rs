@@ -49,6 +49,7 @@ const AVAILABLE: &[Target] = &[
     Target::Objects,
     Target::Collect,
     Target::Control,
+    Target::Processing,
 ];
 
 /// Arguments of `sipmba server`.
@@ -113,31 +114,29 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     }
     let config =
         Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
-    if matches!(args.target, Target::Collect | Target::Control) && config.queue.brokers.is_empty() {
+    if matches!(
+        args.target,
+        Target::Collect | Target::Control | Target::Processing
+    ) && config.queue.brokers.is_empty()
+    {
         return Err(Failure::Usage(format!(
             "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
              is not set: {} works on the Kafka-protocol log",
             args.target.name()
         )));
     }
-    if runs(Target::Control) && !runs(Target::Sso) && config.control.client_secret_file.is_none() {
-        return Err(Failure::Usage(
-            "invalid setting `control.client_secret_file`: is not set: control authenticates to \
-             sso with client_credentials (client `control.client_id`) to ask Objects who may command what"
-                .into(),
-        ));
-    }
-    if runs(Target::Control)
-        && ((!runs(Target::Objects) || config.tls.is_some())
-            && config.control.objects_url.is_none()
-            || (!runs(Target::Sso) || config.tls.is_some()) && config.control.token_url.is_none())
-    {
-        return Err(Failure::Usage(
-            "invalid setting `control.objects_url` / `control.token_url`: control needs the \
-             http:// addresses of Objects and of sso's /oauth2/token unless they run in this \
-             process without TLS"
-                .into(),
-        ));
+    for (target, identity) in [
+        (Target::Control, &config.control.identity),
+        (Target::Processing, &config.processing.identity),
+    ] {
+        if runs(target) {
+            check_identity(
+                identity,
+                runs(Target::Sso),
+                runs(Target::Objects),
+                config.tls.is_some(),
+            )?;
+        }
     }
     if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
         return Err(Failure::Usage(
@@ -316,9 +315,21 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             .register(&mut server);
         }
         _ if args.target == Target::All => tracing::info!(
-            "collect and control need queue.brokers; running without them. Processing is not in this build yet"
+            "collect, control and processing need queue.brokers; running without them"
         ),
         _ => {}
+    }
+    if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Processing)) {
+        start_processing(
+            &db,
+            queue,
+            &config,
+            sso_handle.as_ref(),
+            &verifier,
+            &shutdown,
+        )
+        .await?
+        .register(&mut server);
     }
     if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Control)) {
         start_control(
@@ -361,6 +372,139 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Refuses a configuration in which a service could not reach Objects and sso.
+fn check_identity(
+    identity: &sipmba_runtime::ServiceIdentity,
+    with_sso: bool,
+    with_objects: bool,
+    tls: bool,
+) -> Result<(), Failure> {
+    let section = identity.section;
+    if !with_sso && identity.client_secret_file.is_none() {
+        return Err(Failure::Usage(format!(
+            "invalid setting `{section}.client_secret_file`: is not set: {section} authenticates to \
+             sso with client_credentials (client `{section}.client_id`) to ask Objects for access decisions"
+        )));
+    }
+    if (!with_objects || tls) && identity.objects_url.is_none()
+        || (!with_sso || tls) && identity.token_url.is_none()
+    {
+        return Err(Failure::Usage(format!(
+            "invalid setting `{section}.objects_url` / `{section}.token_url`: {section} needs the \
+             http:// addresses of Objects and of sso's /oauth2/token unless they run in this \
+             process without TLS"
+        )));
+    }
+    Ok(())
+}
+
+/// The Objects access client of a service, with its own client_credentials token (a client
+/// created in sso at start when sso is this process).
+async fn objects_access(
+    identity: &sipmba_runtime::ServiceIdentity,
+    config: &Config,
+    sso: Option<&sipmba_sso::Sso>,
+) -> Result<sipmba_runtime::objects::ObjectsAccess, Failure> {
+    let section = identity.section;
+    let own = format!("http://{}", loopback(config.listen));
+    let secret = match (&identity.client_secret_file, sso) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {} ({section}.client_secret_file)", file.display()))?
+            .trim()
+            .to_owned(),
+        // sso is this process: the service gets a client of its own, with a fresh secret each start.
+        (None, Some(sso)) => {
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            sso.ensure_service_client(
+                &identity.client_id,
+                &secret,
+                uuid::Uuid::new_v4(),
+                &[sipmba_auth::scopes::OBJECTS_AUTHORIZE],
+            )
+            .await
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s service client: {e}")))?;
+            secret
+        }
+        (None, None) => {
+            return Err(Failure::Usage(format!(
+                "invalid setting `{section}.client_secret_file`: is not set"
+            )));
+        }
+    };
+    let token_url = identity
+        .token_url
+        .clone()
+        .unwrap_or_else(|| format!("{own}/oauth2/token"));
+    let credentials = sipmba_auth::client::ServiceCredentials::new(
+        &token_url,
+        &identity.client_id,
+        &secret,
+        sipmba_auth::scopes::OBJECTS_AUTHORIZE,
+    )
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s credentials: {e}")))?;
+    let objects_url = identity.objects_url.clone().unwrap_or(own);
+    sipmba_runtime::objects::ObjectsAccess::new(
+        &objects_url,
+        sipmba_runtime::objects::ServiceToken::Credentials(Arc::new(credentials)),
+    )
+    .map_err(|e| Failure::Usage(format!("invalid setting `{section}.objects_url`: {e}")))
+}
+
+/// Migrates the processing schema and starts consuming telemetry and answering queries.
+async fn start_processing(
+    db: &sea_orm::DatabaseConnection,
+    queue: &sipmba_queue::Queue,
+    config: &Config,
+    sso: Option<&sipmba_sso::Sso>,
+    verifier: &Verifier,
+    shutdown: &Shutdown,
+) -> Result<sipmba_processing::grpc::Queries, Failure> {
+    let settings = &config.processing;
+    let objects = objects_access(&settings.identity, config, sso).await?;
+    let migrate = || async { sipmba_processing::store::migrate(db).await };
+    sipmba_runtime::retry::until_ok(
+        "cannot migrate the processing schema yet",
+        shutdown,
+        migrate,
+    )
+    .await
+    .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before processing could start")))?;
+    // Created here too, so that processing can start before collect has produced anything.
+    queue
+        .ensure_topic(
+            sipmba_queue::topics::TELEMETRY,
+            config.collect.telemetry_partitions,
+        )
+        .await
+        .context("creating the telemetry topic")?;
+    let store = sipmba_processing::store::Store::new(db.clone());
+    let (live, _) = tokio::sync::broadcast::channel(1024);
+    sipmba_processing::Consumer::start(
+        store.clone(),
+        queue,
+        sipmba_processing::Ownership {
+            replica: settings.replica,
+            replicas: settings.replicas,
+        },
+        live.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("following the telemetry topic")?;
+    Ok(sipmba_processing::grpc::Queries::new(
+        store,
+        objects,
+        verifier.clone(),
+        live,
+        settings.online_window,
+        shutdown.clone(),
+    ))
+}
+
 /// Migrates the control schema, gets control its service credentials, and starts following the
 /// command topics.
 async fn start_control(
@@ -372,52 +516,7 @@ async fn start_control(
     shutdown: &Shutdown,
 ) -> Result<sipmba_control::Control, Failure> {
     let settings = &config.control;
-    let own = format!("http://{}", loopback(config.listen));
-    let secret = match (&settings.client_secret_file, sso) {
-        (Some(file), _) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading {} (control.client_secret_file)", file.display()))?
-            .trim()
-            .to_owned(),
-        // sso is this process: control gets a client of its own, with a fresh secret each start.
-        (None, Some(sso)) => {
-            let secret = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            sso.ensure_service_client(
-                &settings.client_id,
-                &secret,
-                uuid::Uuid::new_v4(),
-                &[sipmba_auth::scopes::OBJECTS_AUTHORIZE],
-            )
-            .await
-            .map_err(|e| Failure::Runtime(anyhow::anyhow!("control's service client: {e}")))?;
-            secret
-        }
-        (None, None) => {
-            return Err(Failure::Usage(
-                "invalid setting `control.client_secret_file`: is not set".into(),
-            ));
-        }
-    };
-    let token_url = settings
-        .token_url
-        .clone()
-        .unwrap_or_else(|| format!("{own}/oauth2/token"));
-    let credentials = sipmba_auth::client::ServiceCredentials::new(
-        &token_url,
-        &settings.client_id,
-        &secret,
-        sipmba_auth::scopes::OBJECTS_AUTHORIZE,
-    )
-    .map_err(|e| Failure::Runtime(anyhow::anyhow!("control's credentials: {e}")))?;
-    let objects_url = settings.objects_url.clone().unwrap_or(own);
-    let objects = sipmba_runtime::objects::ObjectsAccess::new(
-        &objects_url,
-        sipmba_runtime::objects::ServiceToken::Credentials(Arc::new(credentials)),
-    )
-    .map_err(|e| Failure::Usage(format!("invalid setting `control.objects_url`: {e}")))?;
+    let objects = objects_access(&settings.identity, config, sso).await?;
     let migrate = || async { sipmba_control::store::migrate(db).await };
     sipmba_runtime::retry::until_ok("cannot migrate the control schema yet", shutdown, migrate)
         .await

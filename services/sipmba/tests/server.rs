@@ -145,13 +145,19 @@ async fn forward(listener: TcpListener, to: SocketAddr) {
 
 #[tokio::test]
 async fn bad_invocations_exit_with_a_message_that_names_the_problem() {
-    let (code, err) = run_to_end(&["server", "--target", "processing", "--plaintext"]).await;
+    let (code, err) = run_to_end(&[
+        "server",
+        "--target",
+        "processing",
+        "--plaintext",
+        "--database-url",
+        "sqlite::memory:",
+        "--jwks-url",
+        "http://127.0.0.1:9/jwks",
+    ])
+    .await;
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("target `processing` is not available")
-            && err.contains("sso, objects, collect, control"),
-        "{err}"
-    );
+    assert!(err.contains("queue.brokers"), "{err}");
     let (code, err) = run_to_end(&[
         "server",
         "--target",
@@ -557,6 +563,25 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         .expect("and shows them")
         .into_inner();
     assert_eq!(fetched.id, command.id);
+    // Processing runs too: the new thing has never been heard from.
+    wait_for_health(
+        &channel,
+        "sipmba.v1.TelemetryService",
+        ServingStatus::Serving,
+    )
+    .await;
+    let presence = pb::presence_service_client::PresenceServiceClient::new(channel.clone())
+        .get_presence(with_token(
+            &token,
+            pb::GetPresenceRequest {
+                things: vec![thing.id.clone().unwrap()],
+            },
+        ))
+        .await
+        .expect("processing answers")
+        .into_inner();
+    assert!(!presence.presences[0].online);
+    assert_eq!(presence.presences[0].last_seq, 0);
     let jwks = http_get(listen.parse().unwrap(), "/.well-known/jwks.json").await;
     assert!(
         jwks.contains(r#""kty":"OKP""#) && jwks.contains("Ed25519"),
