@@ -10,7 +10,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 use prost::Message;
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1::{self as pb, control_service_server::ControlService};
-use sipmba_queue::{Queue, QueueError, Reader, producer::Producer, topics};
+use sipmba_queue::{Queue, QueueError, producer::Producer, topics};
 use sipmba_runtime::objects::{Decision, ObjectsAccess};
 use sipmba_runtime::{
     ServiceError, ServiceResult, Shutdown,
@@ -256,78 +256,41 @@ impl Control {
         stop: Shutdown,
     ) {
         let partition = client.partition();
-        let mut pause = Duration::from_millis(100);
-        let mut reader: Option<Reader> = None;
-        let mut client = Some(client);
-        loop {
-            if stop.is_triggered() {
-                return;
-            }
-            if reader.is_none() {
-                match self.inner.store.offset(topic, partition).await {
-                    Ok(offset) => {
-                        if let Some(c) = client.take() {
-                            reader = Some(Reader::new(c, offset));
+        let offsets = self.inner.store.clone();
+        sipmba_queue::follow_stored(
+            client,
+            move || {
+                let store = offsets.clone();
+                async move { store.offset(topic, partition).await }
+            },
+            move |records: Arc<[(i64, Vec<u8>)]>, next| {
+                let me = self.clone();
+                async move {
+                    let mut changes = Vec::with_capacity(records.len());
+                    for (offset, value) in records.iter() {
+                        let change = if topic == topics::COMMANDS {
+                            decode_command(value).map(Change::Command)
+                        } else {
+                            decode_event(value)
+                        };
+                        match change {
+                            Ok(c) => changes.push(c),
+                            Err(reason) => {
+                                tracing::warn!(topic, partition, offset, %reason, "skipping an undecodable record");
+                            }
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(topic, partition, error = %e, "cannot read the command offsets yet");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                        continue;
+                    me.inner.store.apply(topic, partition, &changes, next).await?;
+                    for change in &changes {
+                        let _ = me.inner.changes.send(change.command_id());
                     }
+                    Ok::<_, ServiceError>(())
                 }
-            }
-            let Some(r) = reader.as_mut() else { return };
-            let step = tokio::select! {
-                step = r.next() => step,
-                () = stop.clone().wait() => return,
-            };
-            let (records, next, _) = match step {
-                Ok(step) => step,
-                Err(e) => {
-                    tracing::warn!(topic, partition, error = %e, "cannot read the command log");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            pause = Duration::from_millis(100);
-            if records.is_empty() {
-                continue;
-            }
-            let mut changes = Vec::with_capacity(records.len());
-            for (offset, value) in &records {
-                let change = if topic == topics::COMMANDS {
-                    decode_command(value).map(Change::Command)
-                } else {
-                    decode_event(value)
-                };
-                match change {
-                    Ok(c) => changes.push(c),
-                    Err(reason) => {
-                        tracing::warn!(topic, partition, offset, %reason, "skipping an undecodable record");
-                    }
-                }
-            }
-            // Retried until stored: the offset moves only with the changes.
-            while let Err(e) = self
-                .inner
-                .store
-                .apply(topic, partition, &changes, next)
-                .await
-            {
-                tracing::warn!(topic, partition, error = %e, "cannot store command changes yet");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = stop.clone().wait() => return,
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            for change in &changes {
-                let _ = self.inner.changes.send(change.command_id());
-            }
-        }
+            },
+            || {},
+            stop.wait(),
+        )
+        .await;
     }
 
     /// Whether `principal` may see (and, with `command`, command) `thing`.

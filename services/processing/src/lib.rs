@@ -5,17 +5,14 @@
 pub mod grpc;
 pub mod store;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use prost::Message;
 use sipmba_proto::v1 as pb;
-use sipmba_queue::{Queue, QueueError, Reader, topics};
+use sipmba_queue::{Queue, QueueError, topics};
 use sipmba_runtime::Shutdown;
 use store::{Incoming, Store};
 use uuid::Uuid;
@@ -127,68 +124,39 @@ impl Consumer {
     async fn run(self, store: Store, client: sipmba_queue::PartitionClient, stop: Shutdown) {
         let partition = client.partition();
         let topic = topics::TELEMETRY;
-        let mut pause = Duration::from_millis(100);
-        let start = loop {
-            match store.offset(topic, partition).await {
-                Ok(offset) => break offset,
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot read the telemetry offset yet");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = stop.clone().wait() => return,
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        let mut reader = Reader::new(client, start);
-        let mut reached_end = false;
-        loop {
-            let step = tokio::select! {
-                step = reader.next() => step,
-                () = stop.clone().wait() => return,
-            };
-            let (records, next, high_watermark) = match step {
-                Ok(step) => step,
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot read the telemetry log");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = stop.clone().wait() => return,
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            pause = Duration::from_millis(100);
-            if !records.is_empty() {
-                let mut batch = Vec::with_capacity(records.len());
-                for (offset, value) in &records {
-                    match decode(value) {
-                        Ok(incoming) => batch.push(incoming),
-                        Err(reason) => {
-                            self.poison.inc();
-                            tracing::warn!(partition, offset, %reason, "skipping an undecodable telemetry record");
+        let offsets = store.clone();
+        let behind = self.behind.clone();
+        sipmba_queue::follow_stored(
+            client,
+            move || {
+                let store = offsets.clone();
+                async move { store.offset(topic, partition).await }
+            },
+            move |records: Arc<[(i64, Vec<u8>)]>, next| {
+                let (me, store) = (self.clone(), store.clone());
+                async move {
+                    let mut batch = Vec::with_capacity(records.len());
+                    for (offset, value) in records.iter() {
+                        match decode(value) {
+                            Ok(incoming) => batch.push(incoming),
+                            Err(reason) => {
+                                me.poison.inc();
+                                tracing::warn!(partition, offset, %reason, "skipping an undecodable telemetry record");
+                            }
                         }
                     }
+                    store.apply(topic, partition, &batch, next).await?;
+                    me.stored.inc_by(batch.len() as u64);
+                    // Nobody listening is fine.
+                    let _ = me.live.send(Arc::new(batch));
+                    Ok::<_, sipmba_runtime::ServiceError>(())
                 }
-                // Retried until stored: the offset moves only with the readings.
-                while let Err(e) = store.apply(topic, partition, &batch, next).await {
-                    tracing::warn!(partition, error = %e, "cannot store readings yet");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = stop.clone().wait() => return,
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                self.stored.inc_by(batch.len() as u64);
-                // Nobody listening is fine.
-                let _ = self.live.send(Arc::new(batch));
-            }
-            if !reached_end && next >= high_watermark {
-                reached_end = true;
-                self.behind.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+            },
+            move || {
+                behind.fetch_sub(1, Ordering::Relaxed);
+            },
+            stop.wait(),
+        )
+        .await;
     }
 }

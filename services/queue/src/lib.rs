@@ -324,40 +324,90 @@ pub async fn follow<F, C>(
     partition: PartitionClient,
     offset: Option<i64>,
     mut apply: F,
-    mut caught_up: C,
+    caught_up: C,
     stop: impl std::future::Future<Output = ()>,
 ) where
     F: FnMut(i64, &[u8]),
     C: FnMut(),
 {
+    follow_stored(
+        partition,
+        || std::future::ready(Ok::<_, std::convert::Infallible>(offset)),
+        |records: Arc<[(i64, Vec<u8>)]>, _next| {
+            for (offset, value) in records.iter() {
+                apply(*offset, value);
+            }
+            std::future::ready(Ok(()))
+        },
+        caught_up,
+        stop,
+    )
+    .await;
+}
+
+/// Follows a partition whose position the caller keeps with its work (in its database, in the
+/// same transaction): `start` gives the offset to resume from (`None`: the earliest record);
+/// `apply` does the work of a batch of records (offset, value) and records `next` as the offset
+/// to resume from — it is retried with the same batch until it succeeds, so the position moves
+/// only with the work. `caught_up` is called once the end the partition had at start is reached.
+/// Retries with backoff while the broker or the store fails; returns when `stop` fires.
+pub async fn follow_stored<E, S, A>(
+    partition: PartitionClient,
+    mut start: impl FnMut() -> S,
+    mut apply: impl FnMut(Arc<[(i64, Vec<u8>)]>, i64) -> A,
+    mut caught_up: impl FnMut(),
+    stop: impl std::future::Future<Output = ()>,
+) where
+    E: std::fmt::Display,
+    S: std::future::Future<Output = Result<Option<i64>, E>>,
+    A: std::future::Future<Output = Result<(), E>>,
+{
     tokio::pin!(stop);
-    let mut reader = Reader::new(partition, offset);
+    let topic = partition.topic().to_owned();
+    let index = partition.partition();
     let mut pause = Duration::from_millis(100);
+    macro_rules! back_off {
+        ($what:literal, $error:expr) => {{
+            tracing::warn!(topic, partition = index, error = %$error, retry_in_ms = pause.as_millis() as u64, $what);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = &mut stop => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }};
+    }
+    let offset = loop {
+        match start().await {
+            Ok(offset) => break offset,
+            Err(e) => back_off!("cannot learn where to resume yet", e),
+        }
+    };
+    pause = Duration::from_millis(100);
+    let mut reader = Reader::new(partition, offset);
     let mut reached_end = false;
     loop {
         let result = tokio::select! {
             r = reader.next() => r,
             () = &mut stop => return,
         };
-        match result {
-            Ok((records, next, high_watermark)) => {
-                pause = Duration::from_millis(100);
-                for (offset, value) in &records {
-                    apply(*offset, value);
-                }
-                if !reached_end && next >= high_watermark {
-                    reached_end = true;
-                    caught_up();
-                }
-            }
+        let (records, next, high_watermark) = match result {
+            Ok(step) => step,
             Err(e) => {
-                tracing::warn!(topic = reader.topic(), error = %e, retry_in_ms = pause.as_millis() as u64, "cannot read the log");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = &mut stop => return,
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
+                back_off!("cannot read the log", e);
+                continue;
             }
+        };
+        pause = Duration::from_millis(100);
+        if !records.is_empty() {
+            let records: Arc<[(i64, Vec<u8>)]> = records.into();
+            while let Err(e) = apply(records.clone(), next).await {
+                back_off!("cannot apply records yet", e);
+            }
+            pause = Duration::from_millis(100);
+        }
+        if !reached_end && next >= high_watermark {
+            reached_end = true;
+            caught_up();
         }
     }
 }
