@@ -8,7 +8,7 @@ use std::{
 };
 
 use prost::Message;
-use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
+use sipmba_auth::{Kind, Verifier, scopes};
 use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
@@ -18,7 +18,7 @@ use sipmba_queue::{
     producer::{BatchLimits, Producer},
 };
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
-use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, serve_jwks, with_token};
+use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, with_token};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
@@ -57,14 +57,7 @@ async fn start_with(backend: Backend, limits: Limits) -> Harness {
         .await
         .unwrap();
     let issuer = TestIssuer::new();
-    let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
-        .await
-        .unwrap();
-    let verifier = Verifier::new(
-        VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience),
-        Revocations::default(),
-    )
-    .unwrap();
+    let (verifier, jwks) = issuer.verifier().await.unwrap();
     let (trigger, shutdown) = Shutdown::new();
     let collect_verifier = verifier.clone();
     // Two replicas over the same database and log; `channel` talks to the first.

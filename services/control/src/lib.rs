@@ -334,30 +334,39 @@ impl Control {
                         "reading commands needs scope commands:read".into(),
                     ));
                 }
-                let decision = self
-                    .inner
-                    .objects
-                    .check(
-                        principal.subject,
-                        thing,
-                        pb::ChannelPermission::SendCommands,
-                    )
-                    .await?;
-                match decision {
-                    Decision::Allowed => Ok(()),
-                    Decision::NotReachable => Err(not_found()),
-                    Decision::PermissionMissing => Err(ServiceError::PermissionDenied(format!(
-                        "your grant on thing {thing} does not include CHANNEL_PERMISSION_SEND_COMMANDS"
-                    ))),
-                    Decision::ThingInactive if command => {
-                        Err(ServiceError::FailedPrecondition(format!(
-                            "thing {thing} is disabled (itself or through its owner); enable it first"
-                        )))
-                    }
-                    // Its commands stay visible.
-                    Decision::ThingInactive => Ok(()),
-                }
+                self.authorize_user(principal.subject, "your", thing, command)
+                    .await
             }
+        }
+    }
+
+    /// Whether `user` may see (and, with `command`, command) `thing`; `whose` names the user in
+    /// messages ("your", "the rule owner's").
+    async fn authorize_user(
+        &self,
+        user: Uuid,
+        whose: &str,
+        thing: Uuid,
+        command: bool,
+    ) -> ServiceResult<()> {
+        let decision = self
+            .inner
+            .objects
+            .check(user, thing, pb::ChannelPermission::SendCommands)
+            .await?;
+        match decision {
+            Decision::Allowed => Ok(()),
+            Decision::NotReachable => {
+                Err(ServiceError::not_found(format!("thing {thing} not found")))
+            }
+            Decision::PermissionMissing => Err(ServiceError::PermissionDenied(format!(
+                "{whose} grant on thing {thing} does not include CHANNEL_PERMISSION_SEND_COMMANDS"
+            ))),
+            Decision::ThingInactive if command => Err(ServiceError::FailedPrecondition(format!(
+                "thing {thing} is disabled (itself or through its owner); enable it first"
+            ))),
+            // Its commands stay visible.
+            Decision::ThingInactive => Ok(()),
         }
     }
 
@@ -401,8 +410,25 @@ impl Control {
                 }
             }
         };
-        self.authorize(principal, thing, true).await?;
-        let (issuer_kind, issuer) = issuer_of(principal);
+        let (issuer_kind, issuer, rate_key) = match &r.on_behalf_of {
+            None => {
+                self.authorize(principal, thing, true).await?;
+                let (kind, issuer) = issuer_of(principal);
+                (kind, issuer, principal.subject)
+            }
+            Some(delegation) => {
+                if principal.kind != Kind::Service {
+                    return Err(ServiceError::PermissionDenied(
+                        "`on_behalf_of` is for service principals (Processing's rules)".into(),
+                    ));
+                }
+                let rule = required_id("on_behalf_of.rule", delegation.rule.as_ref())?;
+                let owner = required_id("on_behalf_of.owner", delegation.owner.as_ref())?;
+                self.authorize_user(owner, "the rule owner's", thing, true)
+                    .await?;
+                ("rule", rule.to_string(), rule)
+            }
+        };
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let id = if r.idempotency_key.is_empty() {
             Uuid::new_v4()
@@ -426,7 +452,7 @@ impl Control {
             }
             id
         };
-        if let Err(wait) = self.inner.rate.take(principal.subject, 1) {
+        if let Err(wait) = self.inner.rate.take(rate_key, 1) {
             return Err(ServiceError::ResourceExhausted {
                 message: format!(
                     "over the rate of {} commands per second for one issuer; retry in {} ms",
@@ -457,8 +483,9 @@ impl Control {
             created_ms: now,
             expires_ms: now.saturating_add(ttl_ms),
         };
-        let issuer_pb = match principal.kind {
-            Kind::Service => pb::command_issuer::Issuer::Service(issuer),
+        let issuer_pb = match issuer_kind {
+            "rule" => pb::command_issuer::Issuer::Rule(pb::RuleId { value: issuer }),
+            "service" => pb::command_issuer::Issuer::Service(issuer),
             _ => pb::command_issuer::Issuer::User(pb::UserId { value: issuer }),
         };
         let record = pb::CommandRecord {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use sea_orm::EntityTrait;
-use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
+use sipmba_auth::{Kind, Verifier, scopes};
 use sipmba_collect::{Collect, inbox::Inbox, store::AckStore, validate::Limits};
 use sipmba_control::{
     Control, ControlLimits,
@@ -20,7 +20,7 @@ use sipmba_proto::v1::{
 use sipmba_queue::{Queue, producer::BatchLimits};
 use sipmba_runtime::objects::{ObjectsAccess, ServiceToken};
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
-use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, serve_jwks, with_token as req};
+use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, with_token as req};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
@@ -45,15 +45,9 @@ struct Harness {
 }
 
 async fn serve(server: Server, verifier: Verifier, shutdown: Shutdown) -> (Channel, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server.run(listener, None, verifier, shutdown, Duration::from_secs(1)));
-    let channel = Channel::from_shared(url.clone())
-        .unwrap()
-        .connect()
+    sipmba_testkit::serve(server, verifier, shutdown)
         .await
-        .unwrap();
-    (channel, url)
+        .unwrap()
 }
 
 impl Harness {
@@ -69,14 +63,7 @@ impl Harness {
             .await
             .unwrap();
         let issuer = TestIssuer::new();
-        let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
-            .await
-            .unwrap();
-        let verifier = Verifier::new(
-            VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience),
-            Revocations::default(),
-        )
-        .unwrap();
+        let (verifier, jwks) = issuer.verifier().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
 
         let mut objects_server = Server::new();
@@ -238,6 +225,7 @@ impl Harness {
                         nanos: 0,
                     }),
                     idempotency_key: String::new(),
+                    on_behalf_of: None,
                 },
             ))
             .await
@@ -640,6 +628,56 @@ async fn commands_outside_the_users_reach_are_refused(backend: Backend) {
         Code::PermissionDenied,
         "CHANNEL_PERMISSION_SEND_COMMANDS",
     );
+    // A rule's command (Processing, a service, on behalf of the rule's owner) is authorized as
+    // the owner, and only services may send one.
+    let rule = Uuid::new_v4();
+    let on_behalf = |token: &str, owner: Uuid| {
+        let mut control = h.control();
+        let request = req(
+            token,
+            pb::SendCommandRequest {
+                thing: Some(thing_id(alice_thing)),
+                name: "close".into(),
+                payload: vec![],
+                ttl: None,
+                idempotency_key: "firing:1".into(),
+                on_behalf_of: Some(pb::RuleDelegation {
+                    rule: Some(pb::RuleId {
+                        value: rule.to_string(),
+                    }),
+                    owner: Some(pb::UserId {
+                        value: owner.to_string(),
+                    }),
+                }),
+            },
+        );
+        async move { control.send_command(request).await }
+    };
+    let processing = h.issuer.sign(&h.issuer.claims(
+        Kind::Service,
+        Uuid::new_v4(),
+        &[scopes::COMMANDS_WRITE],
+    ));
+    assert_status(
+        on_behalf(&alice_token, alice).await,
+        Code::PermissionDenied,
+        "service principals",
+    );
+    assert_status(
+        on_behalf(&processing, bob).await,
+        Code::PermissionDenied,
+        "the rule owner's grant",
+    );
+    let by_rule = on_behalf(&processing, alice).await.unwrap().into_inner();
+    assert_eq!(
+        by_rule.issuer.unwrap().issuer,
+        Some(pb::command_issuer::Issuer::Rule(pb::RuleId {
+            value: rule.to_string()
+        }))
+    );
+    // Sent again (a retry after a restart), it is the same command.
+    let again = on_behalf(&processing, alice).await.unwrap().into_inner();
+    assert_eq!(again.id, by_rule.id);
     // A thing's token sends nothing; a token without the scope neither.
     assert_status(
         h.send(&h.thing_token(alice_thing), alice_thing, "open", hour)
@@ -688,6 +726,7 @@ async fn commands_outside_the_users_reach_are_refused(backend: Backend) {
                 payload: vec![0; 64 * 1024 + 1],
                 ttl: None,
                 idempotency_key: String::new(),
+                on_behalf_of: None,
             },
         ))
         .await;
@@ -714,6 +753,7 @@ async fn commands_outside_the_users_reach_are_refused(backend: Backend) {
         payload: vec![1],
         ttl: None,
         idempotency_key: "k-1".into(),
+        on_behalf_of: None,
     };
     let first = h
         .control()

@@ -15,7 +15,7 @@ use sipmba_runtime::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::store::{Caller, Store, ThingScope};
+use crate::store::{Caller, Selection, Store, ThingScope};
 
 /// Implements every Objects gRPC service over one [`Store`].
 #[derive(Debug, Clone)]
@@ -154,6 +154,10 @@ pub fn access_policy() -> Vec<(&'static str, Access)> {
         ),
         (
             "/sipmba.v1.AccessService/GetEffectiveState",
+            Scope(scopes::OBJECTS_AUTHORIZE),
+        ),
+        (
+            "/sipmba.v1.AccessService/ListAccessibleThings",
             Scope(scopes::OBJECTS_AUTHORIZE),
         ),
         (
@@ -584,6 +588,52 @@ impl AccessService for ObjectsService {
                         "`subject` is required: a user or a thing",
                     )),
                 }
+            }
+            .await,
+        )
+    }
+
+    async fn list_accessible_things(
+        &self,
+        req: Request<pb::ListAccessibleThingsRequest>,
+    ) -> Reply<pb::ListAccessibleThingsResponse> {
+        reply(
+            async {
+                use pb::list_accessible_things_request::Selection as S;
+                let r = req.get_ref();
+                let user = required_id("user", r.user.as_ref())?;
+                let selection = match &r.selection {
+                    Some(S::Channel(id)) => Selection::Channel(required_id("channel", Some(id))?),
+                    Some(S::Labels(set)) => Selection::Labels(set.selectors.clone()),
+                    None => {
+                        return Err(ServiceError::invalid(
+                            "`selection` is required: a channel or labels",
+                        ));
+                    }
+                };
+                if r.permissions.is_empty() {
+                    return Err(ServiceError::invalid(
+                        "`permissions` must name at least one permission",
+                    ));
+                }
+                let permissions = r
+                    .permissions
+                    .iter()
+                    .map(|p| permission("permissions", *p))
+                    .collect::<ServiceResult<Vec<_>>>()?;
+                let (things, truncated) = self
+                    .store
+                    .accessible_things(user, &selection, &permissions)
+                    .await?;
+                Ok(pb::ListAccessibleThingsResponse {
+                    things: things
+                        .into_iter()
+                        .map(|t| pb::ThingId {
+                            value: t.to_string(),
+                        })
+                        .collect(),
+                    truncated,
+                })
             }
             .await,
         )

@@ -28,6 +28,20 @@ use crate::{
     validate,
 };
 
+/// Most things [`Store::accessible_things`] lists.
+pub const MAX_ACCESSIBLE: usize = 10_000;
+/// Most label selectors in a selection.
+pub const MAX_SELECTORS: usize = 16;
+
+/// The things [`Store::accessible_things`] considers.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// The things connected to a channel.
+    Channel(Uuid),
+    /// The things matching every selector, owned in the user's subtree or granted to it.
+    Labels(Vec<pb::LabelSelector>),
+}
+
 /// Who is acting, as far as Objects is concerned.
 #[derive(Debug, Clone)]
 pub enum Caller {
@@ -857,18 +871,7 @@ impl Store {
         selectors: &[pb::LabelSelector],
         page: &Page,
     ) -> ServiceResult<(Vec<pb::Thing>, String)> {
-        for s in selectors {
-            validate::label_key("`labels`", &s.key)?;
-            if let Some(v) = &s.value {
-                validate::label_value("`labels`", &s.key, v)?;
-            }
-        }
-        if selectors.len() > validate::MAX_LABELS {
-            return Err(ServiceError::invalid(format!(
-                "at most {} label selectors are allowed",
-                validate::MAX_LABELS
-            )));
-        }
+        validate::selectors(selectors, validate::MAX_LABELS)?;
         let mut query = things::Entity::find();
         query = match scope {
             ThingScope::Owner(owner) => {
@@ -896,16 +899,7 @@ impl Store {
                 )
             }
         };
-        for s in selectors {
-            let mut sub = Query::select();
-            sub.column(thing_labels::Column::ThingId)
-                .from(thing_labels::Entity)
-                .and_where(thing_labels::Column::Key.eq(s.key.clone()));
-            if let Some(v) = &s.value {
-                sub.and_where(thing_labels::Column::Value.eq(v.clone()));
-            }
-            query = query.filter(things::Column::Id.in_subquery(sub.to_owned()));
-        }
+        query = with_labels(query, selectors);
         if let Some(after) = page.after {
             query = query.filter(things::Column::Id.gt(after));
         }
@@ -1373,6 +1367,107 @@ impl Store {
         Ok(Ok((via, thing.owner_id)))
     }
 
+    /// The effectively active things of `selection` on which `user` may exercise every one of
+    /// `permissions`, by id, at most [`MAX_ACCESSIBLE`]; true when there were more.
+    pub async fn accessible_things(
+        &self,
+        user: Uuid,
+        selection: &Selection,
+        permissions: &[pb::ChannelPermission],
+    ) -> ServiceResult<(Vec<Uuid>, bool)> {
+        let Some((path, true)) = self.lookup(user).await? else {
+            return Err(ServiceError::not_found(format!(
+                "user {user} not found, or not active"
+            )));
+        };
+        let now = now_ms();
+        let live_grants = |user: Uuid| {
+            Query::select()
+                .column(channel_grants::Column::ChannelId)
+                .from(channel_grants::Entity)
+                .and_where(channel_grants::Column::GranteeId.eq(user))
+                .cond_where(
+                    sea_orm::Condition::any()
+                        .add(channel_grants::Column::ExpiresMs.is_null())
+                        .add(channel_grants::Column::ExpiresMs.gt(now)),
+                )
+                .to_owned()
+        };
+        let fetch = u64::try_from(MAX_ACCESSIBLE + 1).unwrap_or(u64::MAX);
+        let candidates: Vec<Uuid> = match selection {
+            Selection::Channel(id) => {
+                let not_found = || ServiceError::not_found(format!("channel {id} not found"));
+                let channel = channels::Entity::find_by_id(*id)
+                    .one(&self.db)
+                    .await?
+                    .ok_or_else(not_found)?;
+                let (owner_path, _) = self.lookup(channel.owner_id).await?.ok_or_else(not_found)?;
+                let granted = || {
+                    channel_grants::Entity::find()
+                        .filter(channel_grants::Column::ChannelId.eq(*id))
+                        .filter(channel_grants::Column::ChannelId.in_subquery(live_grants(user)))
+                };
+                if !owner_path.starts_with(&path) && granted().one(&self.db).await?.is_none() {
+                    return Err(not_found());
+                }
+                channel_things::Entity::find()
+                    .select_only()
+                    .column(channel_things::Column::ThingId)
+                    .filter(channel_things::Column::ChannelId.eq(*id))
+                    .order_by_asc(channel_things::Column::ThingId)
+                    .limit(fetch)
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?
+            }
+            Selection::Labels(selectors) => {
+                if selectors.is_empty() {
+                    return Err(ServiceError::invalid(
+                        "`labels` must hold at least one selector",
+                    ));
+                }
+                validate::selectors(selectors, MAX_SELECTORS)?;
+                let owned = things::Column::OwnerId.in_subquery(
+                    Query::select()
+                        .column(users::Column::Id)
+                        .from(users::Entity)
+                        .cond_where(in_subtree(users::Column::Path, &path))
+                        .to_owned(),
+                );
+                let via_grant = things::Column::Id.in_subquery(
+                    Query::select()
+                        .column(channel_things::Column::ThingId)
+                        .from(channel_things::Entity)
+                        .and_where(channel_things::Column::ChannelId.in_subquery(live_grants(user)))
+                        .to_owned(),
+                );
+                with_labels(
+                    things::Entity::find()
+                        .select_only()
+                        .column(things::Column::Id)
+                        .filter(sea_orm::Condition::any().add(owned).add(via_grant)),
+                    selectors,
+                )
+                .order_by_asc(things::Column::Id)
+                .limit(fetch)
+                .into_tuple()
+                .all(&self.db)
+                .await?
+            }
+        };
+        let truncated = candidates.len() > MAX_ACCESSIBLE;
+        let mut allowed = Vec::with_capacity(candidates.len().min(MAX_ACCESSIBLE));
+        'things: for thing in candidates.into_iter().take(MAX_ACCESSIBLE) {
+            for permission in permissions {
+                if self.check_access(user, thing, *permission).await?.is_err() {
+                    continue 'things;
+                }
+            }
+            allowed.push(thing);
+        }
+        Ok((allowed, truncated))
+    }
+
     /// Effective state of a user.
     pub async fn user_effective_state(&self, id: Uuid) -> ServiceResult<pb::ObjectState> {
         let (_, active) = self
@@ -1479,6 +1574,21 @@ pub enum ThingScope {
     Owner(Uuid),
     /// A subtree's things (`None`: the caller's).
     Subtree(Option<Uuid>),
+}
+
+/// Narrows `query` over things to those matching every selector.
+fn with_labels<Q: QueryFilter>(mut query: Q, selectors: &[pb::LabelSelector]) -> Q {
+    for s in selectors {
+        let mut sub = Query::select();
+        sub.column(thing_labels::Column::ThingId)
+            .from(thing_labels::Entity)
+            .and_where(thing_labels::Column::Key.eq(s.key.clone()));
+        if let Some(v) = &s.value {
+            sub.and_where(thing_labels::Column::Value.eq(v.clone()));
+        }
+        query = query.filter(things::Column::Id.in_subquery(sub.to_owned()));
+    }
+    query
 }
 
 async fn insert_labels(

@@ -92,3 +92,20 @@ pub fn labels(labels: &HashMap<String, String>) -> ServiceResult<()> {
     }
     Ok(())
 }
+
+/// Checks label selectors: at most `max`, each key and value well formed.
+pub fn selectors(selectors: &[sipmba_proto::v1::LabelSelector], max: usize) -> ServiceResult<()> {
+    for s in selectors {
+        label_key("`labels`", &s.key)?;
+        if let Some(v) = &s.value {
+            label_value("`labels`", &s.key, v)?;
+        }
+    }
+    if selectors.len() > max {
+        return Err(ServiceError::invalid(format!(
+            "at most {max} label selectors are allowed; got {}",
+            selectors.len()
+        )));
+    }
+    Ok(())
+}

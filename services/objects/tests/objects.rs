@@ -789,6 +789,98 @@ async fn channel_grants_share_things_until_they_expire(backend: Backend) {
         .into_inner();
     assert_eq!(shared.grants.len(), 2);
 
+    // Selections for Processing (rules and channel subscriptions): the things of a channel, or
+    // matching labels, on which a user may do what is asked.
+    let north_a = h.thing(&owner_token, "north-a", &[("zone", "north")]).await;
+    let north_b = h.thing(&owner_token, "north-b", &[("zone", "north")]).await;
+    h.channels()
+        .connect_thing(req(
+            &owner_token,
+            pb::ConnectThingRequest {
+                channel: channel_id.clone(),
+                thing: Some(thing_id(north_a)),
+            },
+        ))
+        .await
+        .unwrap();
+    let select = |user: Uuid,
+                  selection: pb::list_accessible_things_request::Selection,
+                  permissions: &[pb::ChannelPermission]| {
+        let mut client = h.access();
+        let request = req(
+            &h.admin,
+            pb::ListAccessibleThingsRequest {
+                user: Some(user_id(user)),
+                selection: Some(selection),
+                permissions: permissions.iter().map(|p| *p as i32).collect(),
+            },
+        );
+        async move {
+            client.list_accessible_things(request).await.map(|r| {
+                let mut things: Vec<Uuid> = r
+                    .into_inner()
+                    .things
+                    .iter()
+                    .map(|t| Uuid::parse_str(&t.value).unwrap())
+                    .collect();
+                things.sort();
+                things
+            })
+        }
+    };
+    let sorted = |mut v: Vec<Uuid>| {
+        v.sort();
+        v
+    };
+    let of_channel =
+        || pb::list_accessible_things_request::Selection::Channel(channel_id.clone().unwrap());
+    let north = || {
+        pb::list_accessible_things_request::Selection::Labels(pb::LabelSelectorSet {
+            selectors: vec![pb::LabelSelector {
+                key: "zone".into(),
+                value: Some("north".into()),
+            }],
+        })
+    };
+    use pb::ChannelPermission::{ReadTelemetry, SendCommands};
+    assert_eq!(
+        select(friend, of_channel(), &[ReadTelemetry])
+            .await
+            .unwrap(),
+        sorted(vec![thing, north_a])
+    );
+    assert_eq!(
+        select(friend, of_channel(), &[ReadTelemetry, SendCommands])
+            .await
+            .unwrap(),
+        Vec::<Uuid>::new(),
+        "a read grant does not select for commands"
+    );
+    assert_eq!(
+        select(friend, north(), &[ReadTelemetry]).await.unwrap(),
+        vec![north_a],
+        "labels select among the things granted to the user"
+    );
+    assert_eq!(
+        select(owner, north(), &[ReadTelemetry, SendCommands])
+            .await
+            .unwrap(),
+        sorted(vec![north_a, north_b]),
+        "and among those of its subtree"
+    );
+    let (stranger, _) = h.root("stranger").await;
+    assert_eq!(
+        select(stranger, of_channel(), &[ReadTelemetry])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        select(owner, north(), &[]).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
     let read = check(friend, pb::ChannelPermission::ReadTelemetry).await;
     assert!(read.allowed);
     assert_eq!(read.via, "grant");

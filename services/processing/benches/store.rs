@@ -48,13 +48,21 @@ async fn run(backend: Backend) -> anyhow::Result<()> {
     sipmba_processing::store::migrate(&conn).await?;
     let store = Store::new(conn);
     let name = format!("{backend:?}");
+    // No rules: the store alone.
+    let none = sipmba_processing::rules::Snapshot::default();
 
     // Baseline: one transaction per reading.
     let naive = Uuid::new_v4();
     let started = Instant::now();
     for seq in 1..=NAIVE {
         store
-            .apply("bench", 1, &[incoming(naive, seq)], i64::try_from(seq)?)
+            .apply(
+                "bench",
+                1,
+                &[incoming(naive, seq)],
+                i64::try_from(seq)?,
+                &none,
+            )
             .await?;
     }
     let naive_rate = NAIVE as f64 / started.elapsed().as_secs_f64();
@@ -66,7 +74,7 @@ async fn run(backend: Backend) -> anyhow::Result<()> {
     for start in (1..=TOTAL).step_by(BATCH as usize) {
         let batch: Vec<Incoming> = (start..start + BATCH).map(|s| incoming(thing, s)).collect();
         offset += i64::try_from(BATCH)?;
-        store.apply("bench", 0, &batch, offset).await?;
+        store.apply("bench", 0, &batch, offset, &none).await?;
     }
     let elapsed = started.elapsed();
     println!(

@@ -30,6 +30,16 @@ pub const MAX_THINGS: usize = 100;
 /// Most buckets one history query may span.
 pub const MAX_BUCKETS: i64 = 100_000;
 
+/// How often a channel subscription looks for things connected or disconnected since.
+pub const CHANNEL_REFRESH: Duration = Duration::from_secs(10);
+
+/// What a subscription follows.
+enum Target {
+    Things(Vec<Uuid>),
+    /// The channel and its things as last resolved.
+    Channel(pb::ChannelId, HashSet<Uuid>),
+}
+
 /// What each Processing method needs.
 pub fn access_policy() -> Vec<(&'static str, Access)> {
     [
@@ -398,22 +408,54 @@ impl Queries {
         })
     }
 
+    /// The things of `channel` whose telemetry `principal` may read.
+    async fn channel_things(
+        &self,
+        principal: &Principal,
+        channel: &pb::ChannelId,
+    ) -> ServiceResult<HashSet<Uuid>> {
+        let id = required_id("channel", Some(channel))?;
+        if principal.kind != Kind::User {
+            return Err(ServiceError::invalid(
+                "services subscribe by things; a channel subscription is for users",
+            ));
+        }
+        self.inner
+            .objects
+            .accessible_things(
+                principal.subject,
+                pb::list_accessible_things_request::Selection::Channel(channel.clone()),
+                &[pb::ChannelPermission::ReadTelemetry],
+            )
+            .await?
+            .map(|things| things.into_iter().collect())
+            .ok_or_else(|| ServiceError::not_found(format!("channel {id} not found")))
+    }
+
     async fn subscribe(
         self,
         principal: Principal,
-        things: Vec<Uuid>,
+        target: Target,
         names: Vec<String>,
         tx: mpsc::Sender<Result<pb::TelemetryEvent, Status>>,
     ) {
         let mut live = self.inner.live.subscribe();
-        let wanted: HashSet<Uuid> = things.iter().copied().collect();
+        let (mut wanted, things, target_channel, recheck_every) = match target {
+            Target::Things(things) => (
+                things.iter().copied().collect::<HashSet<Uuid>>(),
+                Some(things),
+                None,
+                Duration::from_secs(30),
+            ),
+            Target::Channel(channel, things) => (things, None, Some(channel), CHANNEL_REFRESH),
+        };
         let mut last: HashMap<Uuid, u64> = HashMap::new();
         let until_expiry = Duration::from_secs(
             u64::try_from(principal.expires_at - sipmba_auth::signing::unix_now()).unwrap_or(0),
         );
         let expiry = tokio::time::sleep(until_expiry);
         tokio::pin!(expiry);
-        let mut recheck = tokio::time::interval(Duration::from_secs(30));
+        let mut recheck = tokio::time::interval(recheck_every);
         recheck.tick().await;
         loop {
             let batch = tokio::select! {
@@ -427,7 +469,12 @@ impl Queries {
                         let _ = tx.send(Err(Status::unauthenticated("the access token was revoked while subscribed"))).await;
                         return;
                     }
-                    if let Err(e) = self.authorize_all(&principal, &things).await {
+                    let checked = match (&things, &target_channel) {
+                        (Some(things), _) => self.authorize_all(&principal, things).await,
+                        (None, Some(channel)) => self.channel_things(&principal, channel).await.map(|now| wanted = now),
+                        (None, None) => Ok(()),
+                    };
+                    if let Err(e) = checked {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
@@ -507,16 +554,25 @@ impl TelemetryService for Queries {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let principal = principal(&req)?;
         let r = req.get_ref();
-        if r.channel.is_some() {
-            return Err(Status::unimplemented(
-                "subscribing to a channel is not available yet; name the things",
-            ));
-        }
-        let things = things_of(&r.things)?;
         let names = metric_names(&r.metrics)?;
-        self.authorize_all(&principal, &things).await?;
+        let target = match (&r.channel, r.things.is_empty()) {
+            (Some(_), false) => {
+                return Err(Status::invalid_argument(
+                    "set exactly one of `things` and `channel`",
+                ));
+            }
+            (Some(channel), true) => Target::Channel(
+                channel.clone(),
+                self.channel_things(&principal, channel).await?,
+            ),
+            (None, _) => {
+                let things = things_of(&r.things)?;
+                self.authorize_all(&principal, &things).await?;
+                Target::Things(things)
+            }
+        };
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(self.clone().subscribe(principal, things, names, tx));
+        tokio::spawn(self.clone().subscribe(principal, target, names, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -3,6 +3,8 @@
 //! repeated `(thing, seq)` is dropped). Partitions are owned statically by replica ordinal.
 
 pub mod grpc;
+pub mod rules;
+pub mod rules_api;
 pub mod store;
 
 use std::sync::{
@@ -69,17 +71,21 @@ pub struct Consumer {
     behind: Arc<AtomicUsize>,
     /// Every stored batch, for live subscriptions.
     live: tokio::sync::broadcast::Sender<Arc<Vec<Incoming>>>,
+    /// The rules evaluated against each batch; none evaluates nothing.
+    rules: Option<rules::Rules>,
     stored: prometheus_client::metrics::counter::Counter,
     poison: prometheus_client::metrics::counter::Counter,
+    fired: prometheus_client::metrics::counter::Counter,
 }
 
 impl Consumer {
-    /// Consumes the owned partitions of the telemetry topic into `store` until `shutdown`; every
-    /// stored batch also goes to `live`.
+    /// Consumes the owned partitions of the telemetry topic into `store` until `shutdown`,
+    /// evaluating `rules` in the same transactions; every stored batch also goes to `live`.
     pub async fn start(
         store: Store,
         queue: &Queue,
         ownership: Ownership,
+        rules: Option<rules::Rules>,
         live: tokio::sync::broadcast::Sender<Arc<Vec<Incoming>>>,
         shutdown: Shutdown,
     ) -> Result<Self, QueueError> {
@@ -88,8 +94,10 @@ impl Consumer {
         let consumer = Self {
             behind: Arc::new(AtomicUsize::new(owned.len())),
             live,
+            rules,
             stored: Default::default(),
             poison: Default::default(),
+            fired: Default::default(),
         };
         for partition in owned {
             let client = queue.partition(topics::TELEMETRY, partition).await?;
@@ -119,6 +127,11 @@ impl Consumer {
             "Telemetry records skipped because they could not be decoded",
             self.poison.clone(),
         );
+        registry.register(
+            "processing_rule_firings",
+            "Rule firings recorded (each sends one command through Control)",
+            self.fired.clone(),
+        );
     }
 
     async fn run(self, store: Store, client: sipmba_queue::PartitionClient, stop: Shutdown) {
@@ -145,7 +158,14 @@ impl Consumer {
                             }
                         }
                     }
-                    store.apply(topic, partition, &batch, next).await?;
+                    let snapshot = me.rules.as_ref().map(rules::Rules::snapshot).unwrap_or_default();
+                    let fired = store.apply(topic, partition, &batch, next, &snapshot).await?;
+                    if fired > 0 {
+                        me.fired.inc_by(fired as u64);
+                        if let Some(rules) = &me.rules {
+                            rules.fired();
+                        }
+                    }
                     me.stored.inc_by(batch.len() as u64);
                     // Nobody listening is fine.
                     let _ = me.live.send(Arc::new(batch));

@@ -171,7 +171,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init)]
+        vec![Box::new(Init), Box::new(crate::rules::Migration)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -269,6 +269,17 @@ pub struct Incoming {
     pub received_ms: i64,
 }
 
+impl Incoming {
+    /// Device time (ms); the received time when the device sent none.
+    pub fn device_ms(&self) -> i64 {
+        self.reading
+            .device_time
+            .as_ref()
+            .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("device_time", t).ok())
+            .unwrap_or(self.received_ms)
+    }
+}
+
 /// Rows per INSERT statement. PostgreSQL's cost per statement grows faster than its rows
 /// (measured: 1,000 readings in chunks of 500 take 184 ms, in chunks of 100 15 ms); SQLite binds at
 /// most 32,766 values.
@@ -308,17 +319,20 @@ impl Store {
             .map(|o| o.next_offset))
     }
 
-    /// Stores `batch` (read from `topic`/`partition`) and moves the partition's offset to
-    /// `next`, in one transaction. Readings already stored are dropped.
+    /// Stores `batch` (read from `topic`/`partition`), evaluates `rules` against it and moves
+    /// the partition's offset to `next`, in one transaction. Readings already stored are
+    /// dropped. Returns how many rules fired.
     pub async fn apply(
         &self,
         topic: &str,
         partition: i32,
         batch: &[Incoming],
         next: i64,
-    ) -> ServiceResult<()> {
+        rules: &crate::rules::Snapshot,
+    ) -> ServiceResult<usize> {
         let txn = self.db.begin().await?;
         store_batch(&txn, batch).await?;
+        let fired = crate::rules::evaluate(&txn, rules, partition, batch).await?;
         offsets::Entity::insert(offsets::ActiveModel {
             topic: Set(topic.to_owned()),
             partition: Set(partition),
@@ -332,7 +346,7 @@ impl Store {
         .exec_without_returning(&txn)
         .await?;
         txn.commit().await?;
-        Ok(())
+        Ok(fired)
     }
 
     /// The latest values of `things` (only `names`, unless empty).
@@ -484,11 +498,7 @@ async fn store_batch(db: &impl ConnectionTrait, batch: &[Incoming]) -> ServiceRe
     for incoming in batch {
         let r = &incoming.reading;
         let seq: i64 = r.seq.try_into().unwrap_or(i64::MAX);
-        let device_ms = r
-            .device_time
-            .as_ref()
-            .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("device_time", t).ok())
-            .unwrap_or(incoming.received_ms);
+        let device_ms = incoming.device_ms();
         reading_rows.push(readings::ActiveModel {
             thing_id: Set(incoming.thing),
             seq: Set(seq),
@@ -550,12 +560,7 @@ async fn store_batch(db: &impl ConnectionTrait, batch: &[Incoming]) -> ServiceRe
     for ((thing, name), (incoming, m)) in latest {
         let (number, is_flag, text) = metric_value(m);
         let seq: i64 = incoming.reading.seq.try_into().unwrap_or(i64::MAX);
-        let device_ms = incoming
-            .reading
-            .device_time
-            .as_ref()
-            .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("device_time", t).ok())
-            .unwrap_or(incoming.received_ms);
+        let device_ms = incoming.device_ms();
         latest::Entity::insert(latest::ActiveModel {
             thing_id: Set(thing),
             name: Set(name.to_owned()),

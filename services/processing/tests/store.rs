@@ -122,6 +122,7 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
         store.clone(),
         &queue,
         Ownership::default(),
+        None,
         live(),
         shutdown,
     )
@@ -145,6 +146,7 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
         store.clone(),
         &queue,
         Ownership::default(),
+        None,
         live(),
         shutdown,
     )
@@ -157,6 +159,7 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
         store.clone(),
         &queue,
         Ownership::default(),
+        None,
         live(),
         shutdown,
     )

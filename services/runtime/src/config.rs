@@ -144,6 +144,9 @@ struct FileProcessing {
     replica: Option<u32>,
     replicas: Option<u32>,
     online_window_secs: Option<u64>,
+    control_url: Option<String>,
+    selector_refresh_secs: Option<u64>,
+    max_rules_per_owner: Option<u64>,
 }
 
 /// How a service reaches Objects for access decisions, with its own client_credentials token.
@@ -172,6 +175,13 @@ pub struct ProcessingSettings {
     pub replicas: u32,
     /// A thing is online when heard from within this window.
     pub online_window: Duration,
+    /// Where rules send their commands: Control's http(s):// address; none when Control runs in
+    /// the same process.
+    pub control_url: Option<String>,
+    /// How often rules' channel and label selectors are resolved again.
+    pub selector_refresh: Duration,
+    /// Most rules one user may own.
+    pub max_rules_per_owner: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -869,7 +879,22 @@ impl Config {
             replica: p.replica.unwrap_or(0),
             replicas: p.replicas.unwrap_or(1),
             online_window: Duration::from_secs(p.online_window_secs.unwrap_or(300)),
+            control_url: p.control_url,
+            selector_refresh: Duration::from_secs(p.selector_refresh_secs.unwrap_or(10)),
+            max_rules_per_owner: p.max_rules_per_owner.unwrap_or(1000),
         };
+        within(
+            "processing.selector_refresh_secs",
+            processing.selector_refresh.as_secs(),
+            1,
+            3600,
+        )?;
+        within(
+            "processing.max_rules_per_owner",
+            processing.max_rules_per_owner,
+            1,
+            1_000_000,
+        )?;
         within("processing.replicas", processing.replicas.into(), 1, 1024)?;
         within(
             "processing.replica",
@@ -888,6 +913,7 @@ impl Config {
             ("control.token_url", &control.identity.token_url),
             ("processing.objects_url", &processing.identity.objects_url),
             ("processing.token_url", &processing.identity.token_url),
+            ("processing.control_url", &processing.control_url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -9,7 +9,7 @@ use sipmba_proto::v1 as pb;
 use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
 
-/// Where Control's own access token comes from.
+/// Where a service's own access token comes from.
 #[derive(Clone)]
 pub enum ServiceToken {
     /// `client_credentials` at sso, renewed before expiry.
@@ -36,6 +36,17 @@ impl ServiceToken {
             }),
             Self::Fixed(t) => Ok(t.clone()),
         }
+    }
+
+    /// `msg` as a request carrying this service's bearer token.
+    pub async fn request<T>(&self, msg: T) -> ServiceResult<Request<T>> {
+        let token = self.get().await?;
+        let mut request = Request::new(msg);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ServiceError::Internal("service token is not ASCII".into()))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
     }
 }
 
@@ -78,13 +89,7 @@ impl ObjectsAccess {
     }
 
     async fn request<T>(&self, msg: T) -> ServiceResult<Request<T>> {
-        let token = self.token.get().await?;
-        let mut request = Request::new(msg);
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ServiceError::Internal("service token is not ASCII".into()))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
+        self.token.request(msg).await
     }
 
     /// May `user` exercise `permission` on `thing`?
@@ -118,6 +123,47 @@ impl ObjectsAccess {
             Ok(pb::AccessDenial::ThingInactive) => Decision::ThingInactive,
             _ => Decision::NotReachable,
         })
+    }
+
+    /// The active things of a channel, or matching labels, on which `user` may exercise every
+    /// one of `permissions`; `None` when the user or the channel cannot be reached (answer
+    /// NOT_FOUND). At most 10,000 things (more are left out, with a warning).
+    pub async fn accessible_things(
+        &self,
+        user: Uuid,
+        selection: pb::list_accessible_things_request::Selection,
+        permissions: &[pb::ChannelPermission],
+    ) -> ServiceResult<Option<Vec<Uuid>>> {
+        let request = self
+            .request(pb::ListAccessibleThingsRequest {
+                user: Some(pb::UserId {
+                    value: user.to_string(),
+                }),
+                selection: Some(selection),
+                permissions: permissions.iter().map(|p| *p as i32).collect(),
+            })
+            .await?;
+        let answer = match pb::access_service_client::AccessServiceClient::new(self.channel.clone())
+            .list_accessible_things(request)
+            .await
+        {
+            Ok(answer) => answer.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) if s.code() == Code::InvalidArgument => {
+                return Err(ServiceError::invalid(s.message().to_owned()));
+            }
+            Err(s) => return Err(unavailable(&s)),
+        };
+        if answer.truncated {
+            tracing::warn!(%user, "a selection holds more than 10,000 things; only the first are used");
+        }
+        Ok(Some(
+            answer
+                .things
+                .iter()
+                .filter_map(|t| Uuid::parse_str(&t.value).ok())
+                .collect(),
+        ))
     }
 
     /// The effective state of `thing`, or `None` when it does not exist (service callers).

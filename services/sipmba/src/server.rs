@@ -138,6 +138,17 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             )?;
         }
     }
+    if runs(Target::Processing)
+        && config.processing.control_url.is_none()
+        && (!runs(Target::Control) || config.tls.is_some())
+    {
+        return Err(Failure::Usage(
+            "invalid setting `processing.control_url`: is not set: processing's rules send \
+             their commands through Control; give its http:// address unless it runs in this \
+             process without TLS"
+                .into(),
+        ));
+    }
     if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
         return Err(Failure::Usage(
             "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
@@ -320,7 +331,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         _ => {}
     }
     if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Processing)) {
-        start_processing(
+        let (queries, rules) = start_processing(
             &db,
             queue,
             &config,
@@ -328,8 +339,9 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             &verifier,
             &shutdown,
         )
-        .await?
-        .register(&mut server);
+        .await?;
+        queries.register(&mut server);
+        rules.register(&mut server);
     }
     if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Control)) {
         start_control(
@@ -398,13 +410,23 @@ fn check_identity(
     Ok(())
 }
 
-/// The Objects access client of a service, with its own client_credentials token (a client
-/// created in sso at start when sso is this process).
+/// The Objects access client of a service, with its own client_credentials token carrying
+/// `objects:authorize` and `extra` scopes (a client created in sso at start when sso is this
+/// process); the token source is returned too, for the service's other calls.
 async fn objects_access(
     identity: &sipmba_runtime::ServiceIdentity,
     config: &Config,
     sso: Option<&sipmba_sso::Sso>,
-) -> Result<sipmba_runtime::objects::ObjectsAccess, Failure> {
+    extra: &[&str],
+) -> Result<
+    (
+        sipmba_runtime::objects::ObjectsAccess,
+        sipmba_runtime::objects::ServiceToken,
+    ),
+    Failure,
+> {
+    let mut scopes = vec![sipmba_auth::scopes::OBJECTS_AUTHORIZE];
+    scopes.extend_from_slice(extra);
     let section = identity.section;
     let own = format!("http://{}", loopback(config.listen));
     let secret = match (&identity.client_secret_file, sso) {
@@ -419,14 +441,11 @@ async fn objects_access(
                 uuid::Uuid::new_v4().simple(),
                 uuid::Uuid::new_v4().simple()
             );
-            sso.ensure_service_client(
-                &identity.client_id,
-                &secret,
-                uuid::Uuid::new_v4(),
-                &[sipmba_auth::scopes::OBJECTS_AUTHORIZE],
-            )
-            .await
-            .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s service client: {e}")))?;
+            sso.ensure_service_client(&identity.client_id, &secret, uuid::Uuid::new_v4(), &scopes)
+                .await
+                .map_err(|e| {
+                    Failure::Runtime(anyhow::anyhow!("{section}'s service client: {e}"))
+                })?;
             secret
         }
         (None, None) => {
@@ -443,15 +462,14 @@ async fn objects_access(
         &token_url,
         &identity.client_id,
         &secret,
-        sipmba_auth::scopes::OBJECTS_AUTHORIZE,
+        &scopes.join(" "),
     )
     .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s credentials: {e}")))?;
     let objects_url = identity.objects_url.clone().unwrap_or(own);
-    sipmba_runtime::objects::ObjectsAccess::new(
-        &objects_url,
-        sipmba_runtime::objects::ServiceToken::Credentials(Arc::new(credentials)),
-    )
-    .map_err(|e| Failure::Usage(format!("invalid setting `{section}.objects_url`: {e}")))
+    let token = sipmba_runtime::objects::ServiceToken::Credentials(Arc::new(credentials));
+    let objects = sipmba_runtime::objects::ObjectsAccess::new(&objects_url, token.clone())
+        .map_err(|e| Failure::Usage(format!("invalid setting `{section}.objects_url`: {e}")))?;
+    Ok((objects, token))
 }
 
 /// Migrates the processing schema and starts consuming telemetry and answering queries.
@@ -462,9 +480,21 @@ async fn start_processing(
     sso: Option<&sipmba_sso::Sso>,
     verifier: &Verifier,
     shutdown: &Shutdown,
-) -> Result<sipmba_processing::grpc::Queries, Failure> {
+) -> Result<
+    (
+        sipmba_processing::grpc::Queries,
+        sipmba_processing::rules_api::RulesApi,
+    ),
+    Failure,
+> {
     let settings = &config.processing;
-    let objects = objects_access(&settings.identity, config, sso).await?;
+    let (objects, token) = objects_access(
+        &settings.identity,
+        config,
+        sso,
+        &[sipmba_auth::scopes::COMMANDS_WRITE],
+    )
+    .await?;
     let migrate = || async { sipmba_processing::store::migrate(db).await };
     sipmba_runtime::retry::until_ok(
         "cannot migrate the processing schema yet",
@@ -482,26 +512,47 @@ async fn start_processing(
         .await
         .context("creating the telemetry topic")?;
     let store = sipmba_processing::store::Store::new(db.clone());
+    let ownership = sipmba_processing::Ownership {
+        replica: settings.replica,
+        replicas: settings.replicas,
+    };
+    let control_url = settings
+        .control_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", loopback(config.listen)));
+    let control = sipmba_processing::rules::ControlClient::new(&control_url, token)
+        .map_err(|e| Failure::Usage(format!("invalid setting `processing.control_url`: {e}")))?;
+    let rules = sipmba_processing::rules::Rules::start(
+        db.clone(),
+        objects.clone(),
+        control,
+        ownership,
+        settings.selector_refresh,
+        shutdown.clone(),
+    )
+    .await
+    .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before processing could start")))?;
     let (live, _) = tokio::sync::broadcast::channel(1024);
     sipmba_processing::Consumer::start(
         store.clone(),
         queue,
-        sipmba_processing::Ownership {
-            replica: settings.replica,
-            replicas: settings.replicas,
-        },
+        ownership,
+        Some(rules.clone()),
         live.clone(),
         shutdown.clone(),
     )
     .await
     .context("following the telemetry topic")?;
-    Ok(sipmba_processing::grpc::Queries::new(
-        store,
-        objects,
-        verifier.clone(),
-        live,
-        settings.online_window,
-        shutdown.clone(),
+    Ok((
+        sipmba_processing::grpc::Queries::new(
+            store,
+            objects,
+            verifier.clone(),
+            live,
+            settings.online_window,
+            shutdown.clone(),
+        ),
+        sipmba_processing::rules_api::RulesApi::new(rules, settings.max_rules_per_owner),
     ))
 }
 
@@ -516,7 +567,7 @@ async fn start_control(
     shutdown: &Shutdown,
 ) -> Result<sipmba_control::Control, Failure> {
     let settings = &config.control;
-    let objects = objects_access(&settings.identity, config, sso).await?;
+    let (objects, _) = objects_access(&settings.identity, config, sso, &[]).await?;
     let migrate = || async { sipmba_control::store::migrate(db).await };
     sipmba_runtime::retry::until_ok("cannot migrate the control schema yet", shutdown, migrate)
         .await

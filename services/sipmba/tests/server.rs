@@ -546,6 +546,7 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
                 payload: vec![],
                 ttl: None,
                 idempotency_key: String::new(),
+                on_behalf_of: None,
             },
         ))
         .await
@@ -632,6 +633,193 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         .expect("the command survives the restart")
         .into_inner();
     assert_eq!(kept.state, pb::CommandState::Queued as i32);
+    sigterm_and_wait(child).await;
+}
+
+/// A token from the process's own sso.
+async fn grant(channel: &Channel, grant: pb::token_request::Grant) -> String {
+    pb::token_service_client::TokenServiceClient::new(channel.clone())
+        .token(pb::TokenRequest { grant: Some(grant) })
+        .await
+        .expect("a token")
+        .into_inner()
+        .access_token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_rules_command_things_through_control_as_their_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
+    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    for service in [
+        "sipmba.v1.CollectService",
+        "sipmba.v1.ControlService",
+        "sipmba.v1.RuleService",
+    ] {
+        wait_for_health(&channel, service, ServingStatus::Serving).await;
+    }
+    let admin = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token")).unwrap();
+    // A user who logs in with a password, and its thing with a secret of its own.
+    pb::account_service_client::AccountServiceClient::new(channel.clone())
+        .register_user(with_token(
+            &admin,
+            pb::RegisterUserRequest {
+                username: "greenhouse".into(),
+                password: "correct horse battery".into(),
+            },
+        ))
+        .await
+        .expect("registered");
+    let user = grant(
+        &channel,
+        pb::token_request::Grant::Password(pb::PasswordGrant {
+            username: "greenhouse".into(),
+            password: "correct horse battery".into(),
+            scope: "things:write rules:read rules:write commands:read".into(),
+        }),
+    )
+    .await;
+    let thing = pb::thing_service_client::ThingServiceClient::new(channel.clone())
+        .create_thing(with_token(
+            &user,
+            pb::CreateThingRequest {
+                name: "vent".into(),
+                owner: None,
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .expect("a thing")
+        .into_inner();
+    let secret = pb::account_service_client::AccountServiceClient::new(channel.clone())
+        .issue_thing_secret(with_token(
+            &user,
+            pb::IssueThingSecretRequest {
+                thing: thing.id.clone(),
+            },
+        ))
+        .await
+        .expect("a thing secret")
+        .into_inner();
+    let thing_token = grant(
+        &channel,
+        pb::token_request::Grant::ClientCredentials(pb::ClientCredentialsGrant {
+            client_id: secret.client_id,
+            client_secret: secret.client_secret,
+            scope: String::new(),
+        }),
+    )
+    .await;
+    let mut rules = pb::rule_service_client::RuleServiceClient::new(channel.clone());
+    let rule = rules
+        .create_rule(with_token(
+            &user,
+            pb::CreateRuleRequest {
+                rule: Some(pb::Rule {
+                    name: "open when hot".into(),
+                    selector: Some(pb::rule::Selector::Thing(thing.id.clone().unwrap())),
+                    metric: "temperature".into(),
+                    comparison: pb::Comparison::Gt as i32,
+                    threshold: 30.0,
+                    action: Some(pb::CommandTemplate {
+                        name: "vent.open".into(),
+                        payload: vec![],
+                        ttl: None,
+                    }),
+                    enabled: true,
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("a rule")
+        .into_inner();
+    // The thing reports 35 °C through Collect.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = pb::session_request::Frame::Hello(pb::session_request::Hello {
+        agent_version: "test".into(),
+        last_acked_seq: Some(0),
+        max_commands: 0,
+    });
+    let reading = pb::session_request::Frame::Telemetry(pb::session_request::TelemetryBatch {
+        readings: vec![pb::Reading {
+            seq: 1,
+            device_time: None,
+            metrics: vec![pb::Metric {
+                name: "temperature".into(),
+                value: Some(pb::metric::Value::Number(35.0)),
+                unit: "Cel".into(),
+            }],
+            payload: vec![],
+        }],
+    });
+    tx.send(pb::SessionRequest { frame: Some(hello) })
+        .await
+        .unwrap();
+    tx.send(pb::SessionRequest {
+        frame: Some(reading),
+    })
+    .await
+    .unwrap();
+    let mut inbound = pb::collect_service_client::CollectServiceClient::new(channel.clone())
+        .session(with_token(
+            &thing_token,
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .await
+        .expect("a session")
+        .into_inner();
+    loop {
+        match inbound.message().await.expect("the session answers") {
+            Some(pb::SessionResponse {
+                frame: Some(pb::session_response::Frame::Ack(a)),
+            }) if a.acked_seq == 1 => break,
+            Some(_) => {}
+            None => panic!("the session ended before the reading was acknowledged"),
+        }
+    }
+    drop(tx);
+    // The rule fires; its command is queued by Control, issued by the rule.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let command = loop {
+        let firings = rules
+            .list_firings(with_token(
+                &user,
+                pb::ListFiringsRequest {
+                    rule: rule.id.clone(),
+                    page: None,
+                },
+            ))
+            .await
+            .expect("firings")
+            .into_inner()
+            .firings;
+        if let Some(command) = firings.first().and_then(|f| f.command.clone()) {
+            break command;
+        }
+        assert!(
+            firings
+                .iter()
+                .all(|f| f.detail.is_empty() || f.detail.contains("being sent")),
+            "{firings:?}"
+        );
+        assert!(Instant::now() < deadline, "the rule never sent its command");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let queued = pb::control_service_client::ControlServiceClient::new(channel.clone())
+        .get_command(with_token(
+            &user,
+            pb::GetCommandRequest { id: Some(command) },
+        ))
+        .await
+        .expect("the owner sees the rule's command")
+        .into_inner();
+    assert_eq!(queued.name, "vent.open");
+    assert_eq!(
+        queued.issuer.unwrap().issuer,
+        Some(pb::command_issuer::Issuer::Rule(rule.id.unwrap()))
+    );
     sigterm_and_wait(child).await;
 }
 
@@ -1052,5 +1240,73 @@ async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
     sender.await.unwrap();
     let seqs = p.logged(thing, total).await;
     assert_eq!(seqs, (1..=total).collect());
+    sigterm_and_wait(collect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processing_killed_mid_stream_stores_every_reading_once() {
+    let p = CollectProcess::new().await;
+    // A processing process of its own, on its own database; it reaches Objects, sso and Control
+    // only when a rule needs them (none here), so their addresses lead nowhere.
+    let dir = p.dir.path();
+    std::fs::write(dir.join("processing.secret"), "unused").unwrap();
+    let mut config = std::fs::read_to_string(dir.join("sipmba.toml")).unwrap();
+    config.push_str(
+        "[processing]\nobjects_url = \"http://127.0.0.1:9\"\ntoken_url = \"http://127.0.0.1:9/oauth2/token\"\n\
+         control_url = \"http://127.0.0.1:9\"\nclient_secret_file = \"processing.secret\"\n\
+         [collect]\nreadings_per_second = 1000000\nburst_readings = 1000000\n",
+    );
+    std::fs::write(dir.join("sipmba.toml"), config).unwrap();
+    let collect = p.spawn();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = p.args.clone();
+    for (flag, value) in [
+        ("--target", "processing"),
+        ("--listen", listen.as_str()),
+        ("--database-url", "sqlite://processing.db"),
+    ] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.to_owned();
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut processing = spawn(&args, dir);
+
+    // The paper's broken-connection test (Fig. 8), with the consumer killed rather than stopped.
+    let total = 100_000;
+    let (thing, sender, _progress) = p.stream(total);
+    let db = dir.join("processing.db");
+    let stored = async |at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(conn) =
+                sipmba_runtime::db::connect(&format!("sqlite://{}", db.display()), 1).await
+                && let Ok(n) = sipmba_processing::store::Store::new(conn.clone())
+                    .count(thing)
+                    .await
+            {
+                conn.close().await.ok();
+                if n >= at_least {
+                    return n;
+                }
+            }
+            assert!(Instant::now() < deadline, "processing stored too little");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // SIGKILL processing once it has stored a third, while readings keep arriving.
+    stored(total / 3).await;
+    processing.kill().await.unwrap();
+    let killed_at = stored(0).await;
+    assert!(
+        killed_at < total,
+        "killed before the end ({killed_at} stored)"
+    );
+    let processing = spawn(&args, dir);
+    sender.await.unwrap();
+    assert_eq!(stored(total).await, total, "every reading stored");
+    // Nothing stored twice: the count stays put.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored(total).await, total, "no reading stored twice");
+    sigterm_and_wait(processing).await;
     sigterm_and_wait(collect).await;
 }

@@ -199,6 +199,23 @@ impl Default for TestIssuer {
     }
 }
 
+impl TestIssuer {
+    /// Serves this issuer's key set and returns a verifier of its tokens (as every service has),
+    /// with the key server's handle.
+    pub async fn verifier(&self) -> anyhow::Result<(sipmba_auth::Verifier, JwksServer)> {
+        let (url, jwks) = serve_jwks(serde_json::to_value(self.key.jwks())?).await?;
+        let verifier = sipmba_auth::Verifier::new(
+            sipmba_auth::VerifierConfig::new(
+                sipmba_auth::JwksSource::Url(url),
+                &self.issuer,
+                &self.audience,
+            ),
+            sipmba_auth::Revocations::default(),
+        )?;
+        Ok((verifier, jwks))
+    }
+}
+
 /// Serves `jwks` (a JSON value) at `http://127.0.0.1:<port>/.well-known/jwks.json` until the
 /// returned handle is dropped; returns the URL.
 pub async fn serve_jwks(jwks: serde_json::Value) -> anyhow::Result<(String, JwksServer)> {
@@ -397,4 +414,25 @@ pub fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
             .expect("a token is a valid header value"),
     );
     request
+}
+
+/// Runs `server` on a loopback port until `shutdown`; returns a connected channel and its URL.
+pub async fn serve(
+    server: sipmba_runtime::Server,
+    verifier: sipmba_auth::Verifier,
+    shutdown: sipmba_runtime::Shutdown,
+) -> anyhow::Result<(tonic::transport::Channel, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(server.run(
+        listener,
+        None,
+        verifier,
+        shutdown,
+        std::time::Duration::from_secs(1),
+    ));
+    let channel = tonic::transport::Channel::from_shared(url.clone())?
+        .connect()
+        .await?;
+    Ok((channel, url))
 }

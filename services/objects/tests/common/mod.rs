@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
 use sipmba_proto::v1::{
     self as pb, access_service_client::AccessServiceClient,
     channel_service_client::ChannelServiceClient, event_service_client::EventServiceClient,
     thing_service_client::ThingServiceClient, user_service_client::UserServiceClient,
 };
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
-use sipmba_testkit::{Backend, TestDb, TestIssuer, serve_jwks};
+use sipmba_testkit::{Backend, TestDb, TestIssuer};
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
@@ -33,14 +32,7 @@ impl Harness {
             .expect("connect");
         sipmba_objects::migrate(&conn).await.expect("migrate");
         let issuer = TestIssuer::new();
-        let (url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
-            .await
-            .expect("jwks server");
-        let verifier = Verifier::new(
-            VerifierConfig::new(JwksSource::Url(url), &issuer.issuer, &issuer.audience),
-            Revocations::default(),
-        )
-        .expect("verifier");
+        let (verifier, jwks) = issuer.verifier().await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let store = sipmba_objects::Store::new(conn);
         let mut server = Server::new();
