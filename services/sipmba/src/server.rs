@@ -195,7 +195,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     // --dev brings its own broker when tansu is installed (.ci/test installs it).
     let mut config = config;
     let _dev_broker = if args.dev && config.queue.brokers.is_empty() {
-        let broker = dev_broker(&args.data_dir).await;
+        let broker = dev_broker(&args.data_dir, config.listen).await;
         if let Some((addr, _)) = &broker {
             config.queue.brokers = vec![addr.clone()];
         }
@@ -623,19 +623,29 @@ async fn start_sso(
         .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before sso could start")))
 }
 
-/// Where the `--dev` broker listens.
-const DEV_BROKER: &str = "127.0.0.1:7401";
-
-/// Starts tansu for `--dev` (storage in `<data-dir>/broker`), when it is installed. The child is
-/// killed when the returned handle is dropped.
-async fn dev_broker(data_dir: &Path) -> Option<(String, tokio::process::Child)> {
+/// Starts tansu for `--dev` (storage in `<data-dir>/broker`) on loopback at the port after the
+/// server's own (127.0.0.1:7401 by default), when it is installed. The child is killed when the
+/// returned handle is dropped.
+async fn dev_broker(
+    data_dir: &Path,
+    listen: std::net::SocketAddr,
+) -> Option<(String, tokio::process::Child)> {
+    let broker = format!("127.0.0.1:{}", listen.port().checked_add(1)?);
+    let broker = broker.as_str();
+    if tokio::net::TcpStream::connect(broker).await.is_ok() {
+        tracing::warn!(
+            addr = broker,
+            "something already listens where the dev broker would (another `sipmba server --dev`?); running without the log"
+        );
+        return None;
+    }
     let bin = std::env::var("SIPMBA_TANSU").unwrap_or_else(|_| "tansu".to_owned());
     let dir = data_dir.join("broker");
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::warn!(error = %e, "cannot create the broker directory; running without the log");
         return None;
     }
-    let url = format!("tcp://{DEV_BROKER}");
+    let url = format!("tcp://{broker}");
     let child = tokio::process::Command::new(&bin)
         .current_dir(&dir)
         .args([
@@ -658,17 +668,17 @@ async fn dev_broker(data_dir: &Path) -> Option<(String, tokio::process::Child)> 
         }
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(DEV_BROKER).await.is_err() {
+    while tokio::net::TcpStream::connect(broker).await.is_err() {
         if std::time::Instant::now() > deadline {
             tracing::warn!(
-                "the dev broker did not start listening on {DEV_BROKER}; running without the log"
+                "the dev broker did not start listening on {broker}; running without the log"
             );
             return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    tracing::info!(addr = DEV_BROKER, "started the development broker (tansu)");
-    Some((DEV_BROKER.to_owned(), child))
+    tracing::info!(addr = broker, "started the development broker (tansu)");
+    Some((broker.to_owned(), child))
 }
 
 /// Connects to the log, retrying while the brokers are unreachable.
