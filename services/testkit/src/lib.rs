@@ -423,6 +423,16 @@ pub async fn serve(
     shutdown: sipmba_runtime::Shutdown,
 ) -> anyhow::Result<(tonic::transport::Channel, String)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_on(listener, server, verifier, shutdown).await
+}
+
+/// Runs `server` on `listener` until `shutdown`; returns a connected channel and its URL.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    server: sipmba_runtime::Server,
+    verifier: sipmba_auth::Verifier,
+    shutdown: sipmba_runtime::Shutdown,
+) -> anyhow::Result<(tonic::transport::Channel, String)> {
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(server.run(
         listener,
