@@ -7,3 +7,4 @@ pub mod config;
 pub mod credentials;
 pub mod hardware;
 pub mod outbox;
+pub mod provision;

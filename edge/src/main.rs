@@ -170,9 +170,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// Starts the provisioning endpoint; errors name what to fix.
+async fn start_provisioning(
+    agent: &Agent,
+    p: &sipmba_edge::config::ProvisioningConfig,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let tls = match &p.tls {
+        None => None,
+        Some((cert, key)) => {
+            let read = |f: &PathBuf, key: &str| {
+                std::fs::read_to_string(f).map_err(|e| {
+                    format!("invalid setting `{key}`: cannot read {}: {e}", f.display())
+                })
+            };
+            Some((
+                read(cert, "provisioning.tls_cert_file")?,
+                read(key, "provisioning.tls_key_file")?,
+            ))
+        }
+    };
+    let provisioning = sipmba_edge::provision::Provisioning::new(
+        agent.clone(),
+        &p.enrollment_secret_file,
+        tls.is_some(),
+    )
+    .map_err(|e| format!("invalid setting `provisioning.enrollment_secret_file`: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(p.listen).await.map_err(|e| {
+        format!(
+            "invalid setting `provisioning.listen`: cannot listen on {}: {e}",
+            p.listen
+        )
+    })?;
+    tracing::info!(addr = %p.listen, tls = tls.is_some(), "provisioning endpoint listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = sipmba_edge::provision::serve(provisioning, listener, tls).await {
+            tracing::error!(error = %e, "the provisioning endpoint stopped");
+        }
+    }))
+}
+
 async fn run(config: Config) -> ExitCode {
     let outputs = Outputs::open(&config);
-    let agent = match Agent::open(config, outputs) {
+    let agent = match Agent::open(config.clone(), outputs) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("sipmba-edge: {e}");
@@ -184,6 +223,16 @@ async fn run(config: Config) -> ExitCode {
         outbox = agent.outbox.depth().unwrap_or(0),
         "sipmba-edge started"
     );
+    let provisioning = match &config.provisioning {
+        None => None,
+        Some(p) => match start_provisioning(&agent, p).await {
+            Ok(task) => Some(task),
+            Err(e) => {
+                eprintln!("sipmba-edge: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let sampler = tokio::spawn(agent.clone().sampler());
     let uploader = tokio::spawn(agent.clone().uploader());
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -200,6 +249,9 @@ async fn run(config: Config) -> ExitCode {
     // Everything accepted is on disk already: stopping loses nothing.
     sampler.abort();
     uploader.abort();
+    if let Some(p) = provisioning {
+        p.abort();
+    }
     tracing::info!(
         outbox = agent.outbox.depth().unwrap_or(0),
         "sipmba-edge stopped"
