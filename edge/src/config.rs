@@ -526,6 +526,14 @@ pin = 27
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let c = Config::parse(include_str!("../config.example.toml")).unwrap();
+        assert_eq!(c.sensors.len(), 3);
+        assert_eq!(c.outputs[0].name, "fan");
+        assert!(c.provisioning.unwrap().tls.is_some());
+    }
+
+    #[test]
     fn every_error_names_its_key() {
         refused(
             "sample_interval_secs = 0",
