@@ -18,13 +18,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use sipmba_e2e::{DevPlatform, free_port, sigterm};
 use sipmba_proto::v1 as pb;
 use sipmba_testkit::with_token;
-use tokio::process::{Child, Command};
-use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tokio::process::Command;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -43,61 +40,6 @@ struct Args {
     /// Gives up after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn sigterm(mut child: Child, what: &str) -> anyhow::Result<()> {
-    let pid = child.id().context("not running")?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .with_context(|| format!("{what} did not stop within 30 s of SIGTERM"))??;
-    if !status.success() {
-        bail!("{what} exited with {status} after SIGTERM");
-    }
-    Ok(())
-}
-
-async fn serving(channel: &Channel, service: &str, deadline: Instant) -> anyhow::Result<()> {
-    loop {
-        let status = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status);
-        if status
-            .as_ref()
-            .is_ok_and(|s| *s == ServingStatus::Serving as i32)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{service} is not serving: {status:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn token(
-    channel: &Channel,
-    grant: pb::token_request::Grant,
-) -> anyhow::Result<pb::TokenResponse> {
-    Ok(
-        pb::token_service_client::TokenServiceClient::new(channel.clone())
-            .token(pb::TokenRequest { grant: Some(grant) })
-            .await?
-            .into_inner(),
-    )
 }
 
 fn agent_command(args: &Args, config: &Path, sub: &str) -> Command {
@@ -132,87 +74,14 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--agent {}", args.agent.display()))?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    let dir = tempfile::tempdir()?;
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let server = Command::new(&args.server)
-        .args(["server", "--dev", "--listen", &listen])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the platform")?;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))?;
-    let channel = loop {
-        match endpoint.connect().await {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => bail!("the platform does not listen: {e}"),
-        }
-    };
-    for service in [
-        "sipmba.v1.CollectService",
-        "sipmba.v1.ControlService",
-        "sipmba.v1.TelemetryService",
-    ] {
-        serving(&channel, service, deadline).await?;
-    }
-    let admin = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token"))?;
-
-    // A user, its thing, and the thing's token.
-    pb::account_service_client::AccountServiceClient::new(channel.clone())
-        .register_user(with_token(
-            &admin,
-            pb::RegisterUserRequest {
-                username: "edge-e2e".into(),
-                password: "edge-e2e-password".into(),
-            },
-        ))
-        .await?;
-    let user = token(
-        &channel,
-        pb::token_request::Grant::Password(pb::PasswordGrant {
-            username: "edge-e2e".into(),
-            password: "edge-e2e-password".into(),
-            scope: "things:write telemetry:read commands:write commands:read".into(),
-        }),
-    )
-    .await?
-    .access_token;
-    let thing = pb::thing_service_client::ThingServiceClient::new(channel.clone())
-        .create_thing(with_token(
-            &user,
-            pb::CreateThingRequest {
-                name: "greenhouse-pi".into(),
-                owner: None,
-                labels: Default::default(),
-            },
-        ))
-        .await?
-        .into_inner();
-    let thing_id = thing.id.clone().context("no thing id")?;
-    let secret = pb::account_service_client::AccountServiceClient::new(channel.clone())
-        .issue_thing_secret(with_token(
-            &user,
-            pb::IssueThingSecretRequest {
-                thing: Some(thing_id.clone()),
-            },
-        ))
-        .await?
-        .into_inner();
-    let thing_token = token(
-        &channel,
-        pb::token_request::Grant::ClientCredentials(pb::ClientCredentialsGrant {
-            client_id: secret.client_id.clone(),
-            client_secret: secret.client_secret,
-            scope: String::new(),
-        }),
-    )
-    .await?;
+    let platform = DevPlatform::start(&args.server, deadline).await?;
+    let (channel, listen, user, thing_id) = (
+        platform.channel.clone(),
+        platform.listen.clone(),
+        platform.user.clone(),
+        platform.thing.clone(),
+    );
+    let dir = &platform.dir;
     // A command waiting for the thing before it ever wakes.
     let command = pb::control_service_client::ControlServiceClient::new(channel.clone())
         .send_command(with_token(
@@ -266,17 +135,17 @@ async fn main() -> anyhow::Result<()> {
     let mut edge = pb::edge_service_client::EdgeServiceClient::new(edge_channel);
     let expires = prost_types::Timestamp::from(
         std::time::SystemTime::now()
-            + Duration::try_from(thing_token.expires_in.unwrap_or_default())
+            + Duration::try_from(platform.thing_token.expires_in.unwrap_or_default())
                 .unwrap_or(Duration::from_secs(3600)),
     );
     let mut provision = pb::ProvisionRequest {
         enrollment_proof: String::new(),
         thing: Some(thing_id.clone()),
-        access_token: thing_token.access_token,
+        access_token: platform.thing_token.access_token.clone(),
         token_expires: Some(expires),
         collect_endpoint: format!("http://{listen}"),
         ca_certificate_pem: None,
-        client_id: secret.client_id,
+        client_id: platform.client_id.clone(),
         client_secret: None,
         token_endpoint: None,
     };
@@ -339,7 +208,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let status = edge.get_status(status_request).await?.into_inner();
     sigterm(agent, "the agent").await?;
-    sigterm(server, "the platform").await?;
+    platform.stop().await?;
     println!(
         "edge cycle passed in {:.1} s: readings stored up to seq {seq}, command {} ACKED ({:?}), agent acknowledged up to seq {} with {} readings waiting, clean stop",
         started.elapsed().as_secs_f64(),

@@ -15,18 +15,13 @@
 //! `--messages` and `--rate` change the sizes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use prost::Message;
 use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
 use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
+use sipmba_e2e::CountingProxy;
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
@@ -36,7 +31,7 @@ use sipmba_queue::{
 };
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
 use sipmba_testkit::{TestBroker, TestDb, TestIssuer, serve_jwks, with_token};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
@@ -149,59 +144,6 @@ struct Run {
     consumed: Duration,
     tally: Tally,
     wire_bytes: u64,
-}
-
-/// A TCP proxy that counts the bytes passing in both directions.
-struct CountingProxy {
-    addr: String,
-    bytes: Arc<AtomicU64>,
-}
-
-impl CountingProxy {
-    async fn start(listener: TcpListener, target: String) -> Self {
-        let addr = listener.local_addr().unwrap().to_string();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counter = bytes.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (target, counter) = (target.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let (mut ri, mut wi) = inbound.split();
-                    let (mut ro, mut wo) = outbound.split();
-                    let up = copy_counting(&mut ri, &mut wo, &counter);
-                    let down = copy_counting(&mut ro, &mut wi, &counter);
-                    let _ = tokio::join!(up, down);
-                });
-            }
-        });
-        Self { addr, bytes }
-    }
-
-    fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-}
-
-async fn copy_counting(
-    from: &mut (impl tokio::io::AsyncRead + Unpin),
-    to: &mut (impl tokio::io::AsyncWrite + Unpin),
-    counter: &AtomicU64,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        to.write_all(&buf[..n]).await?;
-    }
 }
 
 /// Reads `topic` partition 0 until every index is seen (or nothing new comes for `idle`).

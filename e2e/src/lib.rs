@@ -1,0 +1,261 @@
+//! What the end-to-end runs share.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // end-to-end runs fail loudly
+
+use std::{
+    path::Path,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use sipmba_proto::v1 as pb;
+use sipmba_testkit::with_token;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// A TCP proxy that counts the bytes passing in both directions.
+pub struct CountingProxy {
+    /// Where it listens.
+    pub addr: String,
+    bytes: Arc<AtomicU64>,
+}
+
+impl CountingProxy {
+    /// Forwards connections accepted on `listener` to `target`.
+    pub async fn start(listener: TcpListener, target: String) -> Self {
+        let addr = listener.local_addr().unwrap().to_string();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (target, counter) = (target.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut ri, mut wi) = inbound.split();
+                    let (mut ro, mut wo) = outbound.split();
+                    let up = copy_counting(&mut ri, &mut wo, &counter);
+                    let down = copy_counting(&mut ro, &mut wi, &counter);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, bytes }
+    }
+
+    /// Bytes forwarded so far, both directions.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+async fn copy_counting(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// A loopback port nothing listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends SIGTERM to `child` and expects a clean exit within 30 s.
+pub async fn sigterm(mut child: Child, what: &str) -> anyhow::Result<()> {
+    let pid = child.id().context("not running")?;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .with_context(|| format!("{what} did not stop within 30 s of SIGTERM"))??;
+    if !status.success() {
+        bail!("{what} exited with {status} after SIGTERM");
+    }
+    Ok(())
+}
+
+/// Waits until `service` reports SERVING.
+pub async fn serving(channel: &Channel, service: &str, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status
+            .as_ref()
+            .is_ok_and(|s| *s == ServingStatus::Serving as i32)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{service} is not serving: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A token from the platform's sso.
+pub async fn token(
+    channel: &Channel,
+    grant: pb::token_request::Grant,
+) -> anyhow::Result<pb::TokenResponse> {
+    Ok(
+        pb::token_service_client::TokenServiceClient::new(channel.clone())
+            .token(pb::TokenRequest { grant: Some(grant) })
+            .await?
+            .into_inner(),
+    )
+}
+
+/// `sipmba server --dev` in a temporary directory, with a user (password login) and one thing of
+/// its own whose token is ready.
+pub struct DevPlatform {
+    /// Where the platform listens.
+    pub listen: String,
+    /// A channel to it.
+    pub channel: Channel,
+    /// The user's access token.
+    pub user: String,
+    /// The thing.
+    pub thing: pb::ThingId,
+    /// The thing's token (client_credentials).
+    pub thing_token: pb::TokenResponse,
+    /// The thing's client id.
+    pub client_id: String,
+    /// The platform's working directory (and a place for the agent's files).
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl DevPlatform {
+    /// Starts the `server` binary with `--dev` and sets up the user and the thing.
+    pub async fn start(server: &Path, deadline: Instant) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let server = Command::new(server)
+            .args(["server", "--dev", "--listen", &listen])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the platform")?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))?;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => bail!("the platform does not listen: {e}"),
+            }
+        };
+        for service in [
+            "sipmba.v1.CollectService",
+            "sipmba.v1.ControlService",
+            "sipmba.v1.TelemetryService",
+        ] {
+            serving(&channel, service, deadline).await?;
+        }
+        let admin = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token"))?;
+
+        // A user, its thing, and the thing's token.
+        pb::account_service_client::AccountServiceClient::new(channel.clone())
+            .register_user(with_token(
+                &admin,
+                pb::RegisterUserRequest {
+                    username: "edge-e2e".into(),
+                    password: "edge-e2e-password".into(),
+                },
+            ))
+            .await?;
+        let user = token(
+            &channel,
+            pb::token_request::Grant::Password(pb::PasswordGrant {
+                username: "edge-e2e".into(),
+                password: "edge-e2e-password".into(),
+                scope: "things:write telemetry:read commands:write commands:read".into(),
+            }),
+        )
+        .await?
+        .access_token;
+        let thing = pb::thing_service_client::ThingServiceClient::new(channel.clone())
+            .create_thing(with_token(
+                &user,
+                pb::CreateThingRequest {
+                    name: "greenhouse-pi".into(),
+                    owner: None,
+                    labels: Default::default(),
+                },
+            ))
+            .await?
+            .into_inner();
+        let thing_id = thing.id.clone().context("no thing id")?;
+        let secret = pb::account_service_client::AccountServiceClient::new(channel.clone())
+            .issue_thing_secret(with_token(
+                &user,
+                pb::IssueThingSecretRequest {
+                    thing: Some(thing_id.clone()),
+                },
+            ))
+            .await?
+            .into_inner();
+        let thing_token = token(
+            &channel,
+            pb::token_request::Grant::ClientCredentials(pb::ClientCredentialsGrant {
+                client_id: secret.client_id.clone(),
+                client_secret: secret.client_secret,
+                scope: String::new(),
+            }),
+        )
+        .await?;
+        Ok(Self {
+            listen,
+            channel,
+            user,
+            thing: thing_id,
+            thing_token,
+            client_id: secret.client_id,
+            dir,
+            child: server,
+        })
+    }
+
+    /// Stops the platform (SIGTERM, clean exit).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        sigterm(self.child, "the platform").await
+    }
+}
