@@ -161,6 +161,8 @@ pub struct DevPlatform {
 impl DevPlatform {
     /// Starts the `server` binary with `--dev` and sets up the user and the thing.
     pub async fn start(server: &Path, deadline: Instant) -> anyhow::Result<Self> {
+        let server = &std::fs::canonicalize(server)
+            .with_context(|| format!("the server binary {}", server.display()))?;
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");

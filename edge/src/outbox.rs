@@ -119,59 +119,82 @@ impl Outbox {
         metrics: Vec<pb::Metric>,
         payload: Vec<u8>,
     ) -> Result<Appended, OutboxError> {
+        let (last, _, dropped_oldest, dropped_new) =
+            self.store([(device_time, metrics, payload)])?;
+        Ok(match (last, dropped_oldest) {
+            (None, _) if dropped_new > 0 => Appended::Dropped,
+            (Some(seq), 0) => Appended::Stored(seq),
+            (Some(seq), dropped) => Appended::StoredDroppingOldest { seq, dropped },
+            (None, _) => Appended::Dropped,
+        })
+    }
+
+    /// Commits many readings at once (one transaction), numbered in order: a backlog (tests,
+    /// benchmarks). A full outbox applies its policy as for `append`. Returns how many were
+    /// stored.
+    pub fn append_many(
+        &self,
+        readings: impl IntoIterator<Item = (prost_types::Timestamp, Vec<pb::Metric>)>,
+    ) -> Result<u64, OutboxError> {
+        let (_, stored, _, _) =
+            self.store(readings.into_iter().map(|(t, m)| (t, m, Vec::new())))?;
+        Ok(stored)
+    }
+
+    /// Numbers and stores `readings` in one transaction, applying the policy of a full outbox.
+    /// Returns the last seq stored, how many were stored, how many old readings were deleted and
+    /// how many new ones were dropped.
+    fn store(
+        &self,
+        readings: impl IntoIterator<Item = (prost_types::Timestamp, Vec<pb::Metric>, Vec<u8>)>,
+    ) -> Result<(Option<u64>, u64, u64, u64), OutboxError> {
         let txn = self.db.begin_write().map_err(err)?;
-        let outcome = {
+        let (mut last, mut stored, mut dropped_oldest, mut dropped_new) = (None, 0, 0, 0);
+        {
             let mut meta = txn.open_table(META).map_err(err)?;
-            let mut readings = txn.open_table(READINGS).map_err(err)?;
-            let count = readings.len().map_err(err)?;
-            let mut dropped = 0;
-            if count >= self.max_readings {
-                match self.when_full {
-                    WhenFull::DropNewest => {
-                        let total = meta.get(DROPPED).map_err(err)?.map_or(0, |v| v.value());
-                        meta.insert(DROPPED, total + 1).map_err(err)?;
-                        None
-                    }
-                    WhenFull::DropOldest => {
-                        let excess = count + 1 - self.max_readings;
-                        for _ in 0..excess {
-                            if readings.pop_first().map_err(err)?.is_some() {
-                                dropped += 1;
+            let mut table = txn.open_table(READINGS).map_err(err)?;
+            let next = meta.get(NEXT_SEQ).map_err(err)?.map_or(0, |v| v.value());
+            let acked = meta.get(ACKED_SEQ).map_err(err)?.map_or(0, |v| v.value());
+            let mut seq = Ord::max(next, acked + 1).max(1);
+            let mut count = table.len().map_err(err)?;
+            for (device_time, metrics, payload) in readings {
+                if count >= self.max_readings {
+                    match self.when_full {
+                        WhenFull::DropNewest => {
+                            dropped_new += 1;
+                            continue;
+                        }
+                        WhenFull::DropOldest => {
+                            if table.pop_first().map_err(err)?.is_some() {
+                                dropped_oldest += 1;
+                                count -= 1;
                             }
                         }
-                        let total = meta.get(DROPPED).map_err(err)?.map_or(0, |v| v.value());
-                        meta.insert(DROPPED, total + dropped).map_err(err)?;
-                        Some(dropped)
                     }
                 }
-            } else {
-                Some(0)
-            }
-            .map(|dropped| -> Result<Appended, OutboxError> {
-                let next = meta.get(NEXT_SEQ).map_err(err)?.map_or(0, |v| v.value());
-                let acked = meta.get(ACKED_SEQ).map_err(err)?.map_or(0, |v| v.value());
-                let seq = Ord::max(next, acked + 1).max(1);
                 let reading = pb::Reading {
                     seq,
                     device_time: Some(device_time),
                     metrics,
                     payload,
                 };
-                readings
+                table
                     .insert(seq, reading.encode_to_vec().as_slice())
                     .map_err(err)?;
-                meta.insert(NEXT_SEQ, seq + 1).map_err(err)?;
-                Ok(if dropped > 0 {
-                    Appended::StoredDroppingOldest { seq, dropped }
-                } else {
-                    Appended::Stored(seq)
-                })
-            })
-            .transpose()?
-            .unwrap_or(Appended::Dropped)
-        };
+                last = Some(seq);
+                stored += 1;
+                seq += 1;
+                count += 1;
+            }
+            meta.insert(NEXT_SEQ, seq).map_err(err)?;
+            if dropped_oldest + dropped_new > 0 {
+                let total = meta.get(DROPPED).map_err(err)?.map_or(0, |v| v.value());
+                meta.insert(DROPPED, total + dropped_oldest + dropped_new)
+                    .map_err(err)?;
+            }
+        }
         txn.commit().map_err(err)?;
-        Ok(outcome)
+        Ok((last, stored, dropped_oldest, dropped_new))
     }
 
     /// Up to `limit` readings with a seq above `after`, in seq order.
@@ -329,6 +352,13 @@ mod tests {
         );
         assert_eq!(newest.depth().unwrap(), 10);
         assert_eq!(newest.dropped().unwrap(), 1);
+        // A backlog loaded at once follows the same policies.
+        let backlog = || (0..5).map(|i| (at(20 + i), metric(1.0)));
+        assert_eq!(newest.append_many(backlog()).unwrap(), 0);
+        assert_eq!(newest.dropped().unwrap(), 6);
+        assert_eq!(oldest.append_many(backlog()).unwrap(), 5);
+        assert_eq!(oldest.depth().unwrap(), 10);
+        assert_eq!(oldest.pending(0, 1).unwrap()[0].seq, 7);
     }
 
     #[test]
