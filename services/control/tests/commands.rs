@@ -162,35 +162,16 @@ impl Harness {
     }
 
     async fn root(&self, name: &str) -> (Uuid, String) {
-        let user = pb::user_service_client::UserServiceClient::new(self.objects.clone())
-            .create_user(req(
-                &self.admin,
-                pb::CreateUserRequest {
-                    username: name.into(),
-                    parent: None,
-                },
-            ))
+        let id = sipmba_testkit::create_root(&self.objects, &self.admin, name)
             .await
-            .unwrap()
-            .into_inner();
-        let id = Uuid::parse_str(&user.id.unwrap().value).unwrap();
+            .unwrap();
         (id, self.issuer.user_token(id))
     }
 
     async fn thing(&self, token: &str, name: &str) -> Uuid {
-        let thing = pb::thing_service_client::ThingServiceClient::new(self.objects.clone())
-            .create_thing(req(
-                token,
-                pb::CreateThingRequest {
-                    name: name.into(),
-                    owner: None,
-                    labels: Default::default(),
-                },
-            ))
+        sipmba_testkit::create_thing(&self.objects, token, name)
             .await
             .unwrap()
-            .into_inner();
-        Uuid::parse_str(&thing.id.unwrap().value).unwrap()
     }
 
     fn thing_token(&self, thing: Uuid) -> String {

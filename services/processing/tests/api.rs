@@ -190,18 +190,9 @@ impl Harness {
     }
 
     async fn root(&self, name: &str) -> (Uuid, String) {
-        let user = pb::user_service_client::UserServiceClient::new(self.objects.clone())
-            .create_user(req(
-                &self.admin,
-                pb::CreateUserRequest {
-                    username: name.into(),
-                    parent: None,
-                },
-            ))
+        let id = sipmba_testkit::create_root(&self.objects, &self.admin, name)
             .await
-            .unwrap()
-            .into_inner();
-        let id = Uuid::parse_str(&user.id.unwrap().value).unwrap();
+            .unwrap();
         let token = self
             .issuer
             .sign(&self.issuer.claims(Kind::User, id, scopes::USER_SCOPES));
@@ -209,19 +200,9 @@ impl Harness {
     }
 
     async fn thing(&self, token: &str, name: &str) -> Uuid {
-        let thing = pb::thing_service_client::ThingServiceClient::new(self.objects.clone())
-            .create_thing(req(
-                token,
-                pb::CreateThingRequest {
-                    name: name.into(),
-                    owner: None,
-                    labels: Default::default(),
-                },
-            ))
+        sipmba_testkit::create_thing(&self.objects, token, name)
             .await
             .unwrap()
-            .into_inner();
-        Uuid::parse_str(&thing.id.unwrap().value).unwrap()
     }
 
     /// Readings `seqs` of `thing`: temperature = seq / 10 at T0 + seq - 1 seconds, a text

@@ -446,3 +446,50 @@ pub async fn serve_on(
         .await?;
     Ok((channel, url))
 }
+
+/// Creates a root user through Objects at `objects`, as the `objects:admin` holder of `admin`;
+/// returns its id.
+pub async fn create_root(
+    objects: &tonic::transport::Channel,
+    admin: &str,
+    name: &str,
+) -> anyhow::Result<Uuid> {
+    let user = sipmba_proto::v1::user_service_client::UserServiceClient::new(objects.clone())
+        .create_user(with_token(
+            admin,
+            sipmba_proto::v1::CreateUserRequest {
+                username: name.into(),
+                parent: None,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(Uuid::parse_str(
+        &user.id.ok_or_else(|| anyhow::anyhow!("no user id"))?.value,
+    )?)
+}
+
+/// Creates a thing owned by the user of `token` through Objects at `objects`; returns its id.
+pub async fn create_thing(
+    objects: &tonic::transport::Channel,
+    token: &str,
+    name: &str,
+) -> anyhow::Result<Uuid> {
+    let thing = sipmba_proto::v1::thing_service_client::ThingServiceClient::new(objects.clone())
+        .create_thing(with_token(
+            token,
+            sipmba_proto::v1::CreateThingRequest {
+                name: name.into(),
+                owner: None,
+                labels: Default::default(),
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(Uuid::parse_str(
+        &thing
+            .id
+            .ok_or_else(|| anyhow::anyhow!("no thing id"))?
+            .value,
+    )?)
+}
