@@ -699,3 +699,71 @@ async fn the_operator_provisions_and_rotates_credentials_without_a_restart() {
             .accepted
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_and_missing_hardware_get_a_clear_message_and_no_crash_loop() {
+    let bin = env!("CARGO_BIN_EXE_sipmba-edge");
+    let dir = tempfile::tempdir().unwrap();
+    // A bad key: exit code 2 (the systemd unit does not restart on it), naming the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[sensors]]\nkind = \"bme280\"\naddress = 0x10\n").unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid setting `sensors[0].address`") && stderr.contains("0x76 or 0x77"),
+        "{stderr}"
+    );
+    // Hardware this machine does not have: the agent says what to check, keeps running with
+    // the rest, and stops cleanly.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\nsample_interval_secs = 1\n\
+             [[sensors]]\nkind = \"gpio_input\"\npin = 17\nmetric = \"door\"\n\
+             [[sensors]]\nkind = \"simulated\"\nmetric = \"t\"\nmin = 0\nmax = 1\n\
+             [[outputs]]\nname = \"fan\"\npin = 27\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = child.id().expect("still running");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "a clean stop");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("GPIO is not available"), "{stderr}");
+    assert_eq!(
+        stderr.matches("sensor unavailable").count(),
+        1,
+        "said once, not at every sample: {stderr}"
+    );
+    // The simulated sensor went on sampling.
+    let outbox = sipmba_edge::outbox::Outbox::open(
+        &dir.path().join("state"),
+        100,
+        sipmba_edge::config::WhenFull::DropOldest,
+    )
+    .unwrap();
+    assert!(outbox.depth().unwrap() >= 2);
+}
