@@ -41,7 +41,7 @@ struct Platform {
 impl Platform {
     async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(listener, TestIssuer::new(), Limits::default()).await
+        Self::start_on(listener, TestIssuer::new(), Limits::default(), None).await
     }
 
     /// Collect on `listener`, trusting `issuer`'s tokens.
@@ -49,6 +49,7 @@ impl Platform {
         listener: tokio::net::TcpListener,
         issuer: TestIssuer,
         limits: Limits,
+        tls: Option<sipmba_runtime::TlsFiles>,
     ) -> Self {
         sipmba_testkit::init_logs();
         let db = TestDb::new(Backend::Sqlite).await.unwrap();
@@ -85,9 +86,29 @@ impl Platform {
         .with_inbox(inbox);
         let mut server = Server::new();
         collect.register(&mut server);
-        let (_, url) = sipmba_testkit::serve_on(listener, server, verifier, shutdown)
-            .await
-            .unwrap();
+        let url = match tls {
+            None => {
+                sipmba_testkit::serve_on(listener, server, verifier, shutdown)
+                    .await
+                    .unwrap()
+                    .1
+            }
+            Some(tls) => {
+                let url = format!("https://{}", listener.local_addr().unwrap());
+                tokio::spawn(async move {
+                    server
+                        .run(
+                            listener,
+                            Some(&tls),
+                            verifier,
+                            shutdown,
+                            Duration::from_secs(1),
+                        )
+                        .await
+                });
+                url
+            }
+        };
         Self {
             url,
             queue,
@@ -342,7 +363,7 @@ async fn readings_taken_while_the_platform_is_down_for_a_minute_are_flushed_in_o
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let platform = Platform::start_on(listener, issuer, Limits::default()).await;
+    let platform = Platform::start_on(listener, issuer, Limits::default(), None).await;
     let logged = platform
         .logged(thing, usize::try_from(buffered).unwrap())
         .await;
@@ -368,6 +389,7 @@ async fn an_agent_killed_mid_upload_loses_nothing_and_counts_nothing_twice() {
             burst_readings: 1_000_000,
             ..Limits::default()
         },
+        None,
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -766,4 +788,55 @@ async fn bad_configuration_and_missing_hardware_get_a_clear_message_and_no_crash
     )
     .unwrap();
     assert!(outbox.depth().unwrap() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_over_tls_is_verified_against_the_provisioned_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+    let platform = Platform::start_on(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TestIssuer::new(),
+        Limits::default(),
+        Some(sipmba_runtime::TlsFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        }),
+    )
+    .await;
+    assert!(platform.url.starts_with("https://"));
+    let config = config(&dir.path().join("state"));
+    let agent = Agent::open(config.clone(), Outputs::open(&config)).unwrap();
+    agent.sample().await.unwrap();
+    let thing = Uuid::new_v4();
+    let creds = |ca: Option<String>| pb::ProvisionRequest {
+        thing: Some(pb::ThingId {
+            value: thing.to_string(),
+        }),
+        access_token: platform.thing_token(thing),
+        collect_endpoint: platform.url.clone(),
+        ca_certificate_pem: ca,
+        ..Default::default()
+    };
+    // Without the platform CA an https endpoint is not even tried.
+    let e = agent.session(&creds(None)).await.unwrap_err();
+    assert!(e.to_string().contains("platform CA"), "{e}");
+    // Another CA: the server is not trusted.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let e = agent
+        .session(&creds(Some(other.cert.pem())))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, sipmba_edge::agent::SessionError::Unreachable(_)),
+        "{e}"
+    );
+    assert_eq!(agent.outbox.depth().unwrap(), 1, "nothing was sent");
+    // The provisioned CA: the session is verified and the reading goes through.
+    let report = agent.session(&creds(Some(cert.cert.pem()))).await.unwrap();
+    assert_eq!(report.acked_seq, 1);
+    assert_eq!(platform.logged(thing, 1).await, [1]);
 }
