@@ -153,6 +153,8 @@ pub struct DevPlatform {
     pub thing_token: pb::TokenResponse,
     /// The thing's client id.
     pub client_id: String,
+    /// The thing's client secret.
+    pub client_secret: String,
     /// The platform's working directory (and a place for the agent's files).
     pub dir: tempfile::TempDir,
     child: Child,
@@ -239,7 +241,7 @@ impl DevPlatform {
             &channel,
             pb::token_request::Grant::ClientCredentials(pb::ClientCredentialsGrant {
                 client_id: secret.client_id.clone(),
-                client_secret: secret.client_secret,
+                client_secret: secret.client_secret.clone(),
                 scope: String::new(),
             }),
         )
@@ -251,6 +253,7 @@ impl DevPlatform {
             thing: thing_id,
             thing_token,
             client_id: secret.client_id,
+            client_secret: secret.client_secret,
             dir,
             child: server,
         })

@@ -28,6 +28,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAX_COMMANDS: u32 = 8;
 /// Batches sent before their Ack.
 const IN_FLIGHT: usize = 4;
+/// An agent with its own client secret renews its token when less than this is left.
+const RENEW_BEFORE: Duration = Duration::from_secs(12 * 60);
 /// A session ends once nothing has happened for this long after the outbox was drained.
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -291,6 +293,15 @@ impl Agent {
                 }
                 continue;
             };
+            // An agent holding its own client secret renews a token that is about to expire.
+            let creds = match self.renew_if_due(&creds).await {
+                Ok(Some(renewed)) => renewed,
+                Ok(None) => creds,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the access token; trying with the current one");
+                    creds
+                }
+            };
             let wait = match self.session(&creds).await {
                 Ok(report) => {
                     backoff = Duration::from_secs(1);
@@ -332,6 +343,51 @@ impl Agent {
                 s.next_wake = None;
             }
         }
+    }
+
+    /// With a client secret and token endpoint, gets a new token by `client_credentials` when
+    /// the current one has less than a fifth of an hour left (or is past its expiry); stores and
+    /// returns the renewed credentials.
+    pub async fn renew_if_due(
+        &self,
+        creds: &Arc<Credentials>,
+    ) -> Result<Option<Arc<Credentials>>, SessionError> {
+        let (Some(secret), Some(endpoint)) = (&creds.client_secret, &creds.token_endpoint) else {
+            return Ok(None);
+        };
+        let expires = creds.token_expires.as_ref().map_or(0, |t| t.seconds);
+        if expires - now_timestamp().seconds > RENEW_BEFORE.as_secs() as i64 {
+            return Ok(None);
+        }
+        let channel = connect_to(endpoint, creds.ca_certificate_pem.as_deref()).await?;
+        let answer = pb::token_service_client::TokenServiceClient::new(channel)
+            .token(pb::TokenRequest {
+                grant: Some(pb::token_request::Grant::ClientCredentials(
+                    pb::ClientCredentialsGrant {
+                        client_id: creds.client_id.clone(),
+                        client_secret: secret.clone(),
+                        scope: String::new(),
+                    },
+                )),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let lifetime = answer
+            .expires_in
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::from_secs(3600));
+        let mut renewed = (**creds).clone();
+        renewed.access_token = answer.access_token;
+        renewed.token_expires = Some(prost_types::Timestamp::from(SystemTime::now() + lifetime));
+        self.credentials
+            .replace(renewed)
+            .map_err(SessionError::Credentials)?;
+        tracing::info!(
+            expires_in_s = lifetime.as_secs(),
+            "renewed the access token"
+        );
+        Ok(self.credentials.get())
     }
 
     /// One session with Collect.
@@ -555,15 +611,23 @@ pub fn jittered(base: Duration) -> Duration {
 
 /// A channel to Collect: TLS verified against the provisioned CA for `https://`.
 async fn connect(creds: &Credentials) -> Result<tonic::transport::Channel, SessionError> {
-    let mut endpoint = Endpoint::from_shared(creds.collect_endpoint.clone())
-        .map_err(|e| SessionError::Credentials(format!("collect endpoint: {e}")))?
+    connect_to(&creds.collect_endpoint, creds.ca_certificate_pem.as_deref()).await
+}
+
+/// A channel to a platform endpoint (Collect, sso): TLS verified against `ca` for `https://`.
+async fn connect_to(
+    url: &str,
+    ca: Option<&str>,
+) -> Result<tonic::transport::Channel, SessionError> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| SessionError::Credentials(format!("endpoint {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
-    if creds.collect_endpoint.starts_with("https://") {
-        let Some(ca) = &creds.ca_certificate_pem else {
-            return Err(SessionError::Credentials(
-                "an https collect endpoint needs the platform CA (ca_certificate_pem) from provisioning".into(),
-            ));
+    if url.starts_with("https://") {
+        let Some(ca) = ca else {
+            return Err(SessionError::Credentials(format!(
+                "the https endpoint {url} needs the platform CA (ca_certificate_pem) from provisioning"
+            )));
         };
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
@@ -572,5 +636,5 @@ async fn connect(creds: &Credentials) -> Result<tonic::transport::Channel, Sessi
     endpoint
         .connect()
         .await
-        .map_err(|e| SessionError::Unreachable(format!("{}: {e}", creds.collect_endpoint)))
+        .map_err(|e| SessionError::Unreachable(format!("{url}: {e}")))
 }

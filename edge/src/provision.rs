@@ -164,6 +164,14 @@ impl Provisioning {
                 "`ca_certificate_pem` must be a PEM bundle of certificates of at most {MAX_CA_BYTES} bytes"
             )));
         }
+        if let Some(url) = &r.token_endpoint
+            && (!(url.starts_with("https://") || url.starts_with("http://"))
+                || tonic::transport::Endpoint::from_shared(url.clone()).is_err())
+        {
+            return Err(Status::invalid_argument(
+                "`token_endpoint` must be an http:// or https:// URL",
+            ));
+        }
         if r.client_secret.is_some() && r.token_endpoint.is_none() {
             return Err(Status::invalid_argument(
                 "`client_secret` needs `token_endpoint`",

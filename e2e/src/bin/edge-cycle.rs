@@ -133,11 +133,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut edge = pb::edge_service_client::EdgeServiceClient::new(edge_channel);
-    let expires = prost_types::Timestamp::from(
-        std::time::SystemTime::now()
-            + Duration::try_from(platform.thing_token.expires_in.unwrap_or_default())
-                .unwrap_or(Duration::from_secs(3600)),
-    );
+    // Handed over as if about to expire, with the thing's own secret: the agent renews the
+    // token from sso before its first session.
+    let expires =
+        prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(60));
     let mut provision = pb::ProvisionRequest {
         enrollment_proof: String::new(),
         thing: Some(thing_id.clone()),
@@ -146,8 +145,8 @@ async fn main() -> anyhow::Result<()> {
         collect_endpoint: format!("http://{listen}"),
         ca_certificate_pem: None,
         client_id: platform.client_id.clone(),
-        client_secret: None,
-        token_endpoint: None,
+        client_secret: Some(platform.client_secret.clone()),
+        token_endpoint: Some(format!("http://{listen}")),
     };
     provision.enrollment_proof = sipmba_edge::provision::hmac_proof(
         enrollment,
@@ -207,11 +206,17 @@ async fn main() -> anyhow::Result<()> {
         r
     };
     let status = edge.get_status(status_request).await?.into_inner();
+    let renewed_for = status.token_expires.map_or(0, |t| t.seconds)
+        - prost_types::Timestamp::from(std::time::SystemTime::now()).seconds;
+    if renewed_for < 600 {
+        bail!("the agent did not renew its token (it expires in {renewed_for} s)");
+    }
     sigterm(agent, "the agent").await?;
     platform.stop().await?;
     println!(
-        "edge cycle passed in {:.1} s: readings stored up to seq {seq}, command {} ACKED ({:?}), agent acknowledged up to seq {} with {} readings waiting, clean stop",
+        "edge cycle passed in {:.1} s: token renewed by the agent (now valid {} s), readings stored up to seq {seq}, command {} ACKED ({:?}), agent acknowledged up to seq {} with {} readings waiting, clean stop",
         started.elapsed().as_secs_f64(),
+        renewed_for,
         state.name,
         state.detail,
         status.last_acked_seq,
