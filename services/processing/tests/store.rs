@@ -18,15 +18,26 @@ use sipmba_queue::{
     producer::{BatchLimits, Producer},
     topics,
 };
-use sipmba_runtime::Shutdown;
+use sipmba_runtime::{Shutdown, ShutdownTrigger};
 use sipmba_testkit::{Backend, TestBroker, TestDb};
 use uuid::Uuid;
 
 const THINGS: usize = 50;
 
-fn live() -> tokio::sync::broadcast::Sender<std::sync::Arc<Vec<sipmba_processing::store::Incoming>>>
-{
-    tokio::sync::broadcast::channel(16).0
+/// A consumer of every partition, without rules or listeners, stopped by the returned trigger.
+async fn consume(store: &Store, queue: &Queue) -> (Consumer, ShutdownTrigger) {
+    let (trigger, shutdown) = Shutdown::new();
+    let consumer = Consumer::start(
+        store.clone(),
+        queue,
+        Ownership::default(),
+        None,
+        tokio::sync::broadcast::channel(16).0,
+        shutdown,
+    )
+    .await
+    .unwrap();
+    (consumer, trigger)
 }
 const PER_THING: u64 = 2_000;
 const PARTITIONS: i32 = 4;
@@ -116,18 +127,8 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     let total = THINGS as u64 * PER_THING;
 
     // It comes back: everything is stored, nothing twice.
-    let (trigger, shutdown) = Shutdown::new();
     let store = Store::new(conn.clone());
-    let consumer = Consumer::start(
-        store.clone(),
-        &queue,
-        Ownership::default(),
-        None,
-        live(),
-        shutdown,
-    )
-    .await
-    .unwrap();
+    let (consumer, trigger) = consume(&store, &queue).await;
     wait_stored(&conn, total).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !consumer.caught_up() {
@@ -141,30 +142,10 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     // Stopped in the middle of a second wave, and started again: it goes on from its offsets.
     trigger.trigger();
     produce(&producer, &things, PER_THING + 1, PER_THING + 400, 50).await;
-    let (trigger, shutdown) = Shutdown::new();
-    Consumer::start(
-        store.clone(),
-        &queue,
-        Ownership::default(),
-        None,
-        live(),
-        shutdown,
-    )
-    .await
-    .unwrap();
+    let (_, trigger) = consume(&store, &queue).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     trigger.trigger();
-    let (_trigger, shutdown) = Shutdown::new();
-    Consumer::start(
-        store.clone(),
-        &queue,
-        Ownership::default(),
-        None,
-        live(),
-        shutdown,
-    )
-    .await
-    .unwrap();
+    let (_consumer, _trigger) = consume(&store, &queue).await;
     let total = THINGS as u64 * (PER_THING + 400);
     wait_stored(&conn, total).await;
     for thing in &things {
