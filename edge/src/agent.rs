@@ -127,6 +127,18 @@ impl Outputs {
         self.switches.get(name).map(|s| s.is_on())
     }
 
+    /// The commands this agent takes, for error messages.
+    fn known(&self) -> String {
+        let mut names: Vec<String> = self
+            .switches
+            .keys()
+            .flat_map(|o| ["on", "off", "toggle"].map(|a| format!("{o}.{a}")))
+            .collect();
+        names.sort();
+        names.push("agent.ping".into());
+        names.join(", ")
+    }
+
     /// Runs command `name`: `agent.ping`, or `<output>.on|off|toggle`. The outcome and detail.
     pub fn execute(&mut self, name: &str, _payload: &[u8]) -> (pb::CommandOutcome, String) {
         if name == "agent.ping" {
@@ -135,39 +147,29 @@ impl Outputs {
                 format!("pong from sipmba-edge {VERSION}"),
             );
         }
-        let known = {
-            let mut names: Vec<String> = self
-                .switches
-                .keys()
-                .flat_map(|o| ["on", "off", "toggle"].map(|a| format!("{o}.{a}")))
-                .collect();
-            names.sort();
-            names.push("agent.ping".into());
-            names.join(", ")
-        };
-        let Some((output, action)) = name.rsplit_once('.') else {
+        // `Some(None)` toggles.
+        let parsed = name.rsplit_once('.').and_then(|(output, action)| {
+            let on = match action {
+                "on" => Some(true),
+                "off" => Some(false),
+                "toggle" => None,
+                _ => return None,
+            };
+            self.switches.contains_key(output).then_some((output, on))
+        });
+        let Some((output, on)) = parsed else {
             return (
                 pb::CommandOutcome::Failed,
-                format!("unknown command {name:?}; this agent takes {known}"),
+                format!(
+                    "unknown command {name:?}; this agent takes {}",
+                    self.known()
+                ),
             );
         };
         let Some(switch) = self.switches.get_mut(output) else {
-            return (
-                pb::CommandOutcome::Failed,
-                format!("unknown command {name:?}; this agent takes {known}"),
-            );
+            return (pb::CommandOutcome::Failed, format!("no output {output:?}"));
         };
-        let on = match action {
-            "on" => true,
-            "off" => false,
-            "toggle" => !switch.is_on(),
-            _ => {
-                return (
-                    pb::CommandOutcome::Failed,
-                    format!("unknown command {name:?}; this agent takes {known}"),
-                );
-            }
-        };
+        let on = on.unwrap_or(!switch.is_on());
         match switch.set(on) {
             Ok(()) => (
                 pb::CommandOutcome::Acked,
