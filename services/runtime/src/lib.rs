@@ -20,13 +20,22 @@ pub use config::{
 pub use error::{ServiceError, ServiceResult, exhausted};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
-pub fn init_tracing(format: LogFormat) {
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines, on
+/// standard output (standard error under `--dev`).
+pub fn init_tracing(format: LogFormat, dev: bool) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `--dev` keeps standard output for what it prints for people, and its demo agent quiet.
+    let default = if dev { "info,sipmba_edge=warn" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = fmt().with_env_filter(filter).with_target(true);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let _ = match (format, dev) {
+        (LogFormat::Json, false) => builder.json().flatten_event(true).try_init(),
+        (LogFormat::Json, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (LogFormat::Text, false) => builder.try_init(),
+        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).try_init(),
     };
 }

@@ -1,24 +1,31 @@
 //! `sipmba`: the one SIP-MBA binary. `sipmba server --target <svc|all>` runs micro-services;
-//! `sipmba server --dev` runs everything on embedded defaults.
+//! `sipmba server --dev` runs everything on embedded defaults; the other commands are the
+//! command-line tool for a running platform.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cli;
+mod dev;
 mod server;
 
 /// SIP-MBA: a secure IoT platform with a brokerless device path and micro-services.
 #[derive(Debug, Parser)]
-#[command(name = "sipmba", version, about)]
+#[command(name = "sipmba", version, about, after_help = cli::EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Runs one micro-service, or all of them.
+    /// Runs one micro-service, or all of them (`--dev`: the whole platform on embedded defaults).
     Server(server::ServerArgs),
+    #[command(flatten)]
+    Cli(cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -33,20 +40,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Server(args) => server::run(args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(server::Failure::Usage(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-        Err(server::Failure::Runtime(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    match cli.command {
+        Command::Server(args) => match runtime.block_on(server::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(server::Failure::Usage(message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+            Err(server::Failure::Runtime(e)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cli(command) => match runtime.block_on(cli::run(cli.global, command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", e.message);
+                if let Some(hint) = &e.hint {
+                    eprintln!("hint: {hint}");
+                }
+                ExitCode::from(e.exit as u8)
+            }
+        },
     }
 }

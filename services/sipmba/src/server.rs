@@ -167,7 +167,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    sipmba_runtime::init_tracing(config.log_format);
+    sipmba_runtime::init_tracing(config.log_format, args.dev);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let (trigger, shutdown) = Shutdown::new();
@@ -229,6 +229,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     }
 
     let mut sso_handle = None;
+    let mut dev_token = None;
     let verifier = if runs(Target::Sso) {
         let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
         server.http(sipmba_sso::router(sso.clone()));
@@ -264,7 +265,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             server.requires_database(db.clone());
         }
         if args.dev {
-            write_dev_token(&args.data_dir, &sso).await?;
+            dev_token = Some(crate::dev::write_dev_token(&args.data_dir, &sso).await?);
         }
         let verifier = sso.verifier();
         sso_handle = Some(sso);
@@ -363,6 +364,16 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     // Objects may be this very process: follow its change feed once the port is open.
     if let Some(sso) = &sso_handle {
         sso.follow_objects(shutdown.clone());
+    }
+    if let (Some(sso), Some(token)) = (&sso_handle, dev_token) {
+        let dev = crate::dev::Dev {
+            data_dir: args.data_dir.clone(),
+            url: format!("http://{}", loopback(config.listen)),
+            broker: queue
+                .as_ref()
+                .and_then(|_| config.queue.brokers.first().cloned()),
+        };
+        tokio::spawn(dev.bootstrap(sso.clone(), token, shutdown.clone()));
     }
     tokio::spawn(async move {
         sipmba_runtime::termination_signal().await;
@@ -740,45 +751,4 @@ async fn migrate_until_done(
         tracing::info!("objects schema is up to date");
         done.store(true, Ordering::Relaxed);
     }
-}
-
-/// Writes an admin token for trying the platform (never logged).
-async fn write_dev_token(data_dir: &Path, sso: &sipmba_sso::Sso) -> Result<(), Failure> {
-    use sipmba_auth::scopes::*;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut scopes = USER_SCOPES.to_vec();
-    scopes.extend([
-        OBJECTS_ADMIN,
-        OBJECTS_AUTHORIZE,
-        OBJECTS_EVENTS,
-        TOKENS_INTROSPECT,
-    ]);
-    let issued = sso
-        .issue_service_token(DEV_ADMIN_ID, &scopes)
-        .await
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("issuing the dev token: {e}")))?;
-    let path = data_dir.join("dev-admin.token");
-    write_private(&path, issued.access_token.as_bytes())?;
-    tracing::info!(path = %path.display(), "wrote an admin token for development");
-    Ok(())
-}
-
-/// The service principal of the `--dev` admin token.
-const DEV_ADMIN_ID: uuid::Uuid = uuid::Uuid::from_u128(0x5350_5353_4445_4000_8000_0000_0000_0001);
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

@@ -779,8 +779,15 @@ impl Sso {
                 .and_then(|t| t.family),
             Err(_) => None,
         };
+        let revoked = self.revoke_logins(caller.subject, keep).await?;
+        tracing::info!(user = %caller.subject, revoked, "password changed");
+        Ok(revoked)
+    }
+
+    /// Revokes every refresh-token family of `user` but `keep`; returns how many.
+    async fn revoke_logins(&self, user: Uuid, keep: Option<Uuid>) -> ServiceResult<u32> {
         let families: std::collections::HashSet<Uuid> = refresh_tokens::Entity::find()
-            .filter(refresh_tokens::Column::UserId.eq(caller.subject))
+            .filter(refresh_tokens::Column::UserId.eq(user))
             .filter(refresh_tokens::Column::Revoked.eq(false))
             .all(&self.inner.db)
             .await?
@@ -791,8 +798,54 @@ impl Sso {
         for family in &families {
             self.revoke_family(*family).await?;
         }
-        tracing::info!(user = %caller.subject, revoked = families.len(), "password changed");
         Ok(u32::try_from(families.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Sets the password of `user`, another user of the caller's subtree (a child's first
+    /// password, or a reset), and revokes that user's logins; returns how many. `bearer` is the
+    /// caller's own access token: Objects decides with it whether the user is in the subtree.
+    pub async fn set_user_password(
+        &self,
+        caller: &Principal,
+        bearer: &str,
+        user: Uuid,
+        password: &str,
+    ) -> ServiceResult<u32> {
+        if password.len() < 8 || password.len() > 1024 {
+            return Err(ServiceError::invalid(
+                "`new_password` must be 8 to 1024 bytes long",
+            ));
+        }
+        let as_caller = match caller.kind {
+            Kind::User if !caller.has_scope(scopes::USERS_WRITE) => {
+                return Err(ServiceError::PermissionDenied(
+                    "setting a user's password needs the users:write scope".into(),
+                ));
+            }
+            Kind::User if caller.subject == user => {
+                return Err(ServiceError::FailedPrecondition(
+                    "this is your own account: change your password with ChangePassword".into(),
+                ));
+            }
+            Kind::User => Some(bearer),
+            Kind::Service if caller.has_scope(scopes::OBJECTS_ADMIN) => None,
+            _ => {
+                return Err(ServiceError::PermissionDenied(
+                    "only users above the user, or services with objects:admin, set passwords"
+                        .into(),
+                ));
+            }
+        };
+        let username = self
+            .inner
+            .objects
+            .username(&self.inner.keys, as_caller, user)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("user {user} not found")))?;
+        self.set_password(user, &username, password).await?;
+        let revoked = self.revoke_logins(user, None).await?;
+        tracing::info!(%user, by = %caller.subject, revoked, "password set");
+        Ok(revoked)
     }
 
     /// Stores (or replaces) the password of `user`.

@@ -113,6 +113,41 @@ impl ObjectsClient {
             .map_err(|_| ServiceError::Internal("objects returned a bad user id".into()))
     }
 
+    /// The username of `user`; `None` when it does not exist or, with `bearer` (a user's own
+    /// access token), when it is not in that user's subtree.
+    pub async fn username(
+        &self,
+        keys: &KeyRing,
+        bearer: Option<&str>,
+        user: Uuid,
+    ) -> ServiceResult<Option<String>> {
+        let mut client = pb::user_service_client::UserServiceClient::new(self.channel.clone());
+        let msg = pb::GetUserRequest {
+            id: Some(pb::UserId {
+                value: user.to_string(),
+            }),
+        };
+        let request = match bearer {
+            Some(bearer) => {
+                let mut request = Request::new(msg);
+                let value = format!("Bearer {bearer}")
+                    .parse()
+                    .map_err(|_| ServiceError::invalid("the bearer token is not a header value"))?;
+                request.metadata_mut().insert("authorization", value);
+                request
+            }
+            None => self.request(keys, msg)?,
+        };
+        match client.get_user(request).await {
+            Ok(found) => Ok(Some(found.into_inner().username)),
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) if e.code() == Code::PermissionDenied => {
+                Err(ServiceError::PermissionDenied(e.message().to_owned()))
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Effective state of a user; `None` when it does not exist.
     pub async fn user_active(&self, keys: &KeyRing, user: Uuid) -> ServiceResult<Option<bool>> {
         self.effective(

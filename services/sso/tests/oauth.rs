@@ -194,6 +194,7 @@ on_both_databases!(
     disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second,
     revocations_reach_other_services_through_the_log_within_a_second,
     sso_tokens_expire_and_are_bound_to_their_issuer_and_audience,
+    a_parent_sets_the_password_of_a_child_and_nobody_else_can,
 );
 
 async fn password_login_and_rotating_refresh_with_reuse_detection(backend: Backend) {
@@ -1464,4 +1465,99 @@ async fn sso_tokens_expire_and_are_bound_to_their_issuer_and_audience(backend: B
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn a_parent_sets_the_password_of_a_child_and_nobody_else_can(backend: Backend) {
+    let p = start(backend).await;
+    p.sso.register("parent", "parent password").await.unwrap();
+    p.sso
+        .register("stranger", "stranger password")
+        .await
+        .unwrap();
+    let parent = p.login("parent", "parent password").await.unwrap();
+    let parent = parent.access_token().secret().clone();
+    let stranger = p.login("stranger", "stranger password").await.unwrap();
+    let stranger = stranger.access_token().secret().clone();
+    let child = pb::user_service_client::UserServiceClient::new(p.channel.clone())
+        .create_user(with_token(
+            &parent,
+            pb::CreateUserRequest {
+                username: "the-child".into(),
+                parent: Some(pb::UserId {
+                    value: p
+                        .verifier()
+                        .verify(&parent)
+                        .await
+                        .unwrap()
+                        .subject
+                        .to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut accounts = pb::account_service_client::AccountServiceClient::new(p.channel.clone());
+    let set = |token: &str, user: Option<pb::UserId>, password: &str| {
+        with_token(
+            token,
+            pb::SetUserPasswordRequest {
+                user,
+                new_password: password.into(),
+            },
+        )
+    };
+    // A child created in Objects has no password until its parent sets one.
+    assert_eq!(
+        p.login("the-child", "child password 1").await.unwrap_err(),
+        BasicErrorResponseType::InvalidGrant
+    );
+    accounts
+        .set_user_password(set(&parent, child.clone(), "child password 1"))
+        .await
+        .unwrap();
+    let first = p.login("the-child", "child password 1").await.unwrap();
+    // A reset revokes the child's logins.
+    let reset = accounts
+        .set_user_password(set(&parent, child.clone(), "child password 2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.revoked_sessions, 1);
+    assert_eq!(
+        p.client("sipmba-cli", None)
+            .exchange_refresh_token(first.refresh_token().unwrap())
+            .request_async(&http)
+            .await
+            .map_err(oauth_error)
+            .unwrap_err(),
+        BasicErrorResponseType::InvalidGrant
+    );
+    p.login("the-child", "child password 2").await.unwrap();
+    // Someone else's child is not found; one's own password goes through ChangePassword; a
+    // short password is refused.
+    let refused = accounts
+        .set_user_password(set(&stranger, child.clone(), "stolen password"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let me = p.verifier().verify(&parent).await.unwrap().subject;
+    let own = accounts
+        .set_user_password(set(
+            &parent,
+            Some(pb::UserId {
+                value: me.to_string(),
+            }),
+            "another password",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), tonic::Code::FailedPrecondition, "{own:?}");
+    let short = accounts
+        .set_user_password(set(&parent, child, "short"))
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), tonic::Code::InvalidArgument, "{short:?}");
+    p.login("the-child", "child password 2").await.unwrap();
 }

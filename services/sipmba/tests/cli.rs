@@ -1,0 +1,611 @@
+//! The `sipmba` CLI driven as a user drives it, against a `sipmba server --dev` process: log in,
+//! create a thing, watch its readings arrive, command it to ACKED, a rule, a child user, errors
+//! with their exit codes, and a restart that keeps everything.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sipmba_proto::v1 as pb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sipmba");
+
+/// A port whose successor is free too (the dev broker listens there).
+fn free_ports() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Dev {
+    child: Child,
+    url: String,
+    banner: String,
+}
+
+/// Starts `sipmba server --dev` in `dir` and waits for its banner.
+fn start(dir: &Path, port: u16) -> Dev {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["server", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "no banner; server log:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            )
+        });
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Ctrl-C stops it") {
+            break;
+        }
+    }
+    Dev {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        banner,
+    }
+}
+
+impl Dev {
+    /// Ctrl-C, and a clean exit.
+    fn interrupt(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "Ctrl-C stops the platform cleanly: {status}"
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "the platform did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn password(&self) -> Option<String> {
+        let at = self.banner.find("password: ")?;
+        self.banner[at + "password: ".len()..]
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CLI as a user with its own login cache runs it.
+struct User {
+    url: String,
+    config: PathBuf,
+}
+
+impl User {
+    fn cmd(&self, args: &[&str]) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::new(BIN);
+        cmd.args(args)
+            .env("SIPMBA_SERVER", &self.url)
+            .env("SIPMBA_CONFIG_DIR", &self.config)
+            .timeout(Duration::from_secs(90));
+        cmd
+    }
+
+    /// Runs a command with `-o json`; it must succeed.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self
+            .cmd(&all)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out)
+            )
+        })
+    }
+
+    /// Runs a command that must fail with `code`; returns its standard error.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.cmd(args).assert().code(code).get_output().clone();
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn login(&self, username: &str, password: &str) {
+        self.cmd(&["login", "--username", username, "--password-stdin"])
+            .write_stdin(format!("{password}\n"))
+            .assert()
+            .success();
+    }
+}
+
+/// Polls `check` for up to `secs` seconds.
+fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The thing's agent, as a user would run it: the edge agent with the secret the CLI printed.
+fn run_agent(
+    dir: &Path,
+    url: &str,
+    thing: &str,
+    client_id: &str,
+    secret: &str,
+) -> (sipmba_edge::agent::Agent, tokio::runtime::Runtime) {
+    let config = format!(
+        "state_dir = {:?}\nsample_interval_secs = 1\nupload_interval_secs = 1\nmax_backoff_secs = 2\n\n\
+         [[sensors]]\nkind = \"simulated\"\nmetric = \"temperature\"\nunit = \"Cel\"\nmin = 20.0\nmax = 25.0\n\n\
+         [[outputs]]\nname = \"fan\"\n",
+        dir.display().to_string()
+    );
+    let config = sipmba_edge::config::Config::parse(&config).unwrap();
+    let outputs = sipmba_edge::agent::Outputs::open(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent = runtime.block_on(async {
+        let agent = sipmba_edge::agent::Agent::open(config, outputs).unwrap();
+        agent
+            .credentials
+            .replace(pb::ProvisionRequest {
+                thing: Some(pb::ThingId {
+                    value: thing.to_owned(),
+                }),
+                collect_endpoint: url.to_owned(),
+                client_id: client_id.to_owned(),
+                client_secret: Some(secret.to_owned()),
+                token_endpoint: Some(url.to_owned()),
+                ..Default::default()
+            })
+            .unwrap();
+        tokio::spawn(agent.clone().sampler());
+        tokio::spawn(agent.clone().uploader());
+        agent
+    });
+    (agent, runtime)
+}
+
+#[test]
+fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports();
+    let dev = start(dir.path(), port);
+    let password = dev
+        .password()
+        .expect("the first start prints the admin password");
+    assert!(
+        dev.banner.contains("demo-thing ("),
+        "the demo thing streams (tansu is installed by .ci/test): {}",
+        dev.banner
+    );
+    assert!(
+        dev.banner.contains("login --username admin"),
+        "{}",
+        dev.banner
+    );
+    let admin = User {
+        url: dev.url.clone(),
+        config: dir.path().join("admin-cli"),
+    };
+
+    // Not logged in yet: exit 3 and what to do.
+    let err = admin.fails(&["things", "list"], 3);
+    assert!(err.contains("sipmba login"), "{err}");
+    // A wrong password is refused with exit 3; the right one is cached, readable by us only.
+    admin
+        .cmd(&["login", "-u", "admin", "--password-stdin"])
+        .write_stdin("not the password\n")
+        .assert()
+        .code(3);
+    admin.login("admin", &password);
+    let cache = admin.config.join("logins.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cached = std::fs::read_to_string(&cache).unwrap();
+    assert!(
+        cached.contains("refresh_token"),
+        "the login can be refreshed"
+    );
+    assert_eq!(admin.json(&["whoami"])["username"], "admin");
+
+    // The demo thing's simulated agent streams into the platform.
+    eventually(60, "the demo thing's readings", || {
+        let latest = admin.json(&["telemetry", "latest", "demo-thing"]);
+        latest
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["metric"] == "temperature")
+    });
+
+    // A thing of our own, with its secret, and its agent.
+    let thing = admin.json(&[
+        "things",
+        "create",
+        "sensor-1",
+        "--label",
+        "room=lab",
+        "--with-secret",
+    ]);
+    let id = thing["id"].as_str().unwrap().to_owned();
+    assert_eq!(thing["labels"]["room"], "lab");
+    let err = admin.fails(&["things", "create", "sensor-1"], 5);
+    assert!(err.contains("error:"), "{err}");
+    let (agent, _agent_runtime) = run_agent(
+        &dir.path().join("agent"),
+        &dev.url,
+        &id,
+        thing["client_id"].as_str().unwrap(),
+        thing["client_secret"].as_str().unwrap(),
+    );
+
+    // Its readings arrive: three new ones through `tail -f`, then in the latest values.
+    let out = admin
+        .cmd(&[
+            "telemetry",
+            "tail",
+            "sensor-1",
+            "-f",
+            "-n",
+            "3",
+            "-o",
+            "json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let events: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.is_object())
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events.iter().all(|e| e["thing"] == id.as_str()));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["metrics"]["temperature"].is_number())
+    );
+    let latest = admin.json(&["telemetry", "latest", &id]);
+    assert!(
+        latest
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["metric"] == "temperature"
+                && v["unit"] == "Cel"
+                && v["seq"].as_u64().unwrap() >= 3),
+        "{latest}"
+    );
+    let history = admin.json(&[
+        "telemetry",
+        "history",
+        "sensor-1",
+        "temperature",
+        "--since",
+        "10m",
+    ]);
+    assert!(history.as_array().unwrap().len() >= 3, "{history}");
+    // Listed online, with when it was last seen.
+    eventually(30, "sensor-1 listed online", || {
+        let things = admin.json(&["things", "list"]);
+        things
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "sensor-1" && t["online"] == true && t["last_seen"].is_string())
+    });
+
+    // A command goes to ACKED, and the agent switched its output.
+    let out = admin
+        .cmd(&[
+            "commands",
+            "send",
+            "sensor-1",
+            "fan.on",
+            "--wait",
+            "--timeout",
+            "60s",
+            "-o",
+            "json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let states: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    assert_eq!(states.last().unwrap()["state"], "ACKED", "{states:?}");
+    assert_eq!(agent.output_is_on("fan"), Some(true));
+    // A command the agent does not know ends FAILED: exit 7, with the agent's reason.
+    let err = admin.fails(
+        &[
+            "commands",
+            "send",
+            "sensor-1",
+            "warp.drive",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        7,
+    );
+    assert!(err.contains("FAILED"), "{err}");
+    // A command watched by id, once it is done, answers at once.
+    let sent = admin.json(&["commands", "send", "sensor-1", "agent.ping"]);
+    let command = sent["id"].as_str().unwrap().to_owned();
+    admin
+        .cmd(&["commands", "watch", &command, "--timeout", "60s"])
+        .assert()
+        .success();
+    assert_eq!(
+        admin.json(&["commands", "status", &command])["state"],
+        "ACKED"
+    );
+
+    // A rule turns the fan off when it is warm enough (it always is).
+    let rule = admin.json(&[
+        "rules",
+        "create",
+        "cool-down",
+        "--thing",
+        "sensor-1",
+        "--when",
+        "temperature > -100",
+        "--then",
+        "fan.off",
+    ]);
+    assert_eq!(rule["enabled"], true, "{rule}");
+    eventually(60, "the rule fired and the fan is off", || {
+        let firings = admin.json(&["rules", "firings", "cool-down"]);
+        !firings.as_array().unwrap().is_empty() && agent.output_is_on("fan") == Some(false)
+    });
+    let err = admin.fails(
+        &[
+            "rules", "create", "bad", "--thing", "sensor-1", "--when", "warm", "--then", "x",
+        ],
+        2,
+    );
+    assert!(err.contains("--when"), "{err}");
+
+    // A child user with its own password logs in and sees its own (empty) subtree.
+    admin
+        .cmd(&["users", "create", "carol", "--password-stdin"])
+        .write_stdin("carol's password\n")
+        .assert()
+        .success();
+    let tree = admin
+        .cmd(&["users", "tree"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let tree = String::from_utf8(tree).unwrap();
+    assert!(
+        tree.starts_with("admin") && tree.contains("└── carol"),
+        "{tree}"
+    );
+    let carol = User {
+        url: dev.url.clone(),
+        config: dir.path().join("carol-cli"),
+    };
+    carol.login("carol", "carol's password");
+    assert_eq!(carol.json(&["whoami"])["username"], "carol");
+    assert_eq!(carol.json(&["things", "list"]), Value::Array(Vec::new()));
+    let err = carol.fails(&["telemetry", "latest", &id], 4);
+    assert!(err.contains("not found"), "{err}");
+    // Shared through a channel, she reads it.
+    admin.json(&["channels", "create", "lab"]);
+    admin.json(&["channels", "connect", "lab", "sensor-1"]);
+    let channel = admin.json(&[
+        "channels",
+        "grant",
+        "lab",
+        "carol",
+        "-p",
+        "read",
+        "--expires-in",
+        "1h",
+    ]);
+    assert_eq!(channel["grants"].as_array().unwrap().len(), 1, "{channel}");
+    assert!(
+        !carol
+            .json(&["telemetry", "latest", &id])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The platform unreachable: exit 6 and a hint.
+    let nowhere = User {
+        url: format!("http://127.0.0.1:{}", free_ports()),
+        config: dir.path().join("nowhere-cli"),
+    };
+    let out = nowhere
+        .cmd(&["login", "-u", "admin", "--password-stdin"])
+        .write_stdin("whatever password\n")
+        .assert()
+        .code(6)
+        .get_output()
+        .clone();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("hint:"), "{err}");
+
+    // Ctrl-C stops it cleanly; started again it keeps the users, things and logins.
+    dev.interrupt();
+    let again = start(dir.path(), port);
+    assert_eq!(
+        again.password(),
+        None,
+        "the password is printed once: {}",
+        again.banner
+    );
+    let names: Vec<String> = admin
+        .json(&["things", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        names.contains(&"sensor-1".to_owned()) && names.contains(&"demo-thing".to_owned()),
+        "{names:?}"
+    );
+    // Logged out, the CLI says so; the same password logs in again.
+    admin.cmd(&["logout"]).assert().success();
+    let err = admin.fails(&["whoami"], 3);
+    assert!(err.contains("sipmba login"), "{err}");
+    admin.login("admin", &password);
+    assert_eq!(admin.json(&["whoami"])["username"], "admin");
+    again.interrupt();
+}
+
+/// The README's walkthrough, line by line as written (a person types the passwords at the
+/// prompts; here they come on standard input), against a fresh `--dev` platform.
+#[test]
+fn the_readme_walkthrough_works_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- walkthrough:")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has a walkthrough block");
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start(dir.path(), free_ports());
+    let password = dev.password().unwrap();
+    let mut lines = block.lines();
+    let alias = lines.next().unwrap();
+    assert!(alias.starts_with("alias sipmba="), "{alias}");
+    // The alias names the binary the build left in target/debug (another target dir: this one).
+    let written = root.join("target/debug/sipmba");
+    let alias = if written.canonicalize().ok() == Path::new(BIN).canonicalize().ok() {
+        alias.to_owned()
+    } else {
+        format!("alias sipmba={BIN}")
+    };
+    let mut ran = 0;
+    for line in lines {
+        let command = line.split("  #").next().unwrap().trim();
+        if command.is_empty() {
+            continue;
+        }
+        let (command, stdin) = if command.contains(" login ") {
+            (
+                format!("{command} --password-stdin"),
+                format!("{password}\n"),
+            )
+        } else if command.contains(" users create ") {
+            (
+                format!("{command} --password-stdin"),
+                "carol's password\n".to_owned(),
+            )
+        } else {
+            (command.to_owned(), String::new())
+        };
+        let out = assert_cmd::Command::new("bash")
+            .args([
+                "-c",
+                &format!("shopt -s expand_aliases\n{alias}\n{command}"),
+            ])
+            .current_dir(&root)
+            .env("SIPMBA_SERVER", &dev.url)
+            .env("SIPMBA_CONFIG_DIR", dir.path().join("cli"))
+            .write_stdin(stdin)
+            .timeout(Duration::from_secs(90))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "`{command}` failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if command.ends_with("things list") {
+            assert!(stdout.contains("demo-thing"), "{stdout}");
+        }
+        if command.contains("tail demo-thing -f -n 4") {
+            let readings = stdout
+                .lines()
+                .filter(|l| l.contains("temperature="))
+                .count();
+            assert_eq!(readings, 4, "{stdout}");
+        }
+        if command.ends_with("users tree") {
+            assert!(stdout.contains("└── carol"), "{stdout}");
+        }
+        ran += 1;
+    }
+    assert!(ran >= 10, "the walkthrough ran {ran} commands");
+}
