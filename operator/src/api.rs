@@ -1,0 +1,304 @@
+//! The custom resources of `sipmba.io/v1alpha1`: `SipMba` (a platform) and `Thing` (a device
+//! provisioned on one). The doc comments are the user's documentation: they become the CRD's
+//! field descriptions (`kubectl explain sipmba.spec`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The API group.
+pub const GROUP: &str = "sipmba.io";
+
+/// A SIP-MBA platform: the operator runs its services (sso, objects, collect, control,
+/// processing) from the `sipmba` image (processing as a StatefulSet, the rest as Deployments),
+/// creates the topics on the Kafka-protocol log, issues the platform's CA and service
+/// certificates, and keeps the token-signing key.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sipmba.io",
+    version = "v1alpha1",
+    kind = "SipMba",
+    doc = "A SIP-MBA platform: its services, database, log, token lifetimes and TLS.",
+    plural = "sipmbas",
+    singular = "sipmba",
+    shortname = "smb",
+    namespaced,
+    status = "SipMbaStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SipMbaSpec {
+    /// The `sipmba` container image, as `repository:tag`. Default: the image of the operator's
+    /// own release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// When the kubelet pulls the image: Always, IfNotPresent or Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("imagePullPolicy must be Always, IfNotPresent or Never"))]
+    pub image_pull_policy: Option<String>,
+    /// Replicas and resources of each service.
+    #[serde(default)]
+    pub services: Services,
+    /// The PostgreSQL database every service stores in.
+    pub database: DatabaseSpec,
+    /// The Kafka-protocol log (Redpanda, Kafka, tansu) and its topics.
+    pub queue: QueueSpec,
+    /// Access-token lifetimes.
+    #[serde(default)]
+    pub tokens: TokenSpec,
+    /// TLS between every client and service: the operator issues a platform CA and a certificate
+    /// per service, and renews them before they expire.
+    #[serde(default)]
+    pub tls: TlsSpec,
+}
+
+/// The services of the platform.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Services {
+    /// OAuth 2.0 tokens for users, things and services.
+    #[serde(default)]
+    pub sso: ServiceSpec,
+    /// Users, things, channels and the access decisions.
+    #[serde(default)]
+    pub objects: ServiceSpec,
+    /// The device streams (gRPC), into the log.
+    #[serde(default)]
+    pub collect: ServiceSpec,
+    /// Commands to things.
+    #[serde(default)]
+    pub control: ServiceSpec,
+    /// Telemetry storage, queries and rules. Each replica consumes a fixed share of the
+    /// telemetry partitions (its ordinal), so it runs as a StatefulSet.
+    #[serde(default)]
+    pub processing: ServiceSpec,
+}
+
+/// One service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Number of pods (default 2; processing: 1). At most 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 50").message("replicas must be 0 to 50"))]
+    pub replicas: Option<i32>,
+    /// CPU and memory requests and limits of the service's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// A key of a Secret in the platform's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253").message("a Secret name is 1 to 253 characters"))]
+    pub name: String,
+    /// The key in the Secret.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("key must not be empty"))]
+    pub key: String,
+}
+
+/// The database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The Secret key holding the PostgreSQL URL (`postgres://user:password@host:5432/db`). The
+    /// Helm chart's trial PostgreSQL creates one.
+    pub url_secret_ref: SecretKeyRef,
+    /// Connections each pod keeps open (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 200").message("maxConnections must be 1 to 200"))]
+    pub max_connections: Option<i32>,
+}
+
+/// The log.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// Bootstrap brokers, `host:port`.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("give at least one broker"))]
+    pub brokers: Vec<String>,
+    /// Prefix of every topic name (`<prefix>sipmba.telemetry`, ...). Immutable: the platform's
+    /// data lives in these topics.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("topicPrefix is immutable"))]
+    pub topic_prefix: String,
+    /// Partitions of `sipmba.telemetry` (default 4). May grow, never shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1024").message("telemetryPartitions must be 1 to 1024"))]
+    pub telemetry_partitions: Option<i32>,
+    /// Partitions of `sipmba.commands` and `sipmba.command-events` (default 4). May grow, never
+    /// shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1024").message("commandPartitions must be 1 to 1024"))]
+    pub command_partitions: Option<i32>,
+    /// How long telemetry stays on the log, in hours (default 168).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("telemetryRetentionHours must be at least 1"))]
+    pub telemetry_retention_hours: Option<i64>,
+}
+
+/// Access-token lifetimes, in seconds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSpec {
+    /// Users' access tokens (default 900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 60 && self <= 86400").message("userSeconds must be 60 to 86400"))]
+    pub user_seconds: Option<i64>,
+    /// Things' access tokens (default 3600); a Thing may ask for less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 60 && self <= 604800").message("thingSeconds must be 60 to 604800"))]
+    pub thing_seconds: Option<i64>,
+    /// Refresh tokens of users (default 30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 3600").message("refreshSeconds must be at least 3600"))]
+    pub refresh_seconds: Option<i64>,
+}
+
+/// TLS settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Serve every listener and make every call between services over TLS (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Lifetime of the service certificates, in days (default 90); renewed when a third is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 825").message("certificateDays must be 1 to 825"))]
+    pub certificate_days: Option<i64>,
+}
+
+/// What the operator last saw of a platform.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SipMbaStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    /// Readiness of each service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentStatus>,
+}
+
+/// Readiness of one service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// The service: sso, objects, collect, control or processing.
+    pub name: String,
+    /// Pods wanted.
+    pub replicas: i32,
+    /// Pods ready.
+    pub ready_replicas: i32,
+}
+
+/// A thing (device) of a platform: the operator registers it with Objects, gets its credential
+/// and access token from sso, keeps them in a Secret it owns, pushes them to the thing's agent
+/// (`sipmba-edge`) at its provisioning endpoint, rotates the token before it expires, and on
+/// deletion revokes the token and deregisters the thing.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sipmba.io",
+    version = "v1alpha1",
+    kind = "Thing",
+    doc = "A device of a SIP-MBA platform, provisioned by the operator: registered, given its token, kept up to date.",
+    plural = "things",
+    singular = "thing",
+    shortname = "th",
+    namespaced,
+    status = "ThingStatus",
+    printcolumn = r#"{"name":"Platform","type":"string","jsonPath":".spec.platformRef"}"#,
+    printcolumn = r#"{"name":"Thing ID","type":"string","jsonPath":".status.thingId"}"#,
+    printcolumn = r#"{"name":"Delivered","type":"string","jsonPath":".status.conditions[?(@.type==\"Delivered\")].status"}"#,
+    printcolumn = r#"{"name":"Token Expires","type":"date","jsonPath":".status.tokenExpires"}"#,
+    printcolumn = r#"{"name":"Last Delivery","type":"date","jsonPath":".status.lastDelivery","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ThingSpec {
+    /// The `SipMba` platform, in this namespace, the thing belongs to. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("platformRef is immutable: create another Thing"))]
+    pub platform_ref: String,
+    /// The id of the user owning the thing in Objects. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("owner is immutable: create another Thing"))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')").message("owner is a user id (a lowercase UUID)"))]
+    pub owner: String,
+    /// The thing's name in Objects, unique among its owner's things (default: the Thing's
+    /// metadata.name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 128").message("displayName is 1 to 128 characters"))]
+    pub display_name: Option<String>,
+    /// Labels of the thing in Objects (rules and listings select by them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The thing's agent.
+    pub agent: AgentSpec,
+    /// Lifetime of the thing's access tokens, in seconds (default: the platform's); the operator
+    /// delivers a new one when a fifth of it is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 300 && self <= 604800").message("tokenSeconds must be 300 to 604800"))]
+    pub token_seconds: Option<i64>,
+}
+
+/// Where the operator reaches a thing's agent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// The agent's provisioning endpoint (`sipmba.v1.EdgeService`), e.g.
+    /// `https://greenhouse-7.local:7443`.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint is an http:// or https:// URL"))]
+    pub endpoint: String,
+    /// The Secret key holding the enrollment secret shared with the agent
+    /// (`provisioning.enrollment_secret_file` in its configuration).
+    pub enrollment_secret_ref: SecretKeyRef,
+}
+
+/// What the operator last saw of a thing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ThingStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Registered, TokenIssued and Delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    /// The thing's id in Objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thing_id: Option<String>,
+    /// When the delivered access token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires: Option<Time>,
+    /// When the agent last accepted credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<Time>,
+    /// The Secret holding the thing's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+/// Conditions as a list-map keyed by `type`, as Kubernetes' own resources have them.
+fn conditions(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
