@@ -81,11 +81,7 @@ async fn copy_counting(
 
 /// A loopback port nothing listens on (yet).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    sipmba_testkit::free_port_pair()
 }
 
 /// Sends SIGTERM to `child` and expects a clean exit within 30 s.

@@ -68,11 +68,8 @@ impl ServiceCredentials {
         secret: &str,
         scope: &str,
     ) -> Result<Self, CredentialsError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| CredentialsError::Unreachable(e.to_string()))?;
+        let http = crate::peer_tls::http_client(Duration::from_secs(10))
+            .map_err(CredentialsError::Unreachable)?;
         Ok(Self {
             token_url: token_url.to_owned(),
             client_id: client_id.to_owned(),

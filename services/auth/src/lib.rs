@@ -8,6 +8,7 @@
 
 pub mod client;
 mod layer;
+pub mod peer_tls;
 mod principal;
 mod revocations;
 pub mod signing;

@@ -179,12 +179,8 @@ impl Verifier {
 
         let (http, keys) = match &config.jwks {
             JwksSource::Url(_) => {
-                // reqwest is built without a bundled crypto provider; use ring process-wide.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .map_err(|e| AuthError::Jwks(format!("cannot build HTTP client: {e}")))?;
+                let client = crate::peer_tls::http_client(Duration::from_secs(5))
+                    .map_err(AuthError::Jwks)?;
                 (Some(client), HashMap::new())
             }
             JwksSource::Static(set) => (None, decoding_keys(set)),

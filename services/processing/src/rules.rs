@@ -461,11 +461,8 @@ pub struct ControlClient {
 impl ControlClient {
     /// Control at `url` (connects lazily).
     pub fn new(url: &str, token: ServiceToken) -> ServiceResult<Self> {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| ServiceError::Internal(format!("control URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel = sipmba_auth::peer_tls::channel(url, Duration::from_secs(10))
+            .map_err(|e| ServiceError::Internal(format!("control: {e}")))?;
         Ok(Self { channel, token })
     }
 }

@@ -54,6 +54,7 @@ fn setting_sources(setting: &str) -> Option<(&'static str, &'static str)> {
         "sso.objects_url" => ("objects-url", "SIPMBA_OBJECTS_URL"),
         "queue.brokers" => ("brokers", "SIPMBA_BROKERS"),
         "sso.open_registration" => ("open-registration", "SIPMBA_OPEN_REGISTRATION"),
+        "processing.replica" => ("processing-replica", "SIPMBA_PROCESSING_REPLICA"),
         _ => return None,
     })
 }
@@ -109,6 +110,9 @@ pub struct ConfigArgs {
     /// sso: let anyone register a root user.
     #[arg(long, env = "SIPMBA_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub open_registration: Option<bool>,
+    /// processing: this replica's ordinal (a StatefulSet gives each pod its index).
+    #[arg(long, env = "SIPMBA_PROCESSING_REPLICA", value_name = "N")]
+    pub processing_replica: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,6 +333,7 @@ struct FileServer {
     tls_key: Option<PathBuf>,
     plaintext: Option<bool>,
     shutdown_grace_secs: Option<u64>,
+    peer_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -393,6 +398,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// The CA (PEM) of the other services' certificates, for calls to them over https://.
+    pub peer_ca: Option<PathBuf>,
     /// Database URL.
     pub database_url: String,
     /// Pool size.
@@ -604,13 +611,23 @@ impl Config {
             }
         };
 
+        let peer_ca = file.server.peer_ca_file.clone();
+        if let Some(path) = &peer_ca
+            && !path.is_file()
+        {
+            return Err(ConfigError::new(
+                "server.peer_ca_file",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
         let objects_url = args.objects_url.clone().or(file.sso.objects_url);
         if let Some(url) = &objects_url
             && !url.starts_with("http://")
+            && !url.starts_with("https://")
         {
             return Err(ConfigError::new(
                 "sso.objects_url",
-                format!("{url:?} must be an http:// URL (TLS to Objects is not supported yet)"),
+                format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
         let lifetime = |setting: &str, value: Option<u64>, default: u64, max: u64| {
@@ -876,7 +893,7 @@ impl Config {
                 client_id: p.client_id.unwrap_or_else(|| "sipmba-processing".into()),
                 client_secret_file: p.client_secret_file,
             },
-            replica: p.replica.unwrap_or(0),
+            replica: args.processing_replica.or(p.replica).unwrap_or(0),
             replicas: p.replicas.unwrap_or(1),
             online_window: Duration::from_secs(p.online_window_secs.unwrap_or(300)),
             control_url: p.control_url,
@@ -914,6 +931,8 @@ impl Config {
             ("processing.objects_url", &processing.identity.objects_url),
             ("processing.token_url", &processing.identity.token_url),
             ("processing.control_url", &processing.control_url),
+            ("sso.objects_url", &sso.objects_url),
+            ("auth.jwks_url", &jwks_url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -921,6 +940,17 @@ impl Config {
                 return Err(ConfigError::new(
                     setting,
                     format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+            if let Some(url) = url
+                && url.starts_with("https://")
+                && peer_ca.is_none()
+            {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "{url:?} is https://: set server.peer_ca_file to the CA of the platform's certificates"
+                    ),
                 ));
             }
         }
@@ -934,6 +964,7 @@ impl Config {
             listen,
             tls,
             shutdown_grace: Duration::from_secs(grace),
+            peer_ca,
             database_url,
             database_max_connections: max_conn,
             auth: AuthConfig {

@@ -80,11 +80,8 @@ fn unavailable(status: &tonic::Status) -> ServiceError {
 impl ObjectsAccess {
     /// Objects at `url` (connects lazily).
     pub fn new(url: &str, token: ServiceToken) -> ServiceResult<Self> {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| ServiceError::Internal(format!("objects URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel = sipmba_auth::peer_tls::channel(url, Duration::from_secs(10))
+            .map_err(|e| ServiceError::Internal(format!("objects: {e}")))?;
         Ok(Self { channel, token })
     }
 

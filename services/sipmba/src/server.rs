@@ -169,6 +169,11 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     }
     sipmba_runtime::init_tracing(config.log_format, args.dev);
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(path) = &config.peer_ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading {} (server.peer_ca_file)", path.display()))?;
+        sipmba_auth::peer_tls::trust(pem);
+    }
 
     let (trigger, shutdown) = Shutdown::new();
     let mut server = Server::new();

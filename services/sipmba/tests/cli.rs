@@ -16,17 +16,6 @@ use sipmba_proto::v1 as pb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipmba");
 
-/// A port whose successor is free too (the dev broker listens there).
-fn free_ports() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
 struct Dev {
     child: Child,
     url: String,
@@ -225,7 +214,7 @@ fn run_agent(
 #[test]
 fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports();
+    let port = sipmba_testkit::free_port_pair();
     let dev = start(dir.path(), port);
     let password = dev
         .password()
@@ -486,7 +475,7 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
 
     // The platform unreachable: exit 6 and a hint.
     let nowhere = User {
-        url: format!("http://127.0.0.1:{}", free_ports()),
+        url: format!("http://127.0.0.1:{}", sipmba_testkit::free_port_pair()),
         config: dir.path().join("nowhere-cli"),
     };
     let out = nowhere
@@ -542,7 +531,7 @@ fn the_readme_walkthrough_works_as_written() {
         .and_then(|rest| rest.split("```").next())
         .expect("the README has a walkthrough block");
     let dir = tempfile::tempdir().unwrap();
-    let dev = start(dir.path(), free_ports());
+    let dev = start(dir.path(), sipmba_testkit::free_port_pair());
     let password = dev.password().unwrap();
     let mut lines = block.lines();
     let alias = lines.next().unwrap();

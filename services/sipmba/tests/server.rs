@@ -25,11 +25,7 @@ use tonic_health::pb::{
 const BIN: &str = env!("CARGO_BIN_EXE_sipmba");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    sipmba_testkit::free_port_pair()
 }
 
 fn spawn(args: &[&str], dir: &Path) -> Child {
@@ -1309,4 +1305,186 @@ async fn processing_killed_mid_stream_stores_every_reading_once() {
     assert_eq!(stored(total).await, total, "no reading stored twice");
     sigterm_and_wait(processing).await;
     sigterm_and_wait(collect).await;
+}
+
+/// A CA and a certificate it signed for 127.0.0.1 and localhost: `(ca.pem, cert.pem, key.pem)`.
+fn platform_ca() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_call_each_other_over_tls_trusting_the_platform_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = platform_ca();
+    std::fs::write(dir.path().join("ca.crt"), &ca).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &key).unwrap();
+    // Another CA, which signed nothing here.
+    let (other_ca, _, _) = platform_ca();
+    std::fs::write(dir.path().join("other-ca.crt"), &other_ca).unwrap();
+    for (file, ca) in [("tls.toml", "ca.crt"), ("wrong-ca.toml", "other-ca.crt")] {
+        std::fs::write(
+            dir.path().join(file),
+            format!(
+                "[server]\ntls_cert = \"tls.crt\"\ntls_key = \"tls.key\"\npeer_ca_file = \"{ca}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let (objects_addr, sso_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let sso_url = format!("https://{sso_addr}");
+    let jwks = format!("{sso_url}/.well-known/jwks.json");
+    // Objects verifies tokens with sso's keys, fetched over https://.
+    let objects = spawn(
+        &[
+            "server",
+            "--target",
+            "objects",
+            "--config",
+            "tls.toml",
+            "--listen",
+            &objects_addr,
+            "--database-url",
+            "sqlite://objects.db?mode=rwc",
+            "--jwks-url",
+            &jwks,
+            "--issuer",
+            &sso_url,
+        ],
+        dir.path(),
+    );
+    // sso creates users in Objects over https://.
+    let objects_url = format!("https://{objects_addr}");
+    let sso = spawn(
+        &[
+            "server",
+            "--target",
+            "sso",
+            "--config",
+            "tls.toml",
+            "--listen",
+            &sso_addr,
+            "--database-url",
+            "sqlite://sso.db?mode=rwc",
+            "--objects-url",
+            &objects_url,
+            "--issuer",
+            &sso_url,
+            "--open-registration",
+        ],
+        dir.path(),
+    );
+    let tls = ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca));
+    let channel = |addr: &str| {
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+    };
+    let sso_channel = connect(channel(&sso_addr)).await;
+    let objects_channel = connect(channel(&objects_addr)).await;
+    wait_for_health(&sso_channel, "", ServingStatus::Serving).await;
+    wait_for_health(&objects_channel, "", ServingStatus::Serving).await;
+
+    let registered = pb::account_service_client::AccountServiceClient::new(sso_channel.clone())
+        .register_user(pb::RegisterUserRequest {
+            username: "tls-user".into(),
+            password: "tls password 1".into(),
+        })
+        .await
+        .expect("sso reaches Objects over TLS")
+        .into_inner();
+    let token = pb::token_service_client::TokenServiceClient::new(sso_channel.clone())
+        .token(pb::TokenRequest {
+            grant: Some(pb::token_request::Grant::Password(pb::PasswordGrant {
+                username: "tls-user".into(),
+                password: "tls password 1".into(),
+                scope: String::new(),
+            })),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let me = pb::user_service_client::UserServiceClient::new(objects_channel)
+        .get_user(with_token(
+            &token,
+            pb::GetUserRequest {
+                id: registered.user.clone(),
+            },
+        ))
+        .await
+        .expect("Objects verifies the token with keys it fetched from sso over TLS")
+        .into_inner();
+    assert_eq!(me.username, "tls-user");
+    sigterm_and_wait(sso).await;
+
+    // An sso trusting another CA cannot reach Objects: registration fails, nothing half-made.
+    let sso_addr = format!("127.0.0.1:{}", free_port());
+    let wrong = spawn(
+        &[
+            "server",
+            "--target",
+            "sso",
+            "--config",
+            "wrong-ca.toml",
+            "--listen",
+            &sso_addr,
+            "--database-url",
+            "sqlite://sso.db?mode=rwc",
+            "--objects-url",
+            &objects_url,
+            "--issuer",
+            &sso_url,
+            "--open-registration",
+        ],
+        dir.path(),
+    );
+    let wrong_channel = connect(channel(&sso_addr)).await;
+    wait_for_health(&wrong_channel, "", ServingStatus::Serving).await;
+    let refused = pb::account_service_client::AccountServiceClient::new(wrong_channel)
+        .register_user(pb::RegisterUserRequest {
+            username: "untrusted".into(),
+            password: "tls password 2".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    sigterm_and_wait(wrong).await;
+    sigterm_and_wait(objects).await;
+
+    // An https:// service URL without the platform CA is refused at start, naming the setting.
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--target",
+            "sso",
+            "--listen",
+            "127.0.0.1:0",
+            "--plaintext",
+            "--database-url",
+            "sqlite://x.db?mode=rwc",
+            "--objects-url",
+            &objects_url,
+        ])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.peer_ca_file"), "{stderr}");
 }

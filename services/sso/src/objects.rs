@@ -37,11 +37,8 @@ fn unavailable(e: tonic::Status) -> ServiceError {
 impl ObjectsClient {
     /// Talks to Objects at `url` (http:// or https://); connects lazily.
     pub fn new(url: &str, issuer: &str, audience: &str) -> ServiceResult<Self> {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| ServiceError::Internal(format!("objects URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel = sipmba_auth::peer_tls::channel(url, Duration::from_secs(10))
+            .map_err(|e| ServiceError::Internal(format!("objects: {e}")))?;
         Ok(Self {
             channel,
             issuer: issuer.to_owned(),

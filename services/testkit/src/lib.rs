@@ -493,3 +493,20 @@ pub async fn create_thing(
             .value,
     )?)
 }
+
+/// A loopback port for a server process to bind, whose successor is free too (`--dev` starts
+/// its broker there). Drawn at random below the kernel's ephemeral range (32768 and up), where
+/// the sockets other tests bind to port 0 and outgoing connections never land, so that two
+/// tests starting servers at once do not pick each other's ports.
+pub fn free_port_pair() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(u64::from(std::process::id()));
+        let port = 20_000 + u16::try_from(hasher.finish() % 10_000).unwrap_or(0);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
+            return port;
+        }
+    }
+}

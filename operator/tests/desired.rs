@@ -1,0 +1,308 @@
+//! The desired state built from a `SipMba`: every service's configuration is one the `sipmba`
+//! binary accepts (parsed by its own loader), and the workloads run it as the platform needs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::path::Path;
+
+use sipmba_operator::{
+    api::SipMba,
+    desired::{self, Component},
+};
+
+fn platform() -> SipMba {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sipmba/examples/sipmba.yaml"),
+    )
+    .unwrap();
+    let mut platform: SipMba = serde_yaml::from_str(&text).unwrap();
+    platform.metadata.namespace = Some("iot".into());
+    platform.metadata.uid = Some("0f6a3c1e-1111-4222-8333-944455556666".into());
+    platform
+}
+
+/// Loads a service's generated configuration with the binary's loader, its files in `dir`.
+fn load(
+    platform: &SipMba,
+    component: Component,
+    dir: &Path,
+    replica: Option<u32>,
+) -> Result<sipmba_runtime::Config, sipmba_runtime::ConfigError> {
+    for file in [
+        "tls/tls.crt",
+        "tls/tls.key",
+        "tls/ca.crt",
+        "clients/control",
+        "clients/processing",
+        "clients/operator",
+    ] {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "0123456789abcdef0123456789abcdef0123456789").unwrap();
+    }
+    let text = desired::config(platform, component).replace(desired::ROOT, dir.to_str().unwrap());
+    let args = sipmba_runtime::ConfigArgs {
+        // The Deployment gives it from the Secret.
+        database_url: Some("postgres://sipmba@db:5432/sipmba".into()),
+        processing_replica: replica,
+        ..Default::default()
+    };
+    // As `sipmba server --target sso` does: sso verifies with its own keys.
+    let defaults = sipmba_runtime::Defaults {
+        own_keys: component == Component::Sso,
+        ..Default::default()
+    };
+    sipmba_runtime::Config::from_toml(&text, &args, &defaults)
+}
+
+#[test]
+fn every_service_gets_a_configuration_the_binary_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = platform();
+    let sso = "https://demo-sso.iot.svc:7400";
+    for component in Component::ALL {
+        let config = load(&p, component, dir.path(), Some(0)).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}\n{}",
+                component.name(),
+                desired::config(&p, component)
+            )
+        });
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7400");
+        assert!(config.tls.is_some(), "TLS by default");
+        assert_eq!(config.auth.issuer, sso);
+        assert_eq!(
+            config.queue.brokers,
+            vec!["sipmba-trial-redpanda:9092".to_owned()]
+        );
+        if component == Component::Sso {
+            assert_eq!(config.auth.jwks_url, None, "sso verifies with its own keys");
+            let ids: Vec<&str> = config
+                .sso
+                .service_clients
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect();
+            assert_eq!(
+                ids,
+                ["sipmba-control", "sipmba-processing", "sipmba-operator"]
+            );
+            assert_eq!(
+                config.sso.objects_url.as_deref(),
+                Some("https://demo-objects.iot.svc:7400")
+            );
+            assert_eq!(config.sso.thing_token_lifetime.as_secs(), 3600);
+        } else {
+            assert_eq!(
+                config.auth.jwks_url.as_deref(),
+                Some("https://demo-sso.iot.svc:7400/.well-known/jwks.json")
+            );
+        }
+    }
+    let control = load(&p, Component::Control, dir.path(), None).unwrap();
+    assert_eq!(
+        control.control.identity.token_url.as_deref(),
+        Some("https://demo-sso.iot.svc:7400/oauth2/token")
+    );
+    assert_eq!(control.control.identity.client_id, "sipmba-control");
+    assert_eq!(
+        load(&p, Component::Collect, dir.path(), None)
+            .unwrap()
+            .collect
+            .telemetry_partitions,
+        4
+    );
+
+    // Processing: one share of the partitions per pod, its index from the StatefulSet.
+    let mut three = platform();
+    three.spec.services.processing.replicas = Some(3);
+    let second = load(&three, Component::Processing, dir.path(), Some(2)).unwrap();
+    assert_eq!(
+        (second.processing.replica, second.processing.replicas),
+        (2, 3)
+    );
+    assert_eq!(
+        second.processing.control_url.as_deref(),
+        Some("https://demo-control.iot.svc:7400")
+    );
+    let err = load(&three, Component::Processing, dir.path(), Some(3)).unwrap_err();
+    assert!(err.to_string().contains("processing.replica"), "{err}");
+
+    // Without TLS: plaintext everywhere, http:// URLs.
+    let mut plain = platform();
+    plain.spec.tls.enabled = Some(false);
+    let config = load(&plain, Component::Control, dir.path(), None).unwrap();
+    assert!(config.tls.is_none());
+    assert_eq!(
+        config.control.identity.objects_url.as_deref(),
+        Some("http://demo-objects.iot.svc:7400")
+    );
+}
+
+#[test]
+fn workloads_run_each_service_non_root_with_its_config_secrets_and_probes() {
+    let p = platform();
+    let deployment = desired::deployment(&p, Component::Collect);
+    assert_eq!(deployment.metadata.name.as_deref(), Some("demo-collect"));
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some("iot"));
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("SipMba", Some(true))
+    );
+    assert_eq!(owner.uid, "0f6a3c1e-1111-4222-8333-944455556666");
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some(desired::DEFAULT_IMAGE));
+    assert_eq!(
+        container.args.as_ref().unwrap().join(" "),
+        "server --target collect --config /etc/sipmba/config/sipmba.toml"
+    );
+    let readiness = container
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (readiness.path.as_deref(), readiness.scheme.as_deref()),
+        (Some("/readyz"), Some("HTTPS"))
+    );
+    let db = &container.env.as_ref().unwrap()[0];
+    assert_eq!(db.name, "SIPMBA_DATABASE_URL");
+    let from = db
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (from.name.as_str(), from.key.as_str()),
+        ("sipmba-trial-postgresql", "url")
+    );
+    assert_eq!(
+        container
+            .security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true)
+    );
+    let volumes: Vec<&str> = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["config", "tls"], "collect holds no client secret");
+
+    // sso holds every client secret; control only its own.
+    let sso = desired::deployment(&p, Component::Sso)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let clients = sso
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "clients")
+        .unwrap();
+    assert_eq!(clients.secret.unwrap().items.unwrap().len(), 3);
+    let control = desired::deployment(&p, Component::Control)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let clients = control
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "clients")
+        .unwrap();
+    let keys: Vec<String> = clients
+        .secret
+        .unwrap()
+        .items
+        .unwrap()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(keys, ["control"]);
+
+    // Processing is a StatefulSet whose pods know their index.
+    let set = desired::stateful_set(&p).spec.unwrap();
+    assert_eq!(set.replicas, Some(1));
+    let env = set.template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let replica = env
+        .iter()
+        .find(|e| e.name == "SIPMBA_PROCESSING_REPLICA")
+        .unwrap();
+    assert_eq!(
+        replica
+            .value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path,
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    );
+
+    let service = desired::service(&p, Component::Sso).spec.unwrap();
+    assert_eq!(service.ports.unwrap()[0].port, 7400);
+    assert_eq!(
+        service.selector.unwrap()["app.kubernetes.io/component"],
+        "sso"
+    );
+    let budget = desired::disruption_budget(&p, Component::Sso).spec.unwrap();
+    assert_eq!(
+        budget.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+}
+
+#[test]
+fn a_configuration_change_rolls_the_pods_and_nothing_else_does() {
+    let digest = |p: &SipMba| {
+        desired::deployment(p, Component::Control)
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["sipmba.io/config-digest"]
+            .clone()
+    };
+    let p = platform();
+    assert_eq!(
+        digest(&p),
+        digest(&platform()),
+        "the same spec builds the same pods"
+    );
+    let mut more = platform();
+    more.spec.services.control.replicas = Some(5);
+    assert_eq!(digest(&p), digest(&more), "scaling does not restart pods");
+    let mut moved = platform();
+    moved.spec.queue.brokers = vec!["redpanda-0:9092".into(), "redpanda-1:9092".into()];
+    assert_ne!(digest(&p), digest(&moved));
+    assert!(
+        desired::config(&moved, Component::Control)
+            .contains(r#"brokers = ["redpanda-0:9092", "redpanda-1:9092"]"#)
+    );
+}
