@@ -2,5 +2,46 @@
 //! `Thing` resources into provisioned devices.
 
 pub mod api;
+pub mod certs;
 pub mod crdgen;
 pub mod desired;
+pub mod platform;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{ConfigMap, Secret, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client,
+    runtime::{Controller, watcher},
+};
+
+/// Runs the SipMba controller until SIGTERM.
+pub async fn run() -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let ctx = Arc::new(platform::Context::new(client.clone()));
+    let platforms: Api<api::SipMba> = Api::all(client.clone());
+    // Children are selected by the label every one of them carries.
+    let owned =
+        || watcher::Config::default().labels("app.kubernetes.io/managed-by=sipmba-operator");
+    Controller::new(platforms, watcher::Config::default())
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<StatefulSet>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
+        .owns(Api::<Secret>::all(client.clone()), owned())
+        .shutdown_on_signal()
+        .run(platform::reconcile, platform::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile ended with an error");
+            }
+        })
+        .await;
+    Ok(())
+}

@@ -1,4 +1,4 @@
-//! `sipmba-operator`: `crd` prints or writes the CRDs.
+//! `sipmba-operator`: `run` reconciles SipMba resources; `crd` prints or writes the CRDs.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -14,6 +14,9 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Watches SipMba resources in every namespace and reconciles them (in-cluster or with
+    /// KUBECONFIG).
+    Run,
     /// Prints the CRDs as YAML, or writes them to a directory, or checks a directory holds them.
     Crd {
         /// Write one file per CRD into this directory.
@@ -26,7 +29,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let Command::Crd { out, check } = Cli::parse().command;
+    let (out, check) = match Cli::parse().command {
+        Command::Run => return run(),
+        Command::Crd { out, check } => (out, check),
+    };
     let result = match (out, check) {
         (Some(dir), _) => sipmba_operator::crdgen::write(&dir),
         (None, Some(dir)) => match sipmba_operator::crdgen::stale(&dir) {
@@ -50,6 +56,34 @@ fn main() -> ExitCode {
             .map_err(Into::into),
     };
     match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sipmba_operator::run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

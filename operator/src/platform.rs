@@ -1,0 +1,463 @@
+//! The `SipMba` reconciler: applies what [`crate::desired`] builds, keeps the platform's secrets
+//! (service-client secrets and the CA generated once, service certificates renewed before they
+//! expire), and reports readiness in the status.
+//!
+//! Every child is read first and applied (server-side apply, one field manager) only when its
+//! applied digest differs from the desired one, so that a second reconcile of an unchanged
+//! platform writes nothing.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Secret, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    api::{ComponentStatus, SipMba, SipMbaStatus},
+    certs,
+    desired::{self, Component},
+};
+
+/// The field manager of every write.
+pub const MANAGER: &str = "sipmba-operator";
+/// The annotation holding the digest of what was applied.
+pub const APPLIED: &str = "sipmba.io/applied-digest";
+
+/// What the reconciler needs.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Consecutive failures per platform, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context around `client`.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call (retried with backoff).
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The resource has no namespace.
+    #[error("the SipMba has no namespace")]
+    NoNamespace,
+    /// A certificate could not be issued.
+    #[error("issuing certificates: {0}")]
+    Certificates(String),
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(status)) if status.code >= 500 => "api_server",
+            Error::Kube(kube::Error::Api(_)) => "api_refused",
+            Error::Kube(_) => "api_unreachable",
+            Error::NoNamespace => "invalid",
+            Error::Certificates(_) => "certificates",
+        }
+    }
+}
+
+/// A spec the operator cannot run, with what to change.
+pub fn invalid(platform: &SipMba) -> Option<String> {
+    let spec = &platform.spec;
+    let partitions = spec.queue.telemetry_partitions.unwrap_or(4);
+    let processing = desired::replicas(platform, Component::Processing);
+    if processing > partitions {
+        return Some(format!(
+            "services.processing.replicas ({processing}) exceeds queue.telemetryPartitions \
+             ({partitions}): a replica would have no partition to consume"
+        ));
+    }
+    None
+}
+
+/// Digest of what is applied: stored on the child, compared before the next apply.
+fn digest<T: Serialize>(object: &T) -> String {
+    let bytes = serde_json::to_vec(object).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn applied_digest(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(APPLIED))
+        .map(String::as_str)
+}
+
+/// `desired` as the operator applies it: annotated with its own digest.
+pub fn as_applied<K: Resource + Serialize>(mut desired: K) -> K {
+    let want = digest(&desired);
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED.into(), want);
+    desired
+}
+
+/// Applies `desired` unless the live object already carries its digest; returns the live
+/// object (from the read, or from the apply).
+async fn ensure<K>(api: &Api<K>, desired: K) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let desired = as_applied(desired);
+    let live = api.get_opt(&name).await?;
+    if let Some(live) = live
+        && applied_digest(live.meta()) == applied_digest(desired.meta())
+    {
+        return Ok(live);
+    }
+    let params = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(&desired)).await?)
+}
+
+/// Creates `secret` unless it exists; never replaces one (a generated secret stays as it was).
+async fn create_once(api: &Api<Secret>, secret: Secret) -> Result<Secret, Error> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    if let Some(existing) = api.get_opt(&name).await? {
+        return Ok(existing);
+    }
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(created) => Ok(created),
+        // Created meanwhile (another replica of the operator): that one stays.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(api.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn secret(platform: &SipMba, name: String, data: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: platform.namespace(),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".into(), "sipmba".into()),
+                ("app.kubernetes.io/instance".into(), platform.name_any()),
+                (
+                    "app.kubernetes.io/managed-by".into(),
+                    "sipmba-operator".into(),
+                ),
+            ])),
+            owner_references: Some(vec![desired::owner(platform)]),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(data),
+        ..Secret::default()
+    }
+}
+
+/// A random secret for a service client: 256 bits, URL-safe.
+fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Reconciles one platform.
+#[tracing::instrument(skip(platform, ctx), fields(platform = %platform.name_any()))]
+pub async fn reconcile(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = platform.namespace().ok_or(Error::NoNamespace)?;
+    let client = ctx.client.clone();
+    if let Some(problem) = invalid(&platform) {
+        tracing::warn!(%problem, "invalid spec: waiting for a change");
+        let conditions = vec![
+            condition(&platform, "Ready", false, "InvalidSpec", &problem),
+            condition(&platform, "Progressing", false, "InvalidSpec", &problem),
+            condition(&platform, "Degraded", true, "InvalidSpec", &problem),
+        ];
+        write_status(&client, &platform, conditions, Vec::new()).await?;
+        return Ok(Action::await_change());
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let clients = desired::CLIENTS
+        .iter()
+        .map(|(_, key, _)| ((*key).to_owned(), random_secret()))
+        .collect();
+    create_once(
+        &secrets,
+        secret(&platform, desired::clients_secret_name(&platform), clients),
+    )
+    .await?;
+    if platform.spec.tls.enabled.unwrap_or(true) {
+        certificates(&platform, &secrets).await?;
+    }
+
+    let mut components = Vec::new();
+    for component in Component::ALL {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        ensure(&config_maps, desired::config_map(&platform, component)).await?;
+        let (replicas, ready) = if component == Component::Processing {
+            let api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+            let set = ensure(&api, desired::stateful_set(&platform)).await?;
+            let status = set.status.unwrap_or_default();
+            (
+                desired::replicas(&platform, component),
+                status.ready_replicas.unwrap_or(0),
+            )
+        } else {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            let deployment = ensure(&api, desired::deployment(&platform, component)).await?;
+            let status = deployment.status.unwrap_or_default();
+            (
+                desired::replicas(&platform, component),
+                status.ready_replicas.unwrap_or(0),
+            )
+        };
+        let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+        ensure(&services, desired::service(&platform, component)).await?;
+        let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+        ensure(&budgets, desired::disruption_budget(&platform, component)).await?;
+        components.push(ComponentStatus {
+            name: component.name().into(),
+            replicas,
+            ready_replicas: ready,
+        });
+    }
+    let waiting: Vec<String> = components
+        .iter()
+        .filter(|c| c.ready_replicas < c.replicas)
+        .map(|c| format!("{} {}/{}", c.name, c.ready_replicas, c.replicas))
+        .collect();
+    let all_ready = waiting.is_empty();
+    let conditions = if all_ready {
+        vec![
+            condition(
+                &platform,
+                "Ready",
+                true,
+                "AllReady",
+                "every service is ready",
+            ),
+            condition(
+                &platform,
+                "Progressing",
+                false,
+                "AllReady",
+                "every service is ready",
+            ),
+            condition(
+                &platform,
+                "Degraded",
+                false,
+                "AllReady",
+                "nothing is degraded",
+            ),
+        ]
+    } else {
+        let message = format!("waiting for {}", waiting.join(", "));
+        vec![
+            condition(&platform, "Ready", false, "ServicesStarting", &message),
+            condition(&platform, "Progressing", true, "ServicesStarting", &message),
+            condition(
+                &platform,
+                "Degraded",
+                false,
+                "ServicesStarting",
+                "nothing is degraded",
+            ),
+        ]
+    };
+    write_status(&client, &platform, conditions, components).await?;
+    succeeded(&ctx, &platform);
+    // Certificates are renewed when a third of their life is left: look again well before.
+    Ok(Action::requeue(if all_ready {
+        Duration::from_secs(600)
+    } else {
+        Duration::from_secs(15)
+    }))
+}
+
+/// The platform CA (created once) and each service's certificate (renewed when due or when
+/// the CA changed).
+async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Error> {
+    let ca_name = format!("{}-ca", platform.name_any());
+    let ca = match secrets.get_opt(&ca_name).await? {
+        Some(ca) => ca,
+        None => {
+            let common_name = format!(
+                "{}/{} platform CA",
+                platform.namespace().unwrap_or_default(),
+                platform.name_any()
+            );
+            let fresh = certs::new_ca(&common_name).map_err(Error::Certificates)?;
+            let mut ca = secret(
+                platform,
+                ca_name.clone(),
+                BTreeMap::from([
+                    ("ca.crt".to_owned(), fresh.cert_pem),
+                    ("ca.key".to_owned(), fresh.key_pem),
+                ]),
+            );
+            ca.metadata.annotations =
+                Some(BTreeMap::from([(certs::CA_NAME.to_owned(), common_name)]));
+            create_once(secrets, ca).await?
+        }
+    };
+    let ca = certs::Ca::from_secret(&ca).map_err(Error::Certificates)?;
+    let days = platform.spec.tls.certificate_days.unwrap_or(90);
+    let now = Timestamp::now();
+    for component in Component::ALL {
+        let name = desired::tls_secret_name(platform, component);
+        if let Some(live) = secrets.get_opt(&name).await?
+            && !certs::renewal_due(&live, &ca, now)
+        {
+            continue;
+        }
+        let host = desired::name(platform, component);
+        let ns = platform.namespace().unwrap_or_default();
+        let issued = ca
+            .issue(
+                &[
+                    host.clone(),
+                    format!("{host}.{ns}"),
+                    format!("{host}.{ns}.svc"),
+                    format!("{host}.{ns}.svc.cluster.local"),
+                ],
+                days,
+            )
+            .map_err(Error::Certificates)?;
+        let mut tls = secret(
+            platform,
+            name.clone(),
+            BTreeMap::from([
+                ("tls.crt".to_owned(), issued.cert_pem),
+                ("tls.key".to_owned(), issued.key_pem),
+                ("ca.crt".to_owned(), ca.cert_pem.clone()),
+            ]),
+        );
+        tls.type_ = Some("kubernetes.io/tls".into());
+        tls.metadata.annotations = Some(certs::annotations(&ca, issued.not_after, days));
+        let params = PatchParams::apply(MANAGER).force();
+        secrets.patch(&name, &params, &Patch::Apply(&tls)).await?;
+        tracing::info!(secret = %name, "issued a service certificate");
+    }
+    Ok(())
+}
+
+fn condition(
+    platform: &SipMba,
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    // The transition time stays what it was while the status does not change.
+    let previous = platform
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind));
+    let status = if status { "True" } else { "False" };
+    let since = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    Condition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: platform.metadata.generation,
+        last_transition_time: since,
+    }
+}
+
+/// Writes the status unless it says what it says already.
+async fn write_status(
+    client: &Client,
+    platform: &SipMba,
+    conditions: Vec<Condition>,
+    components: Vec<ComponentStatus>,
+) -> Result<(), Error> {
+    let status = SipMbaStatus {
+        observed_generation: platform.metadata.generation,
+        conditions,
+        components,
+    };
+    if platform.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<SipMba> =
+        Api::namespaced(client.clone(), &platform.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": SipMba::api_version(&()),
+        "kind": SipMba::kind(&()),
+        "status": status,
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(&platform.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// After a failure: back off exponentially per platform (2 s doubling, at most 5 minutes).
+pub fn error_policy(platform: Arc<SipMba>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        platform.namespace().unwrap_or_default(),
+        platform.name_any()
+    );
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(failures);
+    tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The wait after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 2u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
+    Duration::from_secs(secs.min(300))
+}
+
+/// Forgets the failures of a platform after a successful reconcile.
+pub fn succeeded(ctx: &Context, platform: &SipMba) {
+    let key = format!(
+        "{}/{}",
+        platform.namespace().unwrap_or_default(),
+        platform.name_any()
+    );
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key);
+}
