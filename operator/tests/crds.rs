@@ -46,11 +46,14 @@ fn problems<K: CustomResourceExt>(object: &Value, old: Option<&Value>) -> Vec<St
 
 #[test]
 fn the_checked_in_crds_are_what_the_types_generate() {
-    let stale = sipmba_operator::crdgen::stale(&root().join("crds")).unwrap();
-    assert!(
-        stale.is_empty(),
-        "{stale:?} differ: run `cargo run -p sipmba-operator -- crd --out crds`"
-    );
+    // In crds/ for kubectl, and in the chart (templates read them: `helm upgrade` upgrades them).
+    for dir in ["crds", "charts/sipmba/files/crds"] {
+        let stale = sipmba_operator::crdgen::stale(&root().join(dir)).unwrap();
+        assert!(
+            stale.is_empty(),
+            "{stale:?} differ in {dir}: run `cargo run -p sipmba-operator -- crd --out {dir}`"
+        );
+    }
 }
 
 #[test]
