@@ -6,6 +6,7 @@ pub mod certs;
 pub mod crdgen;
 pub mod desired;
 pub mod platform;
+pub mod topics;
 
 use std::sync::Arc;
 

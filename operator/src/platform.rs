@@ -71,6 +71,9 @@ pub enum Error {
     /// A certificate could not be issued.
     #[error("issuing certificates: {0}")]
     Certificates(String),
+    /// The log's topics could not be created or grown.
+    #[error("topics: {0}")]
+    Topics(String),
 }
 
 impl Error {
@@ -83,6 +86,7 @@ impl Error {
             Error::Kube(_) => "api_unreachable",
             Error::NoNamespace => "invalid",
             Error::Certificates(_) => "certificates",
+            Error::Topics(_) => "log",
         }
     }
 }
@@ -217,6 +221,9 @@ pub async fn reconcile(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<Actio
     if platform.spec.tls.enabled.unwrap_or(true) {
         certificates(&platform, &secrets).await?;
     }
+    crate::topics::ensure(&platform.spec.queue, Duration::from_secs(20))
+        .await
+        .map_err(Error::Topics)?;
 
     let mut components = Vec::new();
     for component in Component::ALL {

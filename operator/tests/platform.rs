@@ -34,6 +34,14 @@ fn platform(tls: bool) -> SipMba {
     p
 }
 
+/// A platform whose log is a real broker of its own.
+async fn with_broker(mut p: SipMba) -> (SipMba, sipmba_testkit::TestBroker) {
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    p.spec.queue.brokers = vec![broker.addr.clone()];
+    p.spec.queue.topic_prefix = broker.prefix.clone();
+    (p, broker)
+}
+
 fn context() -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
@@ -261,7 +269,7 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 
 #[tokio::test]
 async fn a_new_platform_gets_its_secret_and_every_child_then_a_status() {
-    let p = platform(false);
+    let (p, broker) = with_broker(platform(false)).await;
     let (ctx, handle) = context();
     let mut expected = vec![
         get(core("secrets", "demo-clients"), Reply::Missing),
@@ -327,11 +335,28 @@ async fn a_new_platform_gets_its_secret_and_every_child_then_a_status() {
     assert_eq!(condition(status, "Ready")["observedGeneration"], 1);
     assert_eq!(condition(status, "Progressing")["status"], "True");
     assert_eq!(status["status"]["components"].as_array().unwrap().len(), 5);
+    // The topics are on the log, with the spec's partitions.
+    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap();
+    assert_eq!(queue.partition_count("sipmba.telemetry").await.unwrap(), 4);
+    assert_eq!(queue.partition_count("sipmba.commands").await.unwrap(), 4);
+    assert_eq!(
+        queue
+            .partition_count("sipmba.command-events")
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        queue.partition_count("sipmba.revocations").await.unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn an_unchanged_platform_is_read_and_nothing_is_written() {
-    let mut p = platform(false);
+    let (mut p, _broker) = with_broker(platform(false)).await;
     p.status = Some(ready_status(&p));
     let (ctx, handle) = context();
     let mut expected = vec![get(core("secrets", "demo-clients"), existing_clients())];
@@ -352,8 +377,8 @@ async fn an_unchanged_platform_is_read_and_nothing_is_written() {
 
 #[tokio::test]
 async fn a_change_applies_what_it_changes_and_the_status() {
-    let old = platform(false);
-    let mut p = platform(false);
+    let (old, _broker) = with_broker(platform(false)).await;
+    let mut p = old.clone();
     p.status = Some(ready_status(&old));
     p.metadata.generation = Some(2);
     p.spec.services.collect.replicas = Some(3);
@@ -453,7 +478,7 @@ async fn a_transient_failure_backs_off_exponentially_and_a_success_resets_it() {
 
 #[tokio::test]
 async fn tls_gets_a_ca_once_and_a_certificate_per_service_renewed_when_due() {
-    let mut p = platform(true);
+    let (mut p, _broker) = with_broker(platform(true)).await;
     p.status = Some(ready_status(&p));
     let (ctx, handle) = context();
     let mut expected = vec![

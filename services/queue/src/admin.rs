@@ -1,6 +1,6 @@
-//! The two Kafka admin requests rskafka 0.6 does not offer: CreateTopics *with topic configs*
-//! (retention) and DescribeConfigs, in non-flexible versions (CreateTopics v2, DescribeConfigs v1)
-//! that Kafka, Redpanda and tansu accept.
+//! The Kafka admin requests rskafka 0.6 does not offer: CreateTopics *with topic configs*
+//! (retention), DescribeConfigs and CreatePartitions, in non-flexible versions (CreateTopics v2,
+//! DescribeConfigs v1, CreatePartitions v1) that Kafka and Redpanda accept.
 
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ use crate::QueueError;
 
 const CREATE_TOPICS: i16 = 19;
 const DESCRIBE_CONFIGS: i16 = 32;
+/// CreatePartitions: grows a topic.
+pub const CREATE_PARTITIONS: i16 = 37;
+const API_VERSIONS: i16 = 18;
 /// Kafka's TOPIC_ALREADY_EXISTS.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// Largest response accepted.
@@ -207,4 +210,48 @@ pub async fn describe_topic(
         }
     }
     Ok(out)
+}
+
+/// Grows `topic` to `count` partitions (CreatePartitions v1). Kafka refuses a count that is not
+/// larger than the current one (INVALID_PARTITIONS), which this reports as an error.
+pub async fn create_partitions(broker: &str, topic: &str, count: i32) -> Result<(), QueueError> {
+    let mut w = Writer(Vec::new());
+    w.len(1)?;
+    w.string(topic)?;
+    w.i32(count);
+    w.i32(-1); // assignments: null, the broker places them
+    w.i32(5_000); // timeout ms
+    w.i8(0); // validate only: no
+    let response = call(broker, CREATE_PARTITIONS, 1, &w.0).await?;
+    let mut r = Reader(&response);
+    let _throttle = r.i32()?;
+    for _ in 0..r.count()? {
+        let name = r.string()?;
+        let code = r.i16()?;
+        let message = r.nullable_string()?;
+        if code != 0 {
+            return Err(admin_error(format!(
+                "growing topic {name} to {count} partitions: error {code}{}",
+                message.map(|m| format!(" ({m})")).unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `broker` offers the request `api_key` (ApiVersions v0).
+pub async fn supports(broker: &str, api_key: i16) -> Result<bool, QueueError> {
+    let response = call(broker, API_VERSIONS, 0, &[]).await?;
+    let mut r = Reader(&response);
+    let code = r.i16()?;
+    if code != 0 {
+        return Err(admin_error(format!("ApiVersions: error {code}")));
+    }
+    for _ in 0..r.count()? {
+        let (key, _min, _max) = (r.i16()?, r.i16()?, r.i16()?);
+        if key == api_key {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

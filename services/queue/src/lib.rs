@@ -187,6 +187,38 @@ impl Queue {
         }
     }
 
+    /// Creates `name` with `partitions` partitions, or grows it to that many; a topic with more
+    /// keeps them (partitions never shrink: keys would move). Returns how many it has now.
+    pub async fn ensure_partitions(&self, name: &str, partitions: i32) -> Result<i32, QueueError> {
+        self.ensure_topic(name, partitions).await?;
+        let now = self.partition_count(name).await?;
+        if now >= partitions {
+            return Ok(now);
+        }
+        let mut last = QueueError::Admin("no broker configured".into());
+        for broker in self.brokers.iter() {
+            match admin::supports(broker, admin::CREATE_PARTITIONS).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(QueueError::Admin(format!(
+                        "{} has {now} partitions and the broker at {broker} cannot add any (no \
+                         Kafka CreatePartitions request): grow it with the broker's own tools",
+                        self.topic(name)
+                    )));
+                }
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            }
+            match admin::create_partitions(broker, &self.topic(name), partitions).await {
+                Ok(()) => return self.partition_count(name).await,
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// How many partitions a topic has (from fresh metadata).
     pub async fn partition_count(&self, name: &str) -> Result<i32, QueueError> {
         let full = self.topic(name);

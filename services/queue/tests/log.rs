@@ -224,3 +224,46 @@ async fn topics_are_created_once_with_their_retention() {
     assert_eq!(queue.partition_count("events").await.unwrap(), 2);
     assert_eq!(queue.partition_count("plain").await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_grow_on_request_and_never_shrink() {
+    let broker = TestBroker::start().await.unwrap();
+    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        .await
+        .unwrap();
+    assert_eq!(queue.ensure_partitions("grows", 2).await.unwrap(), 2);
+    assert_eq!(
+        queue.ensure_partitions("grows", 2).await.unwrap(),
+        2,
+        "an existing topic is success"
+    );
+    assert_eq!(
+        queue.ensure_partitions("grows", 1).await.unwrap(),
+        2,
+        "never shrinks"
+    );
+    // Kafka and Redpanda add partitions (CreatePartitions); tansu 0.6 does not offer the
+    // request, and the error says so instead of failing obscurely.
+    let offered =
+        sipmba_queue::admin::supports(&broker.addr, sipmba_queue::admin::CREATE_PARTITIONS)
+            .await
+            .unwrap();
+    assert!(
+        sipmba_queue::admin::supports(&broker.addr, 19)
+            .await
+            .unwrap(),
+        "CreateTopics is offered"
+    );
+    match queue.ensure_partitions("grows", 5).await {
+        Ok(n) => {
+            assert!(offered);
+            assert_eq!(n, 5);
+            assert_eq!(queue.partition_count("grows").await.unwrap(), 5);
+        }
+        Err(e) => {
+            assert!(!offered, "{e}");
+            assert!(e.to_string().contains("cannot add any"), "{e}");
+            assert_eq!(queue.partition_count("grows").await.unwrap(), 2);
+        }
+    }
+}

@@ -333,10 +333,7 @@ impl TestBroker {
         advertised: Option<String>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port_pair());
         let mut broker = Self {
             addr,
             prefix: format!("t{}.", Uuid::new_v4().simple()),

@@ -1,0 +1,56 @@
+//! The platform's topics on a real broker: created with the spec's partitions and retention, an
+//! existing topic is success, and partitions never shrink.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::time::Duration;
+
+use sipmba_operator::{api::QueueSpec, topics};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let mut spec = QueueSpec {
+        brokers: vec![broker.addr.clone()],
+        topic_prefix: broker.prefix.clone(),
+        telemetry_partitions: Some(6),
+        command_partitions: Some(2),
+        telemetry_retention_hours: Some(24),
+    };
+    let states = topics::ensure(&spec, WAIT).await.unwrap();
+    let counts: Vec<(String, i32)> = states
+        .iter()
+        .map(|s| (s.name.clone(), s.partitions))
+        .collect();
+    let p = &broker.prefix;
+    assert_eq!(
+        counts,
+        [
+            (format!("{p}sipmba.telemetry"), 6),
+            (format!("{p}sipmba.commands"), 2),
+            (format!("{p}sipmba.command-events"), 2),
+            (format!("{p}sipmba.revocations"), 1),
+        ]
+    );
+    let configs =
+        sipmba_queue::admin::describe_topic(&broker.addr, &format!("{p}sipmba.telemetry"))
+            .await
+            .unwrap();
+    assert!(
+        configs.contains(&("retention.ms".to_owned(), (24 * 3_600_000u64).to_string())),
+        "{configs:?}"
+    );
+    // Again: the topics exist, which is success.
+    assert_eq!(topics::ensure(&spec, WAIT).await.unwrap(), states);
+    // Fewer partitions asked for: the topic keeps its six.
+    spec.telemetry_partitions = Some(3);
+    let again = topics::ensure(&spec, WAIT).await.unwrap();
+    assert_eq!((again[0].wanted, again[0].partitions), (3, 6));
+    // An unreachable log is an error that names the brokers.
+    spec.brokers = vec!["127.0.0.1:1".into()];
+    let err = topics::ensure(&spec, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
