@@ -5,6 +5,7 @@ pub mod api;
 pub mod certs;
 pub mod crdgen;
 pub mod desired;
+pub mod metrics;
 pub mod platform;
 pub mod topics;
 
@@ -21,10 +22,35 @@ use kube::{
     runtime::{Controller, watcher},
 };
 
-/// Runs the SipMba controller until SIGTERM.
-pub async fn run() -> anyhow::Result<()> {
+/// Runs the SipMba controller until SIGTERM, serving `/metrics` and `/healthz` on `listen`.
+pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let ctx = Arc::new(platform::Context::new(client.clone()));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let served = ctx.clone();
+    let http = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let ctx = served.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        ctx.metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    tracing::info!(%listen, "serving /metrics and /healthz");
     let platforms: Api<api::SipMba> = Api::all(client.clone());
     // Children are selected by the label every one of them carries.
     let owned =

@@ -16,7 +16,11 @@ struct Cli {
 enum Command {
     /// Watches SipMba resources in every namespace and reconciles them (in-cluster or with
     /// KUBECONFIG).
-    Run,
+    Run {
+        /// Where `/metrics` and `/healthz` answer.
+        #[arg(long, env = "SIPMBA_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Prints the CRDs as YAML, or writes them to a directory, or checks a directory holds them.
     Crd {
         /// Write one file per CRD into this directory.
@@ -30,7 +34,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let (out, check) = match Cli::parse().command {
-        Command::Run => return run(),
+        Command::Run { listen } => return run(listen),
         Command::Crd { out, check } => (out, check),
     };
     let result = match (out, check) {
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> ExitCode {
+fn run(listen: std::net::SocketAddr) -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -83,7 +87,7 @@ fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sipmba_operator::run()) {
+    match runtime.block_on(sipmba_operator::run(listen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -45,6 +45,8 @@ pub const APPLIED: &str = "sipmba.io/applied-digest";
 pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
+    /// The operator's metrics.
+    pub metrics: crate::metrics::Metrics,
     /// Consecutive failures per platform, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -54,6 +56,7 @@ impl Context {
     pub fn new(client: Client) -> Self {
         Self {
             client,
+            metrics: crate::metrics::Metrics::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -193,9 +196,20 @@ fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Reconciles one platform.
+/// Reconciles one platform, and counts it.
 #[tracing::instrument(skip(platform, ctx), fields(platform = %platform.name_any()))]
 pub async fn reconcile(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_platform(platform, ctx.clone()).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.category(),
+    };
+    ctx.metrics.record("sipmba", outcome, started.elapsed());
+    result
+}
+
+async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = platform.namespace().ok_or(Error::NoNamespace)?;
     let client = ctx.client.clone();
     if let Some(problem) = invalid(&platform) {

@@ -425,6 +425,7 @@ async fn an_invalid_spec_sets_a_condition_and_waits_for_a_change() {
     let mut p = platform(false);
     p.spec.services.processing.replicas = Some(8);
     let (ctx, handle) = context();
+    let ctx_metrics = ctx.clone();
     let verifier = tokio::spawn(serve(handle, vec![apply_status(&p)]));
     let action = platform::reconcile(Arc::new(p), ctx).await.unwrap();
     let seen = verifier.await.unwrap();
@@ -439,6 +440,14 @@ async fn an_invalid_spec_sets_a_condition_and_waits_for_a_change() {
         "{status}"
     );
     assert_eq!(condition(status, "Degraded")["status"], "True");
+    assert!(
+        ctx_metrics
+            .metrics
+            .encode()
+            .contains(r#"sipmba_operator_reconciles_total{controller="sipmba",result="ok"} 1"#),
+        "{}",
+        ctx_metrics.metrics.encode()
+    );
 }
 
 #[tokio::test]
@@ -462,6 +471,18 @@ async fn a_transient_failure_backs_off_exponentially_and_a_success_resets_it() {
     verifier.await.unwrap();
     let secs = [2, 4, 8, 16].map(|s| Action::requeue(Duration::from_secs(s)));
     assert_eq!(waits, secs);
+    // Counted by category, a bounded label.
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains(
+            r#"sipmba_operator_reconciles_total{controller="sipmba",result="api_server"} 4"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("sipmba_operator_reconcile_duration_seconds_count"),
+        "{text}"
+    );
     assert_eq!(
         platform::backoff(30),
         Duration::from_secs(300),

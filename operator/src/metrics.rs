@@ -1,0 +1,84 @@
+//! The operator's metrics (prometheus-client): reconciles by outcome, their durations, and
+//! failures by category — every label a bounded value.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of a reconcile.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// The controller: `sipmba` or `thing`.
+    pub controller: &'static str,
+    /// `ok`, or the error's category.
+    pub result: &'static str,
+}
+
+/// Labels naming a controller.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    /// The controller.
+    pub controller: &'static str,
+}
+
+/// The operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<Outcome, Counter>,
+    durations: Family<ControllerLabel, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sipmba_operator");
+        let reconciles = Family::<Outcome, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by controller and result (ok, or the error's category)",
+            reconciles.clone(),
+        );
+        let durations = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long reconciles take",
+            durations.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            durations,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one reconcile.
+    pub fn record(&self, controller: &'static str, result: &'static str, took: Duration) {
+        self.reconciles
+            .get_or_create(&Outcome { controller, result })
+            .inc();
+        self.durations
+            .get_or_create(&ControllerLabel { controller })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
