@@ -7,6 +7,7 @@ pub mod crdgen;
 pub mod desired;
 pub mod metrics;
 pub mod platform;
+pub mod provisioning;
 pub mod topics;
 
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //! The generated code lives in `OUT_DIR`; [`FILE_DESCRIPTOR_SET`] carries the encoded descriptors
 //! for gRPC reflection.
 
+pub mod enrollment;
+
 /// Package `sipmba.v1`.
 pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -68,8 +68,23 @@ impl ServiceCredentials {
         secret: &str,
         scope: &str,
     ) -> Result<Self, CredentialsError> {
-        let http = crate::peer_tls::http_client(Duration::from_secs(10))
-            .map_err(CredentialsError::Unreachable)?;
+        Self::trusting(token_url, client_id, secret, scope, None)
+    }
+
+    /// As [`ServiceCredentials::new`], trusting `ca` for an `https://` token endpoint (else the
+    /// process's platform CA).
+    pub fn trusting(
+        token_url: &str,
+        client_id: &str,
+        secret: &str,
+        scope: &str,
+        ca: Option<&[u8]>,
+    ) -> Result<Self, CredentialsError> {
+        let http = match ca {
+            Some(ca) => crate::peer_tls::http_client_trusting(Duration::from_secs(10), Some(ca)),
+            None => crate::peer_tls::http_client(Duration::from_secs(10)),
+        }
+        .map_err(CredentialsError::Unreachable)?;
         Ok(Self {
             token_url: token_url.to_owned(),
             client_id: client_id.to_owned(),

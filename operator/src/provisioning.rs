@@ -1,0 +1,376 @@
+//! What the operator does for a Thing outside Kubernetes: registers it with Objects, gets its
+//! credential and access token from sso (as the `sipmba-operator` service client), pushes them to
+//! the agent's provisioning endpoint with the enrollment proof, and at the end revokes its tokens
+//! and deregisters it. The Thing reconciler drives these steps; each is idempotent.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use sipmba_auth::client::ServiceCredentials;
+use sipmba_proto::{enrollment, v1 as pb};
+use tonic::{Code, Request, transport::Channel};
+use uuid::Uuid;
+
+/// The operator's service client in sso.
+pub const CLIENT_ID: &str = "sipmba-operator";
+
+/// Why a provisioning step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A platform or agent call failed (`transient` tells whether trying again may help).
+    #[error("{what}: {message}")]
+    Call {
+        /// The step.
+        what: &'static str,
+        /// What the other side said.
+        message: String,
+        /// A retry may succeed (unreachable, unavailable, rate limited).
+        transient: bool,
+    },
+    /// The operator's own token could not be had.
+    #[error("the operator's token: {0}")]
+    Token(String),
+    /// A setting is wrong (a URL, a CA).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ProvisionError {
+    fn call(what: &'static str, status: &tonic::Status) -> Self {
+        ProvisionError::Call {
+            what,
+            message: format!("{} ({:?})", status.message(), status.code()),
+            transient: matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Unknown
+                    | Code::Internal
+            ),
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProvisionError::Call { transient, .. } => *transient,
+            ProvisionError::Token(_) => true,
+            ProvisionError::Config(_) => false,
+        }
+    }
+}
+
+/// Where a platform answers, as the operator reaches it.
+#[derive(Debug, Clone)]
+pub struct PlatformAccess {
+    /// sso (gRPC and `/oauth2/token`).
+    pub sso_url: String,
+    /// Objects.
+    pub objects_url: String,
+    /// The platform CA (PEM), for `https://`.
+    pub ca: Option<Vec<u8>>,
+}
+
+/// The operator acting on one platform.
+#[derive(Clone)]
+pub struct Operator {
+    sso: Channel,
+    objects: Channel,
+    credentials: Arc<ServiceCredentials>,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator").finish_non_exhaustive()
+    }
+}
+
+/// A thing's access token.
+#[derive(Clone)]
+pub struct ThingToken {
+    /// The token.
+    pub access_token: String,
+    /// When it expires.
+    pub expires: prost_types::Timestamp,
+}
+
+impl std::fmt::Debug for ThingToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ThingToken")
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bearer<T>(token: &str, msg: T) -> Result<Request<T>, ProvisionError> {
+    let mut request = Request::new(msg);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ProvisionError::Token("not a header value".into()))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn thing_id(id: Uuid) -> Option<pb::ThingId> {
+    Some(pb::ThingId {
+        value: id.to_string(),
+    })
+}
+
+impl Operator {
+    /// The operator on `platform`, authenticating with its client secret.
+    pub fn new(platform: &PlatformAccess, client_secret: &str) -> Result<Self, ProvisionError> {
+        let ca = platform.ca.as_deref();
+        let timeout = Duration::from_secs(10);
+        let channel = |url: &str| {
+            sipmba_auth::peer_tls::channel_trusting(url, timeout, ca)
+                .map_err(ProvisionError::Config)
+        };
+        let credentials = ServiceCredentials::trusting(
+            &format!("{}/oauth2/token", platform.sso_url.trim_end_matches('/')),
+            CLIENT_ID,
+            client_secret,
+            "",
+            ca,
+        )
+        .map_err(|e| ProvisionError::Config(e.to_string()))?;
+        Ok(Self {
+            sso: channel(&platform.sso_url)?,
+            objects: channel(&platform.objects_url)?,
+            credentials: Arc::new(credentials),
+        })
+    }
+
+    async fn req<T>(&self, msg: T) -> Result<Request<T>, ProvisionError> {
+        let token = self
+            .credentials
+            .token()
+            .await
+            .map_err(|e| ProvisionError::Token(e.to_string()))?;
+        bearer(&token, msg)
+    }
+
+    /// Registers a thing named `name` for `owner`, or finds the one registered before (its
+    /// labels brought up to date); returns its id.
+    pub async fn register(
+        &self,
+        owner: Uuid,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Uuid, ProvisionError> {
+        let mut things = pb::thing_service_client::ThingServiceClient::new(self.objects.clone());
+        let created = things
+            .create_thing(
+                self.req(pb::CreateThingRequest {
+                    name: name.to_owned(),
+                    owner: Some(pb::UserId {
+                        value: owner.to_string(),
+                    }),
+                    labels: labels.clone().into_iter().collect(),
+                })
+                .await?,
+            )
+            .await;
+        let thing = match created {
+            Ok(thing) => thing.into_inner(),
+            Err(status) if status.code() == Code::AlreadyExists => {
+                let existing = self.find(owner, name).await?;
+                if existing.labels.iter().collect::<BTreeMap<_, _>>()
+                    != labels.iter().collect::<BTreeMap<_, _>>()
+                {
+                    things
+                        .update_thing(
+                            self.req(pb::UpdateThingRequest {
+                                id: existing.id.clone(),
+                                name: None,
+                                labels: labels.clone().into_iter().collect(),
+                                replace_labels: true,
+                            })
+                            .await?,
+                        )
+                        .await
+                        .map_err(|s| ProvisionError::call("updating the thing's labels", &s))?;
+                }
+                existing
+            }
+            Err(status) => return Err(ProvisionError::call("registering the thing", &status)),
+        };
+        thing
+            .id
+            .and_then(|i| Uuid::parse_str(&i.value).ok())
+            .ok_or_else(|| ProvisionError::Config("Objects returned a thing without an id".into()))
+    }
+
+    async fn find(&self, owner: Uuid, name: &str) -> Result<pb::Thing, ProvisionError> {
+        let mut things = pb::thing_service_client::ThingServiceClient::new(self.objects.clone());
+        let mut token = String::new();
+        loop {
+            let page = things
+                .list_things(
+                    self.req(pb::ListThingsRequest {
+                        scope: Some(pb::list_things_request::Scope::Owner(pb::UserId {
+                            value: owner.to_string(),
+                        })),
+                        labels: Vec::new(),
+                        page: Some(pb::PageRequest {
+                            page_size: 100,
+                            page_token: token,
+                        }),
+                    })
+                    .await?,
+                )
+                .await
+                .map_err(|s| ProvisionError::call("looking the thing up", &s))?
+                .into_inner();
+            if let Some(thing) = page.things.into_iter().find(|t| t.name == name) {
+                return Ok(thing);
+            }
+            if page.next_page_token.is_empty() {
+                return Err(ProvisionError::Call {
+                    what: "looking the thing up",
+                    message: format!("no thing {name:?} of {owner}, though it exists"),
+                    transient: true,
+                });
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// A new client secret for the thing (the first, or one replacing the last): `(client_id,
+    /// secret)`.
+    pub async fn credential(&self, thing: Uuid) -> Result<(String, String), ProvisionError> {
+        let mut accounts = pb::account_service_client::AccountServiceClient::new(self.sso.clone());
+        let issued = accounts
+            .issue_thing_secret(
+                self.req(pb::IssueThingSecretRequest {
+                    thing: thing_id(thing),
+                })
+                .await?,
+            )
+            .await;
+        match issued {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok((r.client_id, r.client_secret))
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                let r = accounts
+                    .rotate_thing_secret(
+                        self.req(pb::RotateThingSecretRequest {
+                            thing: thing_id(thing),
+                        })
+                        .await?,
+                    )
+                    .await
+                    .map_err(|s| ProvisionError::call("rotating the thing's secret", &s))?
+                    .into_inner();
+                Ok((r.client_id, r.client_secret))
+            }
+            Err(status) => Err(ProvisionError::call("issuing the thing's secret", &status)),
+        }
+    }
+
+    /// An access token for the thing, with its credential (client_credentials at sso).
+    pub async fn thing_token(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<ThingToken, ProvisionError> {
+        let answer = pb::token_service_client::TokenServiceClient::new(self.sso.clone())
+            .token(pb::TokenRequest {
+                grant: Some(pb::token_request::Grant::ClientCredentials(
+                    pb::ClientCredentialsGrant {
+                        client_id: client_id.to_owned(),
+                        client_secret: secret.to_owned(),
+                        scope: String::new(),
+                    },
+                )),
+            })
+            .await
+            .map_err(|s| ProvisionError::call("getting the thing's token", &s))?
+            .into_inner();
+        let lifetime = answer
+            .expires_in
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::from_secs(3600));
+        Ok(ThingToken {
+            access_token: answer.access_token,
+            expires: prost_types::Timestamp::from(std::time::SystemTime::now() + lifetime),
+        })
+    }
+
+    /// Ends every token of the thing issued up to now (within a second, everywhere).
+    pub async fn revoke(&self, thing: Uuid) -> Result<(), ProvisionError> {
+        pb::account_service_client::AccountServiceClient::new(self.sso.clone())
+            .revoke_subject(
+                self.req(pb::RevokeSubjectRequest {
+                    kind: pb::PrincipalKind::Thing as i32,
+                    subject: thing.to_string(),
+                })
+                .await?,
+            )
+            .await
+            .map_err(|s| ProvisionError::call("revoking the thing's tokens", &s))?;
+        Ok(())
+    }
+
+    /// Deletes the thing from Objects; one that is gone already counts as deleted.
+    pub async fn deregister(&self, thing: Uuid) -> Result<(), ProvisionError> {
+        let deleted = pb::thing_service_client::ThingServiceClient::new(self.objects.clone())
+            .delete_thing(
+                self.req(pb::DeleteThingRequest {
+                    id: thing_id(thing),
+                })
+                .await?,
+            )
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(ProvisionError::call("deregistering the thing", &status)),
+        }
+    }
+}
+
+/// Pushes `request` to the agent at `endpoint`, proven with the enrollment secret (the secret
+/// itself never travels); `ca` verifies an `https://` endpoint.
+pub async fn deliver(
+    endpoint: &str,
+    enrollment_secret: &[u8],
+    ca: Option<&[u8]>,
+    mut request: pb::ProvisionRequest,
+) -> Result<pb::ProvisionResponse, ProvisionError> {
+    request.enrollment_proof =
+        enrollment::hmac_proof(enrollment_secret, &enrollment::provision_message(&request));
+    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, Duration::from_secs(10), ca)
+        .map_err(ProvisionError::Config)?;
+    let answer = pb::edge_service_client::EdgeServiceClient::new(channel)
+        .provision(request)
+        .await
+        .map_err(|s| ProvisionError::call("delivering to the agent", &s))?
+        .into_inner();
+    Ok(answer)
+}
+
+/// The agent's status, proven with the enrollment secret.
+pub async fn agent_status(
+    endpoint: &str,
+    enrollment_secret: &[u8],
+    ca: Option<&[u8]>,
+) -> Result<pb::AgentStatus, ProvisionError> {
+    let mut request = pb::GetStatusRequest {
+        request_time: Some(std::time::SystemTime::now().into()),
+        ..Default::default()
+    };
+    request.enrollment_proof =
+        enrollment::hmac_proof(enrollment_secret, &enrollment::status_message(&request));
+    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, Duration::from_secs(10), ca)
+        .map_err(ProvisionError::Config)?;
+    Ok(pb::edge_service_client::EdgeServiceClient::new(channel)
+        .get_status(request)
+        .await
+        .map_err(|s| ProvisionError::call("reading the agent's status", &s))?
+        .into_inner())
+}
