@@ -8,6 +8,7 @@ pub mod desired;
 pub mod metrics;
 pub mod platform;
 pub mod provisioning;
+pub mod thing;
 pub mod topics;
 
 use std::sync::Arc;
@@ -56,7 +57,26 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     // Children are selected by the label every one of them carries.
     let owned =
         || watcher::Config::default().labels("app.kubernetes.io/managed-by=sipmba-operator");
-    Controller::new(platforms, watcher::Config::default())
+    let things = Controller::new(
+        Api::<api::Thing>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Secret>::all(client.clone()), owned())
+    .shutdown_on_signal()
+    .run(
+        thing::reconcile,
+        thing::error_policy,
+        Arc::new(thing::ThingContext::new(
+            client.clone(),
+            ctx.metrics.clone(),
+        )),
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "thing reconcile ended with an error");
+        }
+    });
+    let platforms = Controller::new(platforms, watcher::Config::default())
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
@@ -69,7 +89,7 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile ended with an error");
             }
-        })
-        .await;
+        });
+    futures::join!(platforms, things);
     Ok(())
 }

@@ -46,7 +46,7 @@ pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
     /// The operator's metrics.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failures per platform, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -56,7 +56,7 @@ impl Context {
     pub fn new(client: Client) -> Self {
         Self {
             client,
-            metrics: crate::metrics::Metrics::default(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -5,9 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{Request, Response};
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Resource, client::Body, runtime::controller::Action};
+use kube::{Resource, runtime::controller::Action};
 use serde_json::{Value, json};
 use sipmba_operator::{
     api::{ComponentStatus, SipMba, SipMbaStatus},
@@ -16,9 +15,8 @@ use sipmba_operator::{
     platform::{self, Context},
 };
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-const NS: &str = "iot";
+mod common;
+use common::*;
 
 fn platform(tls: bool) -> SipMba {
     let text = std::fs::read_to_string(
@@ -43,52 +41,8 @@ async fn with_broker(mut p: SipMba) -> (SipMba, sipmba_testkit::TestBroker) {
 }
 
 fn context() -> (Arc<Context>, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
+    let (client, handle) = mock_client();
     (Arc::new(Context::new(client)), handle)
-}
-
-/// What the mocked API server answers.
-enum Reply {
-    /// 404 NotFound.
-    Missing,
-    /// This object.
-    Object(Value),
-    /// The request's own body (what a create or an apply returns).
-    Echo,
-    /// An error status.
-    Fail(u16),
-}
-
-/// One request the reconciler must make, and the answer.
-struct Expect {
-    method: &'static str,
-    path: String,
-    reply: Reply,
-}
-
-fn get(path: String, reply: Reply) -> Expect {
-    Expect {
-        method: "GET",
-        path,
-        reply,
-    }
-}
-
-fn apply(path: String) -> Expect {
-    Expect {
-        method: "PATCH",
-        path,
-        reply: Reply::Echo,
-    }
-}
-
-fn create(path: String) -> Expect {
-    Expect {
-        method: "POST",
-        path,
-        reply: Reply::Echo,
-    }
 }
 
 /// The status write: the server answers with the whole resource.
@@ -97,84 +51,12 @@ fn apply_status(p: &SipMba) -> Expect {
         method: "PATCH",
         path: status_path(),
         reply: Reply::Object(serde_json::to_value(p).unwrap()),
+        apply: true,
     }
-}
-
-fn core(kind: &str, name: &str) -> String {
-    format!("/api/v1/namespaces/{NS}/{kind}/{name}")
-}
-
-fn apps(kind: &str, name: &str) -> String {
-    format!("/apis/apps/v1/namespaces/{NS}/{kind}/{name}")
-}
-
-fn policy(name: &str) -> String {
-    format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{name}")
 }
 
 fn status_path() -> String {
     format!("/apis/sipmba.io/v1alpha1/namespaces/{NS}/sipmbas/demo/status")
-}
-
-fn status_body(code: u16, reason: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": reason, "reason": reason, "code": code,
-    }))
-    .unwrap()
-}
-
-/// Plays `expected` and returns every request `(method, path?query, body)` seen.
-async fn serve(mut handle: Handle, expected: Vec<Expect>) -> Vec<(String, String, Value)> {
-    let mut seen = Vec::new();
-    for (i, expect) in expected.into_iter().enumerate() {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("request {i} ({} {}) never came", expect.method, expect.path)
-            })
-            .expect("the client is gone");
-        let method = request.method().to_string();
-        let uri = request.uri().to_string();
-        let path = request.uri().path().to_owned();
-        let body = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).unwrap()
-        };
-        assert_eq!(
-            (method.as_str(), path.as_str()),
-            (expect.method, expect.path.as_str()),
-            "request {i}: {uri}"
-        );
-        if method == "PATCH" {
-            assert!(
-                uri.contains("fieldManager=sipmba-operator") && uri.contains("force=true"),
-                "server-side apply with the operator's field manager: {uri}"
-            );
-        }
-        let response = match expect.reply {
-            Reply::Missing => Response::builder()
-                .status(404)
-                .body(Body::from(status_body(404, "NotFound"))),
-            Reply::Fail(code) => Response::builder()
-                .status(code)
-                .body(Body::from(status_body(code, "InternalError"))),
-            Reply::Object(object) => {
-                Response::builder().body(Body::from(serde_json::to_vec(&object).unwrap()))
-            }
-            Reply::Echo => Response::builder().body(Body::from(serde_json::to_vec(&body).unwrap())),
-        };
-        send.send_response(response.unwrap());
-        seen.push((method, uri, body));
-    }
-    // Nothing more.
-    let extra = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await;
-    if let Ok(Some((request, _))) = extra {
-        panic!("unexpected request {} {}", request.method(), request.uri());
-    }
-    seen
 }
 
 /// The children of a component as the reconciler reads them: `(path, live object)`; `ready`
@@ -397,6 +279,7 @@ async fn a_change_applies_what_it_changes_and_the_status() {
                     method: "PATCH",
                     path,
                     reply: Reply::Object(scaled),
+                    apply: true,
                 });
             }
         }
