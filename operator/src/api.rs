@@ -247,8 +247,9 @@ pub struct ThingSpec {
     pub labels: BTreeMap<String, String>,
     /// The thing's agent.
     pub agent: AgentSpec,
-    /// Lifetime of the thing's access tokens, in seconds (default: the platform's); the operator
-    /// delivers a new one when a fifth of it is left.
+    /// Longest a token delivered to the agent is used, in seconds (default: the platform's token
+    /// lifetime, `tokens.thingSeconds`): the operator delivers a new one when a fifth of it is
+    /// left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 300 && self <= 604800").message("tokenSeconds must be 300 to 604800"))]
     pub token_seconds: Option<i64>,

@@ -8,6 +8,7 @@ pub mod desired;
 pub mod metrics;
 pub mod platform;
 pub mod provisioning;
+pub mod status;
 pub mod thing;
 pub mod topics;
 

@@ -6,11 +6,7 @@
 //! applied digest differs from the desired one, so that a second reconcile of an unchanged
 //! platform writes nothing.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -18,7 +14,7 @@ use k8s_openapi::{
         core::v1::{ConfigMap, Secret, Service},
         policy::v1::PodDisruptionBudget,
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta},
     jiff::Timestamp,
 };
 use kube::{
@@ -48,7 +44,7 @@ pub struct Context {
     /// The operator's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failures per platform, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: crate::status::Failures,
 }
 
 impl Context {
@@ -57,7 +53,7 @@ impl Context {
         Self {
             client,
             metrics: Arc::new(crate::metrics::Metrics::default()),
-            failures: Mutex::new(HashMap::new()),
+            failures: crate::status::Failures::default(),
         }
     }
 }
@@ -398,24 +394,18 @@ fn condition(
     reason: &str,
     message: &str,
 ) -> Condition {
-    // The transition time stays what it was while the status does not change.
     let previous = platform
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind));
-    let status = if status { "True" } else { "False" };
-    let since = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    Condition {
-        type_: kind.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: platform.metadata.generation,
-        last_transition_time: since,
-    }
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    crate::status::condition(
+        previous,
+        platform.metadata.generation,
+        kind,
+        status,
+        reason,
+        message,
+    )
 }
 
 /// Writes the status unless it says what it says already.
@@ -446,39 +436,24 @@ async fn write_status(
     Ok(())
 }
 
-/// After a failure: back off exponentially per platform (2 s doubling, at most 5 minutes).
-pub fn error_policy(platform: Arc<SipMba>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
+fn key(platform: &SipMba) -> String {
+    format!(
         "{}/{}",
         platform.namespace().unwrap_or_default(),
         platform.name_any()
-    );
-    let failures = {
-        let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(failures);
+    )
+}
+
+/// After a failure: back off exponentially per platform (2 s doubling, at most 5 minutes).
+pub fn error_policy(platform: Arc<SipMba>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(key(&platform));
     tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
 }
 
-/// The wait after `failures` consecutive failures.
-pub fn backoff(failures: u32) -> Duration {
-    let secs = 2u64.saturating_mul(1u64 << failures.saturating_sub(1).min(16));
-    Duration::from_secs(secs.min(300))
-}
+pub use crate::status::backoff;
 
 /// Forgets the failures of a platform after a successful reconcile.
 pub fn succeeded(ctx: &Context, platform: &SipMba) {
-    let key = format!(
-        "{}/{}",
-        platform.namespace().unwrap_or_default(),
-        platform.name_any()
-    );
-    ctx.failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&key);
+    ctx.failures.succeeded(&key(platform));
 }

@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -57,7 +57,7 @@ pub struct ThingContext {
     pub agent_urls: AgentUrls,
     /// The operator's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
-    failures: Mutex<BTreeMap<String, u32>>,
+    failures: crate::status::Failures,
 }
 
 impl ThingContext {
@@ -73,7 +73,7 @@ impl ThingContext {
                 )
             }),
             metrics,
-            failures: Mutex::new(BTreeMap::new()),
+            failures: crate::status::Failures::default(),
         }
     }
 
@@ -145,20 +145,15 @@ fn condition(thing: &Thing, kind: &str, ok: bool, reason: &str, message: &str) -
     let previous = thing
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind));
-    let status = if ok { "True" } else { "False" };
-    let since = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
-    };
-    Condition {
-        type_: kind.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: thing.metadata.generation,
-        last_transition_time: since,
-    }
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    crate::status::condition(
+        previous,
+        thing.metadata.generation,
+        kind,
+        ok,
+        reason,
+        message,
+    )
 }
 
 async fn write_status(
@@ -213,10 +208,7 @@ pub async fn reconcile(thing: Arc<Thing>, ctx: Arc<ThingContext>) -> Result<Acti
     });
     let outcome = match &result {
         Ok(_) => {
-            ctx.failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            ctx.failures.succeeded(&key);
             "ok"
         }
         Err(e) => e.category(),
@@ -284,9 +276,11 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
     })
 }
 
-/// A fifth of the token's life left: time for a new one.
-fn renewal_due(issued: i64, expires: i64, now: i64) -> bool {
-    now >= expires - (expires - issued) / 5
+/// When a token issued at `issued` and expiring at `expires` is replaced: once a fifth of its
+/// life is left, its life counted as at most `cap` seconds (`spec.tokenSeconds`).
+fn renew_at(issued: i64, expires: i64, cap: Option<i64>) -> i64 {
+    let expires = cap.map_or(expires, |cap| expires.min(issued + cap));
+    expires - (expires - issued) / 5
 }
 
 async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> {
@@ -357,7 +351,9 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
     let issued = stored("issued").and_then(|v| v.parse::<i64>().ok());
     let expires = stored("expires").and_then(|v| v.parse::<i64>().ok());
     let token = match (stored("access_token"), issued, expires) {
-        (Some(token), Some(issued), Some(expires)) if !renewal_due(issued, expires, now) => {
+        (Some(token), Some(issued), Some(expires))
+            if now < renew_at(issued, expires, thing.spec.token_seconds) =>
+        {
             (token, issued, expires)
         }
         _ => {
@@ -462,8 +458,8 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
     ];
     write_status(&ctx.client, thing, status).await?;
     delivery?;
-    let renew_at = token.2 - (token.2 - token.1) / 5;
-    let wait = u64::try_from(renew_at - now).unwrap_or(0).max(30);
+    let renewal = renew_at(token.1, token.2, thing.spec.token_seconds);
+    let wait = u64::try_from(renewal - now).unwrap_or(0).max(30);
     Ok(Action::requeue(Duration::from_secs(wait)))
 }
 
@@ -569,14 +565,7 @@ async fn cleanup(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError
 
 /// After a failure: back off exponentially per thing (2 s doubling, at most 5 minutes).
 pub fn error_policy(thing: Arc<Thing>, error: &ThingError, ctx: Arc<ThingContext>) -> Action {
-    let key = failure_key(&thing);
-    let failures = {
-        let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = crate::platform::backoff(failures);
+    let delay = ctx.failures.failed(failure_key(&thing));
     tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "thing reconcile failed");
     Action::requeue(delay)
 }
@@ -587,4 +576,20 @@ fn failure_key(thing: &Thing) -> String {
         thing.namespace().unwrap_or_default(),
         thing.name_any()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renew_at;
+
+    #[test]
+    fn a_token_is_renewed_when_a_fifth_of_its_life_is_left_capped_by_token_seconds() {
+        assert_eq!(renew_at(1_000, 4_600, None), 3_880);
+        assert_eq!(renew_at(1_000, 4_600, Some(600)), 1_480);
+        assert_eq!(
+            renew_at(1_000, 4_600, Some(86_400)),
+            3_880,
+            "a cap above the lifetime changes nothing"
+        );
+    }
 }

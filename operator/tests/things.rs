@@ -7,13 +7,7 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::Stdio,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use common::*;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
@@ -25,7 +19,6 @@ use sipmba_operator::{
     provisioning::{self, PlatformAccess},
     thing::{self, ThingContext},
 };
-use tokio::process::{Child, Command};
 
 fn thing_path() -> String {
     format!("/apis/sipmba.io/v1alpha1/namespaces/{NS}/things/greenhouse-7")
@@ -239,120 +232,13 @@ async fn a_deleted_thing_of_a_platform_that_is_gone_is_released() {
 
 // ----- with the real platform and agent ------------------------------------------------------
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace's binaries first (cargo build --workspace)",
-        path.display()
-    );
-    path
-}
-
-fn spawn(program: &Path, args: &[&str], dir: &Path) -> Child {
-    Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    secs: u64,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} within {secs} s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thing_is_provisioned_left_alone_renewed_and_cleaned_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let operator_secret = "operator-secret-0123456789-abcdefghijklmnopqrstuv";
-    std::fs::write(dir.path().join("operator.secret"), operator_secret).unwrap();
-    std::fs::write(
-        dir.path().join("sipmba.toml"),
-        "[[sso.service_clients]]\nid = \"sipmba-operator\"\nsecret_file = \"operator.secret\"\n\
-         scopes = [\"objects:admin\", \"objects:authorize\", \"things:read\", \"things:write\", \"tokens:admin\"]\n",
-    )
-    .unwrap();
-    let port = sipmba_testkit::free_port_pair();
-    let url = format!("http://127.0.0.1:{port}");
-    let _platform = spawn(
-        &bin("sipmba"),
-        &[
-            "server",
-            "--dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-            "sipmba.toml",
-        ],
-        dir.path(),
-    );
-    let state = dir.path().join(".sipmba/dev-state.json");
-    let owner = until("the dev platform's admin user", 60, || async {
-        let text = std::fs::read_to_string(&state).ok()?;
-        let value: Value = serde_json::from_str(&text).ok()?;
-        value["admin"].as_str().map(str::to_owned)
-    })
-    .await;
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let enrollment = "enrollment-secret-of-greenhouse-7";
-    std::fs::write(agent_dir.join("enrollment.secret"), enrollment).unwrap();
-    let agent_port = sipmba_testkit::free_port_pair();
-    std::fs::write(
-        agent_dir.join("agent.toml"),
-        format!(
-            "state_dir = \"state\"\nsample_interval_secs = 1\nupload_interval_secs = 1\nmax_backoff_secs = 2\n\n\
-             [provisioning]\nlisten = \"127.0.0.1:{agent_port}\"\nenrollment_secret_file = \"enrollment.secret\"\n\n\
-             [[sensors]]\nkind = \"simulated\"\nmetric = \"temperature\"\nmin = 20.0\nmax = 25.0\n"
-        ),
-    )
-    .unwrap();
-    let _agent = spawn(
-        &bin("sipmba-edge"),
-        &["run", "--config", "agent.toml"],
-        &agent_dir,
-    );
-    let endpoint = format!("http://127.0.0.1:{agent_port}");
-    let mut thing = with_finalizer(sample_thing(&owner));
+    let stack = stack().await;
+    let (url, endpoint) = (stack.url.clone(), stack.endpoint.clone());
+    let (operator_secret, enrollment) = (OPERATOR_SECRET, ENROLLMENT);
+    let mut thing = with_finalizer(sample_thing(&stack.owner.to_string()));
     thing.spec.agent.endpoint = endpoint.clone();
-    // The platform must take registrations before the scenario starts.
-    until("the dev platform", 60, || async {
-        provisioning::Operator::new(
-            &PlatformAccess {
-                sso_url: url.clone(),
-                objects_url: url.clone(),
-                ca: None,
-            },
-            operator_secret,
-        )
-        .ok()?
-        .register(owner.parse().ok()?, "warm-up", &BTreeMap::new())
-        .await
-        .ok()
-    })
-    .await;
-    until("the agent's endpoint", 30, || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", agent_port))
-            .await
-            .ok()
-    })
-    .await;
 
     let clients = || {
         get(
@@ -373,19 +259,30 @@ async fn a_thing_is_provisioned_left_alone_renewed_and_cleaned_up() {
         )
     };
     let credentials = core("secrets", "greenhouse-7-credentials");
+    // What every reconcile reads first: the platform and the operator's credential.
+    let reach = || {
+        vec![
+            get(platform_path(), Reply::Object(platform_object())),
+            clients(),
+        ]
+    };
 
     // 1. A new thing: registered, its credential and token kept in a Secret it owns, delivered.
     let (ctx, handle) = context(&url);
     let verifier = tokio::spawn(serve(
         handle,
-        vec![
-            get(platform_path(), Reply::Object(platform_object())),
-            clients(),
-            get(credentials.clone(), Reply::Missing),
-            apply(credentials.clone()),
-            enrollment_secret(),
-            status_write(&thing),
-        ],
+        [
+            reach(),
+            vec![
+                get(credentials.clone(), Reply::Missing),
+                apply(credentials.clone()),
+                enrollment_secret(),
+                status_write(&thing),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     ));
     let action = thing::reconcile(Arc::new(thing.clone()), ctx)
         .await
@@ -444,14 +341,16 @@ async fn a_thing_is_provisioned_left_alone_renewed_and_cleaned_up() {
     let (ctx, handle) = context(&url);
     let verifier = tokio::spawn(serve(
         handle,
-        vec![
-            get(platform_path(), Reply::Object(platform_object())),
-            clients(),
-            get(
+        [
+            reach(),
+            vec![get(
                 credentials.clone(),
                 Reply::Object(secret_object("greenhouse-7-credentials", &stored_pairs)),
-            ),
-        ],
+            )],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     ));
     thing::reconcile(Arc::new(current.clone()), ctx)
         .await
@@ -473,17 +372,21 @@ async fn a_thing_is_provisioned_left_alone_renewed_and_cleaned_up() {
     let (ctx, handle) = context(&url);
     let verifier = tokio::spawn(serve(
         handle,
-        vec![
-            get(platform_path(), Reply::Object(platform_object())),
-            clients(),
-            get(
-                credentials.clone(),
-                Reply::Object(secret_object("greenhouse-7-credentials", &due)),
-            ),
-            apply(credentials.clone()),
-            enrollment_secret(),
-            status_write(&current),
-        ],
+        [
+            reach(),
+            vec![
+                get(
+                    credentials.clone(),
+                    Reply::Object(secret_object("greenhouse-7-credentials", &due)),
+                ),
+                apply(credentials.clone()),
+                enrollment_secret(),
+                status_write(&current),
+            ],
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     ));
     thing::reconcile(Arc::new(current.clone()), ctx)
         .await
@@ -524,23 +427,14 @@ async fn a_thing_is_provisioned_left_alone_renewed_and_cleaned_up() {
     let (ctx, handle) = context(&url);
     let verifier = tokio::spawn(serve(
         handle,
-        vec![
-            get(platform_path(), Reply::Object(platform_object())),
-            clients(),
-            json_patch(&deleted),
-        ],
+        [reach(), vec![json_patch(&deleted)]]
+            .into_iter()
+            .flatten()
+            .collect(),
     ));
     thing::reconcile(Arc::new(deleted), ctx).await.unwrap();
     verifier.await.unwrap();
-    let operator = provisioning::Operator::new(
-        &PlatformAccess {
-            sso_url: url.clone(),
-            objects_url: url.clone(),
-            ca: None,
-        },
-        operator_secret,
-    )
-    .unwrap();
+    let operator = stack.operator();
     let client_id = renewed["stringData"]["client_id"].as_str().unwrap();
     let secret = renewed["stringData"]["client_secret"].as_str().unwrap();
     assert!(

@@ -138,3 +138,163 @@ pub async fn serve(mut handle: Handle, expected: Vec<Expect>) -> Vec<(String, St
     }
     seen
 }
+
+// ----- the real platform and agent, as processes ---------------------------------------------
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Instant,
+};
+
+use tokio::process::{Child, Command};
+
+/// A workspace binary, built next to this test (`.ci/test` builds every binary first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace's binaries first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn spawn(program: &Path, args: &[&str], dir: &Path) -> Child {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `check` until it finds something, for at most `secs` seconds.
+pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what} within {secs} s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The operator's client secret in the platform.
+pub const OPERATOR_SECRET: &str = "operator-secret-0123456789-abcdefghijklmnopqrstuv";
+/// The agent's enrollment secret.
+pub const ENROLLMENT: &str = "enrollment-secret-of-greenhouse-7";
+
+/// `sipmba server --dev` (with the `sipmba-operator` service client) and a `sipmba-edge`
+/// agent with its provisioning endpoint, both running.
+pub struct Stack {
+    /// The platform's address.
+    pub url: String,
+    /// The dev platform's admin user: the things' owner.
+    pub owner: uuid::Uuid,
+    /// The agent's provisioning endpoint.
+    pub endpoint: String,
+    _platform: Child,
+    _agent: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the stack and waits until the platform registers things and the agent listens.
+pub async fn stack() -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("operator.secret"), OPERATOR_SECRET).unwrap();
+    std::fs::write(
+        dir.path().join("sipmba.toml"),
+        "[[sso.service_clients]]\nid = \"sipmba-operator\"\nsecret_file = \"operator.secret\"\n\
+         scopes = [\"objects:admin\", \"objects:authorize\", \"things:read\", \"things:write\", \"tokens:admin\"]\n",
+    )
+    .unwrap();
+    let port = sipmba_testkit::free_port_pair();
+    let url = format!("http://127.0.0.1:{port}");
+    let platform = spawn(
+        &bin("sipmba"),
+        &[
+            "server",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--config",
+            "sipmba.toml",
+        ],
+        dir.path(),
+    );
+    let state = dir.path().join(".sipmba/dev-state.json");
+    let owner = until("the dev platform's admin user", 60, || async {
+        let text = std::fs::read_to_string(&state).ok()?;
+        let value: Value = serde_json::from_str(&text).ok()?;
+        uuid::Uuid::parse_str(value["admin"].as_str()?).ok()
+    })
+    .await;
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    std::fs::write(agent_dir.join("enrollment.secret"), ENROLLMENT).unwrap();
+    let agent_port = sipmba_testkit::free_port_pair();
+    std::fs::write(
+        agent_dir.join("agent.toml"),
+        format!(
+            "state_dir = \"state\"\nsample_interval_secs = 1\nupload_interval_secs = 1\nmax_backoff_secs = 2\n\n\
+             [provisioning]\nlisten = \"127.0.0.1:{agent_port}\"\nenrollment_secret_file = \"enrollment.secret\"\n\n\
+             [[sensors]]\nkind = \"simulated\"\nmetric = \"temperature\"\nmin = 20.0\nmax = 25.0\n"
+        ),
+    )
+    .unwrap();
+    let agent = spawn(
+        &bin("sipmba-edge"),
+        &["run", "--config", "agent.toml"],
+        &agent_dir,
+    );
+    until("the agent's endpoint", 30, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", agent_port))
+            .await
+            .ok()
+    })
+    .await;
+    let stack = Stack {
+        url,
+        owner,
+        endpoint: format!("http://127.0.0.1:{agent_port}"),
+        _platform: platform,
+        _agent: agent,
+        _dir: dir,
+    };
+    // The platform takes registrations once its services are up.
+    let operator = stack.operator();
+    until("the platform to register things", 60, || async {
+        operator
+            .register(owner, "warm-up", &Default::default())
+            .await
+            .ok()
+    })
+    .await;
+    stack
+}
+
+impl Stack {
+    /// The operator on this platform.
+    pub fn operator(&self) -> sipmba_operator::provisioning::Operator {
+        sipmba_operator::provisioning::Operator::new(&self.access(), OPERATOR_SECRET).unwrap()
+    }
+
+    /// Where the platform answers.
+    pub fn access(&self) -> sipmba_operator::provisioning::PlatformAccess {
+        sipmba_operator::provisioning::PlatformAccess {
+            sso_url: self.url.clone(),
+            objects_url: self.url.clone(),
+            ca: None,
+        }
+    }
+}

@@ -155,15 +155,21 @@ pub async fn create_topic(
     w.i32(5_000); // timeout ms
     w.i8(0); // validate only: no
     let response = call(broker, CREATE_TOPICS, 2, &w.0).await?;
-    let mut r = Reader(&response);
+    topic_results(&response, "creating topic", &[TOPIC_ALREADY_EXISTS])
+}
+
+/// Reads the per-topic results of CreateTopics v2 or CreatePartitions v1 (throttle, then
+/// `[name, error code, error message]`): the first error not in `fine`.
+fn topic_results(response: &[u8], what: &str, fine: &[i16]) -> Result<(), QueueError> {
+    let mut r = Reader(response);
     let _throttle = r.i32()?;
     for _ in 0..r.count()? {
         let name = r.string()?;
         let code = r.i16()?;
         let message = r.nullable_string()?;
-        if code != 0 && code != TOPIC_ALREADY_EXISTS {
+        if code != 0 && !fine.contains(&code) {
             return Err(admin_error(format!(
-                "creating topic {name}: error {code}{}",
+                "{what} {name}: error {code}{}",
                 message.map(|m| format!(" ({m})")).unwrap_or_default()
             )));
         }
@@ -223,20 +229,11 @@ pub async fn create_partitions(broker: &str, topic: &str, count: i32) -> Result<
     w.i32(5_000); // timeout ms
     w.i8(0); // validate only: no
     let response = call(broker, CREATE_PARTITIONS, 1, &w.0).await?;
-    let mut r = Reader(&response);
-    let _throttle = r.i32()?;
-    for _ in 0..r.count()? {
-        let name = r.string()?;
-        let code = r.i16()?;
-        let message = r.nullable_string()?;
-        if code != 0 {
-            return Err(admin_error(format!(
-                "growing topic {name} to {count} partitions: error {code}{}",
-                message.map(|m| format!(" ({m})")).unwrap_or_default()
-            )));
-        }
-    }
-    Ok(())
+    topic_results(
+        &response,
+        &format!("growing to {count} partitions topic"),
+        &[],
+    )
 }
 
 /// Whether `broker` offers the request `api_key` (ApiVersions v0).

@@ -145,6 +145,25 @@ impl User {
         })
     }
 
+    /// Runs a command with `-o json` printing one object per line (a stream); it must succeed.
+    fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self
+            .cmd(&all)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
     /// Runs a command that must fail with `code`; returns its standard error.
     fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.cmd(args).assert().code(code).get_output().clone();
@@ -289,28 +308,7 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     );
 
     // Its readings arrive: three new ones through `tail -f`, then in the latest values.
-    let out = admin
-        .cmd(&[
-            "telemetry",
-            "tail",
-            "sensor-1",
-            "-f",
-            "-n",
-            "3",
-            "-o",
-            "json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let events: Vec<Value> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.is_object())
-        .collect();
+    let events = admin.json_lines(&["telemetry", "tail", "sensor-1", "-f", "-n", "3"]);
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(events.iter().all(|e| e["thing"] == id.as_str()));
     assert!(
@@ -349,28 +347,15 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     });
 
     // A command goes to ACKED, and the agent switched its output.
-    let out = admin
-        .cmd(&[
-            "commands",
-            "send",
-            "sensor-1",
-            "fan.on",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-o",
-            "json",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let states: Vec<Value> = String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .collect();
+    let states = admin.json_lines(&[
+        "commands",
+        "send",
+        "sensor-1",
+        "fan.on",
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
     assert_eq!(states.last().unwrap()["state"], "ACKED", "{states:?}");
     assert_eq!(agent.output_is_on("fan"), Some(true));
     // A command the agent does not know ends FAILED: exit 7, with the agent's reason.

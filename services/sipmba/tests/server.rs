@@ -1368,25 +1368,29 @@ async fn services_call_each_other_over_tls_trusting_the_platform_ca() {
     );
     // sso creates users in Objects over https://.
     let objects_url = format!("https://{objects_addr}");
-    let sso = spawn(
-        &[
-            "server",
-            "--target",
-            "sso",
-            "--config",
-            "tls.toml",
-            "--listen",
-            &sso_addr,
-            "--database-url",
-            "sqlite://sso.db?mode=rwc",
-            "--objects-url",
-            &objects_url,
-            "--issuer",
-            &sso_url,
-            "--open-registration",
-        ],
-        dir.path(),
-    );
+    // sso, with the CA its configuration file trusts.
+    let start_sso = |config: &str, sso_addr: &str| {
+        spawn(
+            &[
+                "server",
+                "--target",
+                "sso",
+                "--config",
+                config,
+                "--listen",
+                sso_addr,
+                "--database-url",
+                "sqlite://sso.db?mode=rwc",
+                "--objects-url",
+                &objects_url,
+                "--issuer",
+                &sso_url,
+                "--open-registration",
+            ],
+            dir.path(),
+        )
+    };
+    let sso = start_sso("tls.toml", &sso_addr);
     let tls = ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca));
     let channel = |addr: &str| {
         Endpoint::from_shared(format!("https://{addr}"))
@@ -1434,25 +1438,7 @@ async fn services_call_each_other_over_tls_trusting_the_platform_ca() {
 
     // An sso trusting another CA cannot reach Objects: registration fails, nothing half-made.
     let sso_addr = format!("127.0.0.1:{}", free_port());
-    let wrong = spawn(
-        &[
-            "server",
-            "--target",
-            "sso",
-            "--config",
-            "wrong-ca.toml",
-            "--listen",
-            &sso_addr,
-            "--database-url",
-            "sqlite://sso.db?mode=rwc",
-            "--objects-url",
-            &objects_url,
-            "--issuer",
-            &sso_url,
-            "--open-registration",
-        ],
-        dir.path(),
-    );
+    let wrong = start_sso("wrong-ca.toml", &sso_addr);
     let wrong_channel = connect(channel(&sso_addr)).await;
     wait_for_health(&wrong_channel, "", ServingStatus::Serving).await;
     let refused = pb::account_service_client::AccountServiceClient::new(wrong_channel)

@@ -765,38 +765,10 @@ pub async fn channels(ctx: &Ctx, command: Channels) -> Result<(), CliError> {
             )));
         }
         Channels::Connect { channel, things } => {
-            let id = resolve_channel(&s, &channel).await?;
-            let mut last = None;
-            for thing in things {
-                let thing = resolve_thing(&s, &thing).await?;
-                last = Some(
-                    client
-                        .connect_thing(s.req(pb::ConnectThingRequest {
-                            channel: channel_id(id),
-                            thing: thing_id(thing),
-                        }))
-                        .await
-                        .doing("connecting the thing")?,
-                );
-            }
-            last.unwrap_or_default()
+            connections(&s, &mut client, &channel, &things, true).await?
         }
         Channels::Disconnect { channel, things } => {
-            let id = resolve_channel(&s, &channel).await?;
-            let mut last = None;
-            for thing in things {
-                let thing = resolve_thing(&s, &thing).await?;
-                last = Some(
-                    client
-                        .disconnect_thing(s.req(pb::DisconnectThingRequest {
-                            channel: channel_id(id),
-                            thing: thing_id(thing),
-                        }))
-                        .await
-                        .doing("disconnecting the thing")?,
-                );
-            }
-            last.unwrap_or_default()
+            connections(&s, &mut client, &channel, &things, false).await?
         }
         Channels::Grant {
             channel,
@@ -840,6 +812,39 @@ pub async fn channels(ctx: &Ctx, command: Channels) -> Result<(), CliError> {
     };
     print_channel(ctx, &channel);
     Ok(())
+}
+
+/// Connects (or disconnects) `things` to `channel`; returns the channel as it is after.
+async fn connections(
+    s: &Session,
+    client: &mut pb::channel_service_client::ChannelServiceClient<tonic::transport::Channel>,
+    channel: &str,
+    things: &[String],
+    connect: bool,
+) -> Result<pb::Channel, CliError> {
+    let id = resolve_channel(s, channel).await?;
+    let mut last = pb::Channel::default();
+    for thing in things {
+        let thing = resolve_thing(s, thing).await?;
+        last = if connect {
+            client
+                .connect_thing(s.req(pb::ConnectThingRequest {
+                    channel: channel_id(id),
+                    thing: thing_id(thing),
+                }))
+                .await
+                .doing("connecting the thing")?
+        } else {
+            client
+                .disconnect_thing(s.req(pb::DisconnectThingRequest {
+                    channel: channel_id(id),
+                    thing: thing_id(thing),
+                }))
+                .await
+                .doing("disconnecting the thing")?
+        };
+    }
+    Ok(last)
 }
 
 fn print_channel(ctx: &Ctx, c: &pb::Channel) {

@@ -77,15 +77,20 @@ impl Rows {
     }
 }
 
+fn json_object(fields: &[(&str, Value)]) -> Value {
+    Value::Object(
+        fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    )
+}
+
 /// One object: printed as `field  value` lines, or as a JSON object.
 pub fn print_object(format: Format, fields: &[(&str, Value)]) {
     match format {
         Format::Json => {
-            let map: Map<String, Value> = fields
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect();
-            out(Value::Object(map));
+            out(json_object(fields));
         }
         Format::Table => {
             let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -100,13 +105,7 @@ pub fn print_object(format: Format, fields: &[(&str, Value)]) {
 /// is gone.
 pub fn print_line(format: Format, text: &str, fields: &[(&str, Value)]) -> bool {
     match format {
-        Format::Json => {
-            let map: Map<String, Value> = fields
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect();
-            out(Value::Object(map))
-        }
+        Format::Json => out(json_object(fields)),
         Format::Table => out(text),
     }
 }
