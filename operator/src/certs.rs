@@ -71,7 +71,8 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
+/// The text under `key` of a Secret, as read back (`data`) or as written (`stringData`).
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
         return String::from_utf8(value.0.clone()).ok();
     }
@@ -86,8 +87,10 @@ impl Ca {
     /// The CA of a Secret holding `ca.crt`, `ca.key` and the name annotation.
     pub fn from_secret(secret: &Secret) -> Result<Self, String> {
         let name = secret.name_or_default();
-        let cert_pem = text(secret, "ca.crt").ok_or(format!("Secret {name} has no ca.crt"))?;
-        let key_pem = text(secret, "ca.key").ok_or(format!("Secret {name} has no ca.key"))?;
+        let cert_pem =
+            secret_value(secret, "ca.crt").ok_or(format!("Secret {name} has no ca.crt"))?;
+        let key_pem =
+            secret_value(secret, "ca.key").ok_or(format!("Secret {name} has no ca.key"))?;
         let key = rcgen::KeyPair::from_pem(&key_pem)
             .map_err(|e| format!("Secret {name}: ca.key: {e}"))?;
         let ca_name = secret

@@ -150,16 +150,20 @@ where
     Ok(api.patch(&name, &params, &Patch::Apply(&desired)).await?)
 }
 
-/// Creates `secret` unless it exists; never replaces one (a generated secret stays as it was).
-async fn create_once(api: &Api<Secret>, secret: Secret) -> Result<Secret, Error> {
-    let name = secret.metadata.name.clone().unwrap_or_default();
-    if let Some(existing) = api.get_opt(&name).await? {
+/// The Secret `name`, created from `build` (called only then) when it does not exist; never
+/// replaced (a generated secret stays as it was).
+async fn create_once(
+    api: &Api<Secret>,
+    name: &str,
+    build: impl FnOnce() -> Result<Secret, Error>,
+) -> Result<Secret, Error> {
+    if let Some(existing) = api.get_opt(name).await? {
         return Ok(existing);
     }
-    match api.create(&PostParams::default(), &secret).await {
+    match api.create(&PostParams::default(), &build()?).await {
         Ok(created) => Ok(created),
         // Created meanwhile (another replica of the operator): that one stays.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(api.get(&name).await?),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(api.get(name).await?),
         Err(e) => Err(e.into()),
     }
 }
@@ -219,14 +223,14 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let clients = desired::CLIENTS
-        .iter()
-        .map(|(_, key, _)| ((*key).to_owned(), random_secret()))
-        .collect();
-    create_once(
-        &secrets,
-        secret(&platform, desired::clients_secret_name(&platform), clients),
-    )
+    let clients = desired::clients_secret_name(&platform);
+    create_once(&secrets, &clients, || {
+        let generated = desired::CLIENTS
+            .iter()
+            .map(|(_, key, _)| ((*key).to_owned(), random_secret()))
+            .collect();
+        Ok(secret(&platform, clients.clone(), generated))
+    })
     .await?;
     if platform.spec.tls.enabled.unwrap_or(true) {
         certificates(&platform, &secrets).await?;
@@ -324,28 +328,25 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
 /// the CA changed).
 async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Error> {
     let ca_name = format!("{}-ca", platform.name_any());
-    let ca = match secrets.get_opt(&ca_name).await? {
-        Some(ca) => ca,
-        None => {
-            let common_name = format!(
-                "{}/{} platform CA",
-                platform.namespace().unwrap_or_default(),
-                platform.name_any()
-            );
-            let fresh = certs::new_ca(&common_name).map_err(Error::Certificates)?;
-            let mut ca = secret(
-                platform,
-                ca_name.clone(),
-                BTreeMap::from([
-                    ("ca.crt".to_owned(), fresh.cert_pem),
-                    ("ca.key".to_owned(), fresh.key_pem),
-                ]),
-            );
-            ca.metadata.annotations =
-                Some(BTreeMap::from([(certs::CA_NAME.to_owned(), common_name)]));
-            create_once(secrets, ca).await?
-        }
-    };
+    let ca = create_once(secrets, &ca_name, || {
+        let common_name = format!(
+            "{}/{} platform CA",
+            platform.namespace().unwrap_or_default(),
+            platform.name_any()
+        );
+        let fresh = certs::new_ca(&common_name).map_err(Error::Certificates)?;
+        let mut ca = secret(
+            platform,
+            ca_name.clone(),
+            BTreeMap::from([
+                ("ca.crt".to_owned(), fresh.cert_pem),
+                ("ca.key".to_owned(), fresh.key_pem),
+            ]),
+        );
+        ca.metadata.annotations = Some(BTreeMap::from([(certs::CA_NAME.to_owned(), common_name)]));
+        Ok(ca)
+    })
+    .await?;
     let ca = certs::Ca::from_secret(&ca).map_err(Error::Certificates)?;
     let days = platform.spec.tls.certificate_days.unwrap_or(90);
     let now = Timestamp::now();

@@ -121,21 +121,6 @@ impl ThingError {
     }
 }
 
-fn secret_text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .cloned()
-        })
-}
-
 /// The Secret holding a thing's credential and token.
 pub fn credentials_name(thing: &Thing) -> String {
     format!("{}-credentials", thing.name_any())
@@ -241,7 +226,7 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
     let Some(secret) = secrets
         .get_opt(&clients)
         .await?
-        .and_then(|s| secret_text(&s, "operator"))
+        .and_then(|s| crate::certs::secret_value(&s, "operator"))
     else {
         return Ok(Reach::Missing(
             "PlatformStarting",
@@ -253,7 +238,7 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
         match secrets
             .get_opt(&name)
             .await?
-            .and_then(|s| secret_text(&s, "ca.crt"))
+            .and_then(|s| crate::certs::secret_value(&s, "ca.crt"))
         {
             Some(ca) => Some(ca.into_bytes()),
             None => {
@@ -342,7 +327,10 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = credentials_name(thing);
     let live = secrets.get_opt(&name).await?;
-    let stored = |key: &str| live.as_ref().and_then(|s| secret_text(s, key));
+    let stored = |key: &str| {
+        live.as_ref()
+            .and_then(|s| crate::certs::secret_value(s, key))
+    };
     let now = Timestamp::now().as_second();
     let (client_id, client_secret) = match (stored("client_id"), stored("client_secret")) {
         (Some(id), Some(secret)) => (id, secret),
@@ -484,7 +472,7 @@ async fn deliver(
     let enrollment = secrets
         .get_opt(&reference.name)
         .await?
-        .and_then(|s| secret_text(&s, &reference.key))
+        .and_then(|s| crate::certs::secret_value(&s, &reference.key))
         .ok_or_else(|| {
             ProvisionError::Config(format!(
                 "the enrollment secret {}/{} is missing",

@@ -388,7 +388,6 @@ async fn tls_gets_a_ca_once_and_a_certificate_per_service_renewed_when_due() {
     let mut expected = vec![
         get(core("secrets", "demo-clients"), existing_clients()),
         get(core("secrets", "demo-ca"), Reply::Missing),
-        get(core("secrets", "demo-ca"), Reply::Missing),
         create(format!("/api/v1/namespaces/{NS}/secrets")),
     ];
     for component in Component::ALL {
@@ -404,7 +403,7 @@ async fn tls_gets_a_ca_once_and_a_certificate_per_service_renewed_when_due() {
     let verifier = tokio::spawn(serve(handle, expected));
     platform::reconcile(Arc::new(p.clone()), ctx).await.unwrap();
     let seen = verifier.await.unwrap();
-    let ca_secret: Secret = serde_json::from_value(seen[3].2.clone()).unwrap();
+    let ca_secret: Secret = serde_json::from_value(seen[2].2.clone()).unwrap();
     assert!(
         ca_secret
             .metadata

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     CliError, Context, Ctx, Exit, Session, duration, key_value,
-    objects::{resolve_channel, resolve_thing},
+    objects::{resolve_channel, resolve_thing, resolve_things},
     output,
     output::{Format, Rows},
     page, pb_duration,
@@ -410,14 +410,6 @@ pub async fn telemetry(ctx: &Ctx, command: Telemetry) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-async fn resolve_things(s: &Session, names: &[String]) -> Result<Vec<Uuid>, CliError> {
-    let mut ids = Vec::with_capacity(names.len());
-    for name in names {
-        ids.push(resolve_thing(s, name).await?);
-    }
-    Ok(ids)
 }
 
 fn thing_ids(ids: &[Uuid]) -> Vec<pb::ThingId> {

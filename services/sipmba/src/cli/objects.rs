@@ -247,12 +247,12 @@ async fn all_channels(s: &Session) -> Result<Vec<pb::Channel>, CliError> {
 fn pick<T>(
     kind: &str,
     name: &str,
-    list: Vec<T>,
+    list: &[T],
     name_of: impl Fn(&T) -> &str,
     id_of: impl Fn(&T) -> Option<String>,
     list_command: &str,
 ) -> Result<Uuid, CliError> {
-    let found: Vec<T> = list.into_iter().filter(|t| name_of(t) == name).collect();
+    let found: Vec<&T> = list.iter().filter(|t| name_of(t) == name).collect();
     match found.len() {
         0 => Err(
             CliError::new(Exit::NotFound, format!("no {kind} named {name:?}"))
@@ -260,11 +260,11 @@ fn pick<T>(
         ),
         1 => found
             .first()
-            .and_then(&id_of)
+            .and_then(|t| id_of(t))
             .and_then(|id| Uuid::parse_str(&id).ok())
             .ok_or_else(|| CliError::new(Exit::Failure, format!("the {kind} has no id"))),
         _ => {
-            let ids: Vec<String> = found.iter().filter_map(&id_of).collect();
+            let ids: Vec<String> = found.iter().filter_map(|t| id_of(t)).collect();
             Err(CliError::usage(format!(
                 "{} {kind}s are named {name:?} (ids {}); give the id instead",
                 found.len(),
@@ -276,17 +276,36 @@ fn pick<T>(
 
 /// A thing by name (of the caller's subtree) or id.
 pub async fn resolve_thing(s: &Session, name: &str) -> Result<Uuid, CliError> {
-    if let Ok(id) = Uuid::parse_str(name) {
-        return Ok(id);
+    let ids = resolve_things(s, std::slice::from_ref(&name.to_owned())).await?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| CliError::new(Exit::Failure, "no thing resolved"))
+}
+
+/// Things by name (of the caller's subtree) or id; the subtree's things are listed once, and
+/// only when a name needs it.
+pub async fn resolve_things(s: &Session, names: &[String]) -> Result<Vec<Uuid>, CliError> {
+    let mut listed: Option<Vec<pb::Thing>> = None;
+    let mut ids = Vec::with_capacity(names.len());
+    for name in names {
+        if let Ok(id) = Uuid::parse_str(name) {
+            ids.push(id);
+            continue;
+        }
+        let things = match &listed {
+            Some(things) => things,
+            None => listed.insert(all_things(s, &[]).await?),
+        };
+        ids.push(pick(
+            "thing",
+            name,
+            things,
+            |t| &t.name,
+            |t| t.id.as_ref().map(|i| i.value.clone()),
+            "sipmba things list",
+        )?);
     }
-    pick(
-        "thing",
-        name,
-        all_things(s, &[]).await?,
-        |t| &t.name,
-        |t| t.id.as_ref().map(|i| i.value.clone()),
-        "sipmba things list",
-    )
+    Ok(ids)
 }
 
 /// A channel by name (of the caller's subtree) or id.
@@ -297,7 +316,7 @@ pub async fn resolve_channel(s: &Session, name: &str) -> Result<Uuid, CliError> 
     pick(
         "channel",
         name,
-        all_channels(s).await?,
+        &all_channels(s).await?,
         |c| &c.name,
         |c| c.id.as_ref().map(|i| i.value.clone()),
         "sipmba channels list",
@@ -312,7 +331,7 @@ async fn resolve_user(s: &Session, name: &str) -> Result<Uuid, CliError> {
     pick(
         "user",
         name,
-        all_users(s).await?,
+        &all_users(s).await?,
         |u| &u.username,
         |u| u.id.as_ref().map(|i| i.value.clone()),
         "sipmba users tree",
@@ -824,8 +843,7 @@ async fn connections(
 ) -> Result<pb::Channel, CliError> {
     let id = resolve_channel(s, channel).await?;
     let mut last = pb::Channel::default();
-    for thing in things {
-        let thing = resolve_thing(s, thing).await?;
+    for thing in resolve_things(s, things).await? {
         last = if connect {
             client
                 .connect_thing(s.req(pb::ConnectThingRequest {
