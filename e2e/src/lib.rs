@@ -159,6 +159,15 @@ pub struct DevPlatform {
 impl DevPlatform {
     /// Starts the `server` binary with `--dev` and sets up the user and the thing.
     pub async fn start(server: &Path, deadline: Instant) -> anyhow::Result<Self> {
+        Self::start_with(server, deadline, &[]).await
+    }
+
+    /// As [`DevPlatform::start`], with more arguments for the server (e.g. `--brokers`).
+    pub async fn start_with(
+        server: &Path,
+        deadline: Instant,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let server = &std::fs::canonicalize(server)
             .with_context(|| format!("the server binary {}", server.display()))?;
         let dir = tempfile::tempdir()?;
@@ -166,6 +175,7 @@ impl DevPlatform {
         let listen = format!("127.0.0.1:{port}");
         let server = Command::new(server)
             .args(["server", "--dev", "--listen", &listen])
+            .args(args)
             .current_dir(dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

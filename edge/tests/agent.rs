@@ -56,7 +56,7 @@ impl Platform {
         let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
         sipmba_collect::store::migrate(&conn).await.unwrap();
         let broker = TestBroker::start().await.unwrap();
-        let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        let queue = Queue::connect(&broker.brokers(), &broker.prefix)
             .await
             .unwrap();
         let (verifier, jwks) = issuer.verifier().await.unwrap();

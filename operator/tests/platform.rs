@@ -218,7 +218,7 @@ async fn a_new_platform_gets_its_secret_and_every_child_then_a_status() {
     assert_eq!(condition(status, "Progressing")["status"], "True");
     assert_eq!(status["status"]["components"].as_array().unwrap().len(), 5);
     // The topics are on the log, with the spec's partitions.
-    let queue = sipmba_queue::Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+    let queue = sipmba_queue::Queue::connect(&broker.brokers(), &broker.prefix)
         .await
         .unwrap();
     assert_eq!(queue.partition_count("sipmba.telemetry").await.unwrap(), 4);

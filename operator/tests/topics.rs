@@ -1,5 +1,5 @@
 //! The platform's topics on a real broker: created with the spec's partitions and retention, an
-//! existing topic is success, and partitions never shrink.
+//! existing topic is success, partitions grow on Kafka (CreatePartitions) and never shrink.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 use std::time::Duration;
@@ -47,6 +47,15 @@ async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
     spec.telemetry_partitions = Some(3);
     let again = topics::ensure(&spec, WAIT).await.unwrap();
     assert_eq!((again[0].wanted, again[0].partitions), (3, 6));
+    // More asked for: Kafka adds them (tansu cannot, and says so).
+    spec.telemetry_partitions = Some(8);
+    match topics::ensure(&spec, WAIT).await {
+        Ok(grown) => assert_eq!((grown[0].wanted, grown[0].partitions), (8, 8)),
+        Err(e) => {
+            assert_eq!(broker.flavour, sipmba_testkit::Flavour::Tansu, "{e}");
+            assert!(e.contains("cannot add any"), "{e}");
+        }
+    }
     // An unreachable log is an error that names the brokers.
     spec.brokers = vec!["127.0.0.1:1".into()];
     let err = topics::ensure(&spec, Duration::from_secs(2))

@@ -1,18 +1,22 @@
 //! The paper's Table II, redone honestly and side by side in one run: one device sends
 //! `"hello i"` messages through
 //!
-//! - (a) SIP-MBA: a Collect `Session` over gRPC into the log (tansu), counted when Collect has
-//!   acknowledged them (broker-committed) and when a consumer has read them back — once with
-//!   tansu's durable sqlite storage, once with its memory storage;
+//! - (a) SIP-MBA: a Collect `Session` over gRPC into the log, counted when Collect has
+//!   acknowledged them (broker-committed) and when a consumer has read them back — on a one-node
+//!   Apache Kafka (the log of production), and on tansu with its durable sqlite storage and its
+//!   memory storage;
 //! - (b) the log alone: rskafka produce and fetch of the same records to the same broker;
-//! - (c) Mosquitto (127.0.0.1:1883), QoS 0, 1 and 2, publisher to subscriber.
+//! - (c) Mosquitto (started here on a free loopback port), QoS 0, 1 and 2, publisher to
+//!   subscriber.
 //!
 //! Every row counts lost and duplicated messages at the reader, measures p50/p99 end-to-end
 //! latency at a fixed rate, and bytes on the wire per message on the device's connection
-//! (through a counting proxy, in the fixed-rate run).
+//! (through a counting proxy, in the fixed-rate run; not for (b) on Kafka, whose broker
+//! advertises only itself). After the table, the targets as ratios of this run.
 //!
-//! Run: `cargo run --release -p sipmba-e2e --bin table2` (tansu on the PATH, Mosquitto running);
-//! `--messages` and `--rate` change the sizes.
+//! Run: `cargo run --release -p sipmba-e2e --bin table2` (it runs `.ci/setup kafka tansu
+//! mosquitto` first, which installs what is missing); `--messages`, `--rate` and `--rows` change
+//! the sizes and the rows.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 use std::time::{Duration, Instant};
@@ -49,9 +53,12 @@ struct Args {
     /// Messages in each latency run.
     #[arg(long, default_value_t = 100_000)]
     latency_messages: u64,
-    /// Only the Mosquitto rows (to tune the baseline).
-    #[arg(long)]
-    only_mqtt: bool,
+    /// Only these rows (comma-separated prefixes of their keys, e.g. `a-kafka,b-kafka,c-1`).
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
+    /// Mosquitto's port (set by the table run for each row's process).
+    #[arg(long, default_value_t = 0)]
+    mqtt_port: u16,
     /// Measure one row in this process and print its figures as JSON (used by the table run).
     #[arg(long)]
     row: Option<String>,
@@ -189,12 +196,44 @@ struct Platform {
     _db: TestDb,
 }
 
-async fn platform(storage: &'static str, batch: u64) -> anyhow::Result<Platform> {
-    let broker = TestBroker::start_with_storage(storage).await?;
+/// The broker of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Log {
+    /// Apache Kafka, one node.
+    Kafka,
+    /// tansu with sqlite storage (durable).
+    TansuSqlite,
+    /// tansu with memory storage (its offsets are buggy; a speed reference only).
+    TansuMemory,
+}
+
+impl Log {
+    fn of(row: &str) -> Self {
+        if row.contains("kafka") {
+            Self::Kafka
+        } else if row.contains("sqlite") {
+            Self::TansuSqlite
+        } else {
+            Self::TansuMemory
+        }
+    }
+
+    /// A broker of this kind; tansu advertises `advertised` (a proxy) when given.
+    async fn start(self, advertised: Option<String>) -> anyhow::Result<TestBroker> {
+        match self {
+            Self::Kafka => TestBroker::start_own_of(sipmba_testkit::Flavour::Kafka).await,
+            Self::TansuSqlite => TestBroker::start_tansu("sqlite://tansu.db", advertised).await,
+            Self::TansuMemory => TestBroker::start_tansu("memory://tansu/", advertised).await,
+        }
+    }
+}
+
+async fn platform(log: Log, batch: u64) -> anyhow::Result<Platform> {
+    let broker = log.start(None).await?;
     let db = TestDb::sqlite()?;
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
     sipmba_collect::store::migrate(&conn).await?;
-    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix).await?;
+    let queue = Queue::connect(&broker.brokers(), &broker.prefix).await?;
     let producer = Producer::new(
         &queue,
         TELEMETRY_TOPIC,
@@ -372,7 +411,7 @@ async fn through_collect(p: &Platform, args: &Args, n: u64, rate: Option<u64>, p
 
 /// (b): the same records produced and fetched with rskafka, no service in between.
 async fn through_log(
-    storage: &'static str,
+    log: Log,
     nodelay: bool,
     args: &Args,
     n: u64,
@@ -383,13 +422,11 @@ async fn through_log(
     let (broker, counter) = if proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap().to_string();
-        let broker = TestBroker::start_advertising(storage, Some(proxy_addr))
-            .await
-            .unwrap();
+        let broker = log.start(Some(proxy_addr)).await.unwrap();
         let counter = CountingProxy::start(listener, broker.addr.clone()).await;
         (broker, Some(counter))
     } else {
-        (TestBroker::start_with_storage(storage).await.unwrap(), None)
+        (log.start(None).await.unwrap(), None)
     };
     let bootstrap = counter
         .as_ref()
@@ -504,7 +541,7 @@ async fn through_mosquitto(
     let mut sub_options = v5::MqttOptions::new(
         format!("table2-sub-{}", Uuid::new_v4().simple()),
         "127.0.0.1",
-        1883,
+        args.mqtt_port,
     );
     sub_options.set_keep_alive(Duration::from_secs(60));
     sub_options.set_receive_maximum(Some(u16::MAX));
@@ -523,11 +560,11 @@ async fn through_mosquitto(
     }
     let counter = if proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Some(CountingProxy::start(listener, "127.0.0.1:1883".into()).await)
+        Some(CountingProxy::start(listener, format!("127.0.0.1:{}", args.mqtt_port)).await)
     } else {
         None
     };
-    let port = counter.as_ref().map_or(1883, |c| {
+    let port = counter.as_ref().map_or(args.mqtt_port, |c| {
         c.addr.rsplit_once(':').unwrap().1.parse().unwrap()
     });
     let (publisher, mut pub_events) = rumqttc::AsyncClient::new(options("pub", port), 10_000);
@@ -584,6 +621,8 @@ async fn through_mosquitto(
 /// The rows, each measured in a process of its own so that nothing left from one row (a
 /// reconnecting client, a server task) takes CPU from the next.
 const ROWS: &[(&str, &str)] = &[
+    ("a-kafka", "(a) SIP-MBA gRPC → Collect → log, Apache Kafka"),
+    ("b-kafka", "(b) rskafka produce + fetch, Apache Kafka"),
     ("a-sqlite", "(a) SIP-MBA gRPC → Collect → log, tansu sqlite"),
     ("b-sqlite", "(b) rskafka produce + fetch, tansu sqlite"),
     ("a-memory", "(a) SIP-MBA gRPC → Collect → log, tansu memory"),
@@ -604,26 +643,19 @@ const ROWS: &[(&str, &str)] = &[
 /// Measures one row: throughput, latency at the fixed rate, bytes on the device's connection.
 async fn measure(row: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
     let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
-    let storage = |label: &str| {
-        if label.ends_with("sqlite") {
-            "sqlite://tansu.db"
-        } else {
-            "memory://tansu/"
-        }
-    };
     let (throughput, mut latency, bytes) = match row {
-        "a-sqlite" | "a-memory" => {
-            let p = platform(storage(row), args.batch).await?;
+        "a-kafka" | "a-sqlite" | "a-memory" => {
+            let p = platform(Log::of(row), args.batch).await?;
             let throughput = through_collect(&p, args, n, None, false).await;
             drop(p);
-            let p = platform(storage(row), args.batch).await?;
+            let p = platform(Log::of(row), args.batch).await?;
             let latency = through_collect(&p, args, ln, Some(rate), true).await;
             let bytes = latency.wire_bytes;
             (throughput, latency, bytes)
         }
-        "b-sqlite" | "b-memory" | "b-memory-100" | "b-memory-100-nagle" => {
+        "b-kafka" | "b-sqlite" | "b-memory" | "b-memory-100" | "b-memory-100-nagle" => {
             let nodelay = !row.ends_with("nagle");
-            let store = storage(row.trim_end_matches("-nagle").trim_end_matches("-100"));
+            let log = Log::of(row);
             let mut args = args.clone();
             if row.contains("-100") {
                 args.batch = 100;
@@ -631,11 +663,16 @@ async fn measure(row: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
             let args = &args;
             // Nagle's stall makes that row slow: it gets fewer messages.
             let n = if nodelay { n } else { n.min(50_000) };
-            let throughput = through_log(store, nodelay, args, n, None, false).await;
-            let latency = through_log(store, nodelay, args, ln, Some(rate), false).await;
-            let bytes = through_log(store, nodelay, args, ln, Some(rate), true)
-                .await
-                .wire_bytes;
+            let throughput = through_log(log, nodelay, args, n, None, false).await;
+            let latency = through_log(log, nodelay, args, ln, Some(rate), false).await;
+            // A Kafka broker advertises only its own listener: no proxy in its path.
+            let bytes = if log == Log::Kafka {
+                0
+            } else {
+                through_log(log, nodelay, args, ln, Some(rate), true)
+                    .await
+                    .wire_bytes
+            };
             (throughput, latency, bytes)
         }
         "c-0" | "c-1" | "c-2" => {
@@ -665,6 +702,58 @@ async fn measure(row: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// Mosquitto on a free loopback port, with its defaults otherwise; killed on drop.
+struct Mosquitto {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = sipmba_e2e::free_port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )?;
+        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
+            .into_iter()
+            .find(|b| std::path::Path::new(b).exists())
+            .unwrap_or("mosquitto");
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start mosquitto ({e}): run .ci/setup mosquitto")
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(row) = &args.row {
@@ -677,6 +766,14 @@ fn main() -> anyhow::Result<()> {
         // Do not wait for the tasks left behind.
         std::process::exit(0);
     }
+    // What the rows need, installed when missing.
+    let setup = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/setup");
+    let status = std::process::Command::new(&setup)
+        .args(["kafka", "tansu", "mosquitto"])
+        .status()?;
+    anyhow::ensure!(status.success(), "{} failed", setup.display());
+    let mosquitto = Mosquitto::start()?;
+
     let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
     println!(
         "Table II redone: {n} messages \"hello i\" from one device; latency at {rate} msg/s over {ln} messages; batches of {}; MQTT in-flight window {} (QoS 2: {})",
@@ -688,13 +785,14 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let exe = std::env::current_exe()?;
+    let mut results = std::collections::HashMap::new();
     for (row, name) in ROWS {
-        if args.only_mqtt && !row.starts_with('c') {
+        if !args.rows.is_empty() && !args.rows.iter().any(|r| row.starts_with(r.as_str())) {
             continue;
         }
         let output = std::process::Command::new(&exe)
             .args(std::env::args().skip(1))
-            .args(["--row", row])
+            .args(["--row", row, "--mqtt-port", &mosquitto.port.to_string()])
             .stderr(std::process::Stdio::inherit())
             .output()?;
         let text = String::from_utf8_lossy(&output.stdout);
@@ -707,8 +805,9 @@ fn main() -> anyhow::Result<()> {
         let committed = r["committed_s"]
             .as_f64()
             .map_or_else(|| "—".to_owned(), |c| format!("{c:.2}"));
+        let bytes = f("bytes_per_message");
         println!(
-            "| {name} | {} | {committed} | {:.2} | {:.0} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {} | {committed} | {:.2} | {:.0} | {} | {} | {:.1} | {:.1} | {} |",
             r["messages"],
             f("consumed_s"),
             f("received") / f("consumed_s"),
@@ -716,8 +815,59 @@ fn main() -> anyhow::Result<()> {
             r["duplicated"],
             f("p50_ms"),
             f("p99_ms"),
-            f("bytes_per_message"),
+            if bytes > 0.0 {
+                format!("{bytes:.1}")
+            } else {
+                "—".to_owned()
+            },
+        );
+        results.insert(*row, r);
+    }
+    drop(mosquitto);
+
+    // The targets, as ratios of this run.
+    let rate_of = |row: &str| {
+        results.get(row).map(|r| {
+            r["received"].as_f64().unwrap_or(0.0) / r["consumed_s"].as_f64().unwrap_or(f64::NAN)
+        })
+    };
+    println!();
+    if let (Some(a), Some(b)) = (rate_of("a-kafka"), rate_of("b-kafka")) {
+        println!(
+            "(a) / (b) on Kafka: {:.2} (target ≥ 0.9) {}",
+            a / b,
+            verdict(a / b >= 0.9)
         );
     }
+    if let (Some(a), Some(c)) = (rate_of("a-kafka"), rate_of("c-1")) {
+        println!(
+            "(a) on Kafka / Mosquitto QoS 1: {:.2} (target ≥ 1.5) {}",
+            a / c,
+            verdict(a / c >= 1.5)
+        );
+    }
+    if let Some(r) = results.get("a-kafka") {
+        let p99 = r["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "(a) on Kafka, p99 at {rate}/s: {p99:.1} ms (target ≤ 20 ms) {}",
+            verdict(p99 <= 20.0)
+        );
+    }
+    let clean = results
+        .iter()
+        .filter(|(row, _)| !row.starts_with('c'))
+        .all(|(_, r)| r["lost"].as_u64() == Some(0) && r["duplicated"].as_u64() == Some(0));
+    println!(
+        "lost and duplicated, rows (a) and (b): {}",
+        if clean {
+            "none ✓"
+        } else {
+            "some ✗ (see the table)"
+        }
+    );
     Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "✓" } else { "✗ missed" }
 }

@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::sqlite()?;
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
     sipmba_collect::store::migrate(&conn).await?;
-    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix).await?;
+    let queue = Queue::connect(&broker.brokers(), &broker.prefix).await?;
     let producer = Producer::new(&queue, TELEMETRY_TOPIC, 4, BatchLimits::default()).await?;
     let issuer = TestIssuer::new();
     let (url, _jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks())?).await?;

@@ -71,7 +71,7 @@ impl Harness {
         sipmba_control::store::migrate(&conn).await.unwrap();
         sipmba_processing::store::migrate(&conn).await.unwrap();
         let broker = TestBroker::start().await.unwrap();
-        let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+        let queue = Queue::connect(&broker.brokers(), &broker.prefix)
             .await
             .unwrap();
         let producer = Producer::new(&queue, topics::TELEMETRY, 2, BatchLimits::default())

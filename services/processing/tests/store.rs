@@ -109,7 +109,7 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
     sipmba_processing::store::migrate(&conn).await.unwrap();
     let broker = TestBroker::start().await.unwrap();
-    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+    let queue = Queue::connect(&broker.brokers(), &broker.prefix)
         .await
         .unwrap();
     let producer = Producer::new(

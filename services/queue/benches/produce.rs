@@ -20,9 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = sipmba_testkit::TestBroker::start().await?;
     for batch in [1000, 250] {
         for nodelay in [false, true] {
-            let queue =
-                Queue::connect_with(std::slice::from_ref(&broker.addr), &broker.prefix, nodelay)
-                    .await?;
+            let queue = Queue::connect_with(&broker.brokers(), &broker.prefix, nodelay).await?;
             let topic = format!("produce-{batch}-{nodelay}");
             queue.ensure_topic(&topic, 1).await?;
             let partition = queue.partition(&topic, 0).await?;
@@ -52,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // The batching producer: 50 things, 4 partitions, every record's commit awaited.
-    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix).await?;
+    let queue = Queue::connect(&broker.brokers(), &broker.prefix).await?;
     let producer = Producer::new(&queue, "producer", 4, BatchLimits::default()).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -1,6 +1,7 @@
 //! The Kafka admin requests rskafka 0.6 does not offer: CreateTopics *with topic configs*
-//! (retention), DescribeConfigs and CreatePartitions, in non-flexible versions (CreateTopics v2,
-//! DescribeConfigs v1, CreatePartitions v1) that Kafka and Redpanda accept.
+//! (retention) and the broker's default replication factor, DescribeConfigs, CreatePartitions,
+//! and Metadata with partition leaders, in non-flexible versions (CreateTopics v4,
+//! DescribeConfigs v1, CreatePartitions v1, Metadata v4) that Kafka 4, Redpanda and tansu accept.
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ const DESCRIBE_CONFIGS: i16 = 32;
 /// CreatePartitions: grows a topic.
 pub const CREATE_PARTITIONS: i16 = 37;
 const API_VERSIONS: i16 = 18;
+const METADATA: i16 = 3;
 /// Kafka's TOPIC_ALREADY_EXISTS.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// Largest response accepted.
@@ -87,12 +89,26 @@ impl Reader<'_> {
     }
 }
 
+/// How long an admin request may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sends one request (`api_key`, `version`, `body`) to `broker` and returns the response body.
 async fn call(
     broker: &str,
     api_key: i16,
     version: i16,
     body: &[u8],
+) -> Result<Vec<u8>, QueueError> {
+    call_within(broker, api_key, version, body, ADMIN_TIMEOUT).await
+}
+
+/// As [`call`], giving up after `timeout`.
+async fn call_within(
+    broker: &str,
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+    timeout: Duration,
 ) -> Result<Vec<u8>, QueueError> {
     let exchange = async {
         let mut stream = TcpStream::connect(broker)
@@ -128,24 +144,29 @@ async fn call(
         // Skip the correlation id (one request per connection).
         Ok(response.split_off(4))
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| admin_error(format!("{broker} did not answer an admin request in 10 s")))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        admin_error(format!(
+            "{broker} did not answer an admin request in {} s",
+            timeout.as_secs()
+        ))
+    })?
 }
 
-/// Creates `topic` with `partitions` partitions and the given topic configs (e.g.
-/// `retention.ms`), unless it exists. An existing topic keeps its settings.
+/// Creates `topic` with `partitions` partitions, `replicas` copies of each (`None`: the broker's
+/// `default.replication.factor`) and the given topic configs (e.g. `retention.ms`), unless it
+/// exists. An existing topic keeps its settings.
 pub async fn create_topic(
     broker: &str,
     topic: &str,
     partitions: i32,
+    replicas: Option<i16>,
     configs: &[(&str, String)],
 ) -> Result<(), QueueError> {
     let mut w = Writer(Vec::new());
     w.len(1)?;
     w.string(topic)?;
     w.i32(partitions);
-    w.i16(1); // replication factor: the broker's own default is not expressible in v2
+    w.i16(replicas.unwrap_or(-1)); // -1: the broker's default (v4 and later)
     w.len(0)?; // no manual assignment
     w.len(configs.len())?;
     for (name, value) in configs {
@@ -154,11 +175,11 @@ pub async fn create_topic(
     }
     w.i32(5_000); // timeout ms
     w.i8(0); // validate only: no
-    let response = call(broker, CREATE_TOPICS, 2, &w.0).await?;
+    let response = call(broker, CREATE_TOPICS, 4, &w.0).await?;
     topic_results(&response, "creating topic", &[TOPIC_ALREADY_EXISTS])
 }
 
-/// Reads the per-topic results of CreateTopics v2 or CreatePartitions v1 (throttle, then
+/// Reads the per-topic results of CreateTopics v4 or CreatePartitions v1 (throttle, then
 /// `[name, error code, error message]`): the first error not in `fine`.
 fn topic_results(response: &[u8], what: &str, fine: &[i16]) -> Result<(), QueueError> {
     let mut r = Reader(response);
@@ -236,6 +257,13 @@ pub async fn create_partitions(broker: &str, topic: &str, count: i32) -> Result<
     )
 }
 
+/// Whether `broker` answers an ApiVersions request within `timeout`.
+pub async fn probe(broker: &str, timeout: Duration) -> bool {
+    call_within(broker, API_VERSIONS, 0, &[], timeout)
+        .await
+        .is_ok()
+}
+
 /// Whether `broker` offers the request `api_key` (ApiVersions v0).
 pub async fn supports(broker: &str, api_key: i16) -> Result<bool, QueueError> {
     let response = call(broker, API_VERSIONS, 0, &[]).await?;
@@ -251,4 +279,99 @@ pub async fn supports(broker: &str, api_key: i16) -> Result<bool, QueueError> {
         }
     }
     Ok(false)
+}
+
+/// A cluster as one broker sees it (Metadata v4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    /// The brokers: node id and `host:port`.
+    pub brokers: Vec<(i32, String)>,
+    /// The active controller's node id (-1: none known).
+    pub controller: i32,
+    /// The topics asked for.
+    pub topics: Vec<TopicMetadata>,
+}
+
+/// One topic's partitions (Metadata v4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    /// Full name.
+    pub name: String,
+    /// Kafka error code (0: none; 3: unknown topic).
+    pub error: i16,
+    /// Partitions, in the broker's order.
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+/// Where one partition lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    /// Partition index.
+    pub partition: i32,
+    /// Kafka error code (0: none; 5: leader not available).
+    pub error: i16,
+    /// The leader's node id (-1: none).
+    pub leader: i32,
+    /// Node ids of the replicas.
+    pub replicas: Vec<i32>,
+    /// Node ids of the in-sync replicas.
+    pub in_sync: Vec<i32>,
+}
+
+/// The brokers, the controller and the partitions of `topics` as `broker` sees them now.
+pub async fn metadata(broker: &str, topics: &[&str]) -> Result<ClusterMetadata, QueueError> {
+    metadata_within(broker, topics, ADMIN_TIMEOUT).await
+}
+
+/// As [`metadata`], giving up after `timeout`.
+pub async fn metadata_within(
+    broker: &str,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<ClusterMetadata, QueueError> {
+    let mut w = Writer(Vec::new());
+    w.len(topics.len())?;
+    for topic in topics {
+        w.string(topic)?;
+    }
+    w.i8(0); // allow auto topic creation: no
+    let response = call_within(broker, METADATA, 4, &w.0, timeout).await?;
+    let mut r = Reader(&response);
+    let _throttle = r.i32()?;
+    let mut brokers = Vec::new();
+    for _ in 0..r.count()? {
+        let (id, host, port, _rack) = (r.i32()?, r.string()?, r.i32()?, r.nullable_string()?);
+        brokers.push((id, format!("{host}:{port}")));
+    }
+    let _cluster = r.nullable_string()?;
+    let controller = r.i32()?;
+    let mut out = Vec::new();
+    for _ in 0..r.count()? {
+        let error = r.i16()?;
+        let name = r.string()?;
+        let _internal = r.i8()?;
+        let mut partitions = Vec::new();
+        for _ in 0..r.count()? {
+            let (error, partition, leader) = (r.i16()?, r.i32()?, r.i32()?);
+            let replicas = (0..r.count()?).map(|_| r.i32()).collect::<Result<_, _>>()?;
+            let in_sync = (0..r.count()?).map(|_| r.i32()).collect::<Result<_, _>>()?;
+            partitions.push(PartitionMetadata {
+                partition,
+                error,
+                leader,
+                replicas,
+                in_sync,
+            });
+        }
+        out.push(TopicMetadata {
+            name,
+            error,
+            partitions,
+        });
+    }
+    Ok(ClusterMetadata {
+        brokers,
+        controller,
+        topics: out,
+    })
 }

@@ -4,9 +4,9 @@
 //! rskafka has no consumer groups: a follower keeps its own offset.
 
 pub mod admin;
-pub mod nodelay;
 pub mod producer;
 pub mod revocations;
+pub mod sockets;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -14,7 +14,7 @@ use rskafka::{
     chrono::{DateTime, Utc},
     client::{
         Client, ClientBuilder,
-        error::{Error as KafkaError, ProtocolError},
+        error::Error as KafkaError,
         partition::{Compression, OffsetAt, UnknownTopicHandling},
     },
     record::Record,
@@ -72,12 +72,15 @@ pub mod topics {
 pub struct Queue {
     client: Arc<Client>,
     prefix: String,
-    /// Broker addresses whose connections get `TCP_NODELAY` (see [`nodelay`]).
+    /// Broker addresses whose connections get `TCP_NODELAY` (see [`sockets`]).
     nodelay_peers: Option<Arc<Vec<std::net::SocketAddr>>>,
     /// The bootstrap brokers (admin requests go to the first that answers).
     brokers: Arc<Vec<String>>,
     /// Retention of the topics this process creates, by name (without the prefix).
     retention: Arc<std::collections::HashMap<String, Duration>>,
+    /// Copies of each partition of the topics this process creates (`None`: the broker's
+    /// `default.replication.factor`).
+    replicas: Option<i16>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -92,9 +95,26 @@ impl std::fmt::Debug for Queue {
 /// long poll when a record arrives.
 pub const FETCH_WAIT: Duration = Duration::from_millis(50);
 
+/// How rskafka retries a request that failed for a reason that may pass (a broker down, a
+/// leader moving): at most half a second apart, so that the platform resumes well within a
+/// second of the log coming back (rskafka's own default grows the wait to minutes).
+fn backoff() -> rskafka::BackoffConfig {
+    rskafka::BackoffConfig {
+        init_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        base: 3.0,
+        deadline: None,
+    }
+}
+
+/// How often the brokers are checked for answers, and how long one may take to answer.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Queue {
     /// Connects to `brokers` (`host:port`); topic names get `prefix` in front. Connections to
-    /// the brokers get `TCP_NODELAY` ([`nodelay`]).
+    /// the brokers get `TCP_NODELAY`, and those to a broker that stops answering are cut
+    /// ([`sockets`]).
     pub async fn connect(brokers: &[String], prefix: &str) -> Result<Self, QueueError> {
         Self::connect_with(brokers, prefix, true).await
     }
@@ -107,32 +127,29 @@ impl Queue {
     ) -> Result<Self, QueueError> {
         let client = ClientBuilder::new(brokers.to_vec())
             .client_id("sipmba")
+            .backoff_config(backoff())
             .build()
             .await?;
         let queue = Self {
             client: Arc::new(client),
             prefix: prefix.to_owned(),
-            nodelay_peers: nodelay.then(|| Arc::new(nodelay::resolve(brokers))),
+            nodelay_peers: nodelay.then(|| Arc::new(sockets::resolve(brokers))),
             brokers: Arc::new(brokers.to_vec()),
             retention: Arc::default(),
+            replicas: None,
         };
         queue.apply_nodelay();
-        if let Some(peers) = &queue.nodelay_peers {
-            // rskafka reconnects (and learns other brokers) on its own: keep up with it.
-            let (client, peers) = (Arc::downgrade(&queue.client), peers.clone());
-            tokio::spawn(async move {
-                while client.upgrade().is_some() {
-                    nodelay::force(&peers);
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            });
-        }
+        tokio::spawn(watch_brokers(
+            Arc::downgrade(&queue.client),
+            queue.brokers.clone(),
+            queue.nodelay_peers.clone(),
+        ));
         Ok(queue)
     }
 
     fn apply_nodelay(&self) {
         if let Some(peers) = &self.nodelay_peers {
-            nodelay::force(peers);
+            sockets::force(peers);
         }
     }
 
@@ -153,37 +170,51 @@ impl Queue {
         self
     }
 
+    /// Topics created from now on by this queue (and its clones) get `replicas` copies of each
+    /// partition; without it, the broker's `default.replication.factor`.
+    pub fn with_replicas(mut self, replicas: Option<i16>) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// Creates a topic unless it exists (an existing topic keeps its settings).
     pub async fn ensure_topic(&self, name: &str, partitions: i32) -> Result<(), QueueError> {
-        if let Some(retention) = self.retention.get(name) {
-            let ms = retention.as_millis().to_string();
-            let mut last = QueueError::Admin("no broker configured".into());
-            for broker in self.brokers.iter() {
-                match admin::create_topic(
-                    broker,
-                    &self.topic(name),
-                    partitions,
-                    &[("retention.ms", ms.clone())],
-                )
-                .await
-                {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last = e,
-                }
-            }
-            return Err(last);
-        }
-        let controller = self.client.controller_client()?;
-        match controller
-            .create_topic(self.topic(name), partitions, 1, 5_000)
+        let retention = self
+            .retention
+            .get(name)
+            .map(|r| ("retention.ms", r.as_millis().to_string()));
+        let configs: Vec<(&str, String)> = retention.into_iter().collect();
+        let mut last = QueueError::Admin("no broker configured".into());
+        for broker in self.brokers.iter() {
+            match admin::create_topic(
+                broker,
+                &self.topic(name),
+                partitions,
+                self.replicas,
+                &configs,
+            )
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(KafkaError::ServerError {
-                protocol_error: ProtocolError::TopicAlreadyExists,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(e.into()),
+            {
+                Ok(()) => return self.wait_visible(name).await,
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits (10 s at most) until the brokers' metadata shows `name`: a Kafka broker answers
+    /// CreateTopics once the controller has the topic, a moment before every broker knows it.
+    async fn wait_visible(&self, name: &str) -> Result<(), QueueError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.partition_count(name).await {
+                Err(QueueError::MissingTopic(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other.map(|_| ()),
+            }
         }
     }
 
@@ -212,7 +243,17 @@ impl Queue {
                 }
             }
             match admin::create_partitions(broker, &self.topic(name), partitions).await {
-                Ok(()) => return self.partition_count(name).await,
+                Ok(()) => {
+                    // The new partitions reach every broker's metadata a moment later.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let now = self.partition_count(name).await?;
+                        if now >= partitions || tokio::time::Instant::now() >= deadline {
+                            return Ok(now);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 Err(e) => last = e,
             }
         }
@@ -271,6 +312,65 @@ impl Queue {
             .produce(vec![record], Compression::NoCompression)
             .await?;
         Ok(offsets.first().copied().unwrap_or(-1))
+    }
+}
+
+/// While the queue's client lives: keeps `TCP_NODELAY` on the brokers' connections (rskafka
+/// reconnects and learns other brokers on its own), and checks every broker of the cluster for an
+/// answer (ApiVersions) each [`PROBE_EVERY`]; the connections to one that does not answer within
+/// [`PROBE_TIMEOUT`] are cut, so that rskafka's requests to it fail and are retried where the
+/// cluster now leads the partitions.
+async fn watch_brokers(
+    client: std::sync::Weak<Client>,
+    bootstrap: Arc<Vec<String>>,
+    nodelay: Option<Arc<Vec<std::net::SocketAddr>>>,
+) {
+    let mut known: Vec<String> = bootstrap.to_vec();
+    let mut hung: std::collections::HashSet<String> = std::collections::HashSet::new();
+    while client.upgrade().is_some() {
+        // The brokers of the cluster, as a broker that answers tells them.
+        for broker in known.clone() {
+            if hung.contains(&broker) {
+                continue;
+            }
+            let metadata = admin::metadata_within(&broker, &[], PROBE_TIMEOUT).await;
+            if let Ok(m) = metadata {
+                for (_, addr) in m.brokers {
+                    if !known.contains(&addr) {
+                        known.push(addr);
+                    }
+                }
+                break;
+            }
+        }
+        let probes = known.iter().map(|broker| async move {
+            let answered = admin::probe(broker, PROBE_TIMEOUT).await;
+            (broker.clone(), answered)
+        });
+        for (broker, answered) in futures::future::join_all(probes).await {
+            if answered {
+                if hung.remove(&broker) {
+                    tracing::info!(broker, "the broker answers again");
+                }
+                continue;
+            }
+            let peers = sockets::resolve(std::slice::from_ref(&broker));
+            let cut = sockets::cut(&peers);
+            if hung.insert(broker.clone()) || cut > 0 {
+                tracing::warn!(
+                    broker,
+                    connections_cut = cut,
+                    "the broker does not answer; its connections are cut so that requests go \
+                     where the cluster leads now"
+                );
+            }
+        }
+        if let Some(peers) = &nodelay {
+            let mut all = peers.to_vec();
+            all.extend(sockets::resolve(&known));
+            sockets::force(&all);
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
     }
 }
 

@@ -4,8 +4,6 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -14,7 +12,7 @@ use sipmba_testkit::{Backend, TestDb, TestIssuer, serve_jwks, with_token};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    process::{Child, Command},
+    process::Command,
 };
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -22,83 +20,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_sipmba");
-
-fn free_port() -> u16 {
-    sipmba_testkit::free_port_pair()
-}
-
-fn spawn(args: &[&str], dir: &Path) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .env_remove("SIPMBA_CONFIG")
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start sipmba")
-}
-
-async fn run_to_end(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Connects once the process listens.
-async fn connect(endpoint: Endpoint) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match endpoint.connect().await {
-            Ok(channel) => return channel,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "server did not come up: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn health(channel: &Channel, service: &str) -> ServingStatus {
-    let status = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status;
-    ServingStatus::try_from(status).unwrap()
-}
-
-async fn wait_for_health(channel: &Channel, service: &str, want: ServingStatus) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while health(channel, service).await != want {
-        assert!(
-            Instant::now() < deadline,
-            "{service:?} never became {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn sigterm_and_wait(mut child: Child) {
-    let pid = child.id().expect("running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(exit.success(), "clean exit after SIGTERM, got {exit}");
-}
+mod common;
+use common::*;
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -829,14 +752,7 @@ async fn a_token_revoked_at_sso_is_refused_by_objects_in_another_process_within_
     let objects_addr = format!("127.0.0.1:{objects_port}");
     let issuer = format!("http://{sso_addr}");
     let config = dir.path().join("sipmba.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
-            broker.addr, broker.prefix
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, broker.queue_toml()).unwrap();
     let config = config.to_str().unwrap();
     let objects = spawn(
         &[
@@ -942,273 +858,16 @@ async fn a_token_revoked_at_sso_is_refused_by_objects_in_another_process_within_
     sigterm_and_wait(objects).await;
 }
 
-/// A thing that streams readings `1..=total` in batches, resuming from the server's
-/// acknowledged position after every broken session, like the edge agent with its outbox.
-/// Returns the highest seq acknowledged before each break.
-async fn stream_through_breaks(
-    endpoint: Endpoint,
-    token: String,
-    total: u64,
-    on_ack: impl Fn(u64) + Send + 'static,
-) -> Vec<u64> {
-    use pb::{collect_service_client::CollectServiceClient, session_request, session_response};
-    let mut acked_before_breaks = Vec::new();
-    let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked < total {
-        assert!(Instant::now() < deadline, "stuck at {acked} of {total}");
-        let Ok(channel) = endpoint.connect().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let hello = session_request::Frame::Hello(session_request::Hello {
-            agent_version: "test".into(),
-            last_acked_seq: Some(acked),
-            max_commands: 0,
-        });
-        tx.send(pb::SessionRequest { frame: Some(hello) })
-            .await
-            .unwrap();
-        let Ok(response) = CollectServiceClient::new(channel)
-            .session(with_token(
-                &token,
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut inbound = response.into_inner();
-        let broke = async {
-            let welcome = match inbound.message().await {
-                Ok(Some(pb::SessionResponse {
-                    frame: Some(session_response::Frame::Welcome(w)),
-                })) => w,
-                _ => return,
-            };
-            // The server's position is authoritative; it never forgets an acknowledgement.
-            assert!(
-                welcome.acked_seq >= acked,
-                "acknowledged {acked}, then welcomed at {}",
-                welcome.acked_seq
-            );
-            acked = welcome.acked_seq;
-            while acked < total {
-                let from = acked + 1;
-                let to = (acked + 100).min(total);
-                let readings = (from..=to)
-                    .map(|seq| pb::Reading {
-                        seq,
-                        device_time: None,
-                        metrics: vec![],
-                        payload: vec![1, 2, 3],
-                    })
-                    .collect();
-                let batch =
-                    session_request::Frame::Telemetry(session_request::TelemetryBatch { readings });
-                if tx
-                    .send(pb::SessionRequest { frame: Some(batch) })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                match inbound.message().await {
-                    Ok(Some(pb::SessionResponse {
-                        frame: Some(session_response::Frame::Ack(a)),
-                    })) => {
-                        assert!(a.acked_seq >= acked);
-                        acked = a.acked_seq;
-                        on_ack(acked);
-                    }
-                    _ => return,
-                }
-            }
-        };
-        broke.await;
-        if acked < total {
-            acked_before_breaks.push(acked);
-        }
-    }
-    acked_before_breaks
-}
-
-/// Every seq of `thing` in the telemetry topic (all partitions), once `expected` distinct ones
-/// are there.
-async fn telemetry_seqs(
-    queue: &sipmba_queue::Queue,
-    thing: uuid::Uuid,
-    expected: usize,
-) -> std::collections::BTreeSet<u64> {
-    use prost::Message;
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for partition in 0..4 {
-        let client = queue
-            .partition(sipmba_collect::TELEMETRY_TOPIC, partition)
-            .await
-            .unwrap();
-        let seen = seen.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(sipmba_queue::follow(
-            client,
-            Some(0),
-            move |_, value| {
-                let record = pb::TelemetryRecord::decode(value).unwrap();
-                if record.thing.unwrap().value == thing.to_string() {
-                    seen.lock().unwrap().insert(record.reading.unwrap().seq);
-                }
-            },
-            || {},
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.lock().unwrap().len() < expected {
-        assert!(
-            Instant::now() < deadline,
-            "found {} of {expected}",
-            seen.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop_tx.send(true).unwrap();
-    seen.lock().unwrap().clone()
-}
-
-fn thing_token(issuer: &TestIssuer, thing: uuid::Uuid) -> String {
-    use sipmba_auth::{Kind, scopes};
-    issuer.sign(
-        &issuer
-            .claims(
-                Kind::Thing,
-                thing,
-                &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
-            )
-            .with_owner(uuid::Uuid::new_v4()),
-    )
-}
-
-/// A `sipmba server --target collect` process with its broker and key set, and a thing
-/// streaming through it.
-struct CollectProcess {
-    broker: sipmba_testkit::TestBroker,
-    issuer: TestIssuer,
-    args: Vec<String>,
-    listen: String,
-    dir: tempfile::TempDir,
-    _jwks: sipmba_testkit::JwksServer,
-}
-
-impl CollectProcess {
-    async fn new() -> Self {
-        let broker = sipmba_testkit::TestBroker::start().await.unwrap();
-        let issuer = TestIssuer::new();
-        let (jwks_url, jwks) = serve_jwks(serde_json::to_value(issuer.key.jwks()).unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("sipmba.toml"),
-            format!(
-                "[queue]\nbrokers = [\"{}\"]\ntopic_prefix = \"{}\"\n",
-                broker.addr, broker.prefix
-            ),
-        )
-        .unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let args = [
-            "server",
-            "--target",
-            "collect",
-            "--plaintext",
-            "--config",
-            "sipmba.toml",
-            "--listen",
-            &listen,
-            "--database-url",
-            "sqlite://collect.db",
-            "--jwks-url",
-            &jwks_url,
-            "--issuer",
-            &issuer.issuer,
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        Self {
-            broker,
-            issuer,
-            args,
-            listen,
-            dir,
-            _jwks: jwks,
-        }
-    }
-
-    fn spawn(&self) -> Child {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        spawn(&args, self.dir.path())
-    }
-
-    /// Streams readings `1..=total` of a new thing in the background; returns the thing, the
-    /// sender and its acknowledged progress.
-    fn stream(
-        &self,
-        total: u64,
-    ) -> (
-        uuid::Uuid,
-        tokio::task::JoinHandle<Vec<u64>>,
-        std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ) {
-        let thing = uuid::Uuid::new_v4();
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.listen)).unwrap();
-        let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let seen = progress.clone();
-        let sender = tokio::spawn(stream_through_breaks(
-            endpoint,
-            thing_token(&self.issuer, thing),
-            total,
-            move |acked| {
-                seen.store(acked, std::sync::atomic::Ordering::Relaxed);
-            },
-        ));
-        (thing, sender, progress)
-    }
-
-    /// Every seq of `thing` in the log, once `total` are there.
-    async fn logged(&self, thing: uuid::Uuid, total: u64) -> std::collections::BTreeSet<u64> {
-        let queue = sipmba_queue::Queue::connect(
-            std::slice::from_ref(&self.broker.addr),
-            &self.broker.prefix,
-        )
-        .await
-        .unwrap();
-        telemetry_seqs(&queue, thing, total as usize).await
-    }
-}
-
-async fn until_acked(progress: &std::sync::atomic::AtomicU64, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while progress.load(std::sync::atomic::Ordering::Relaxed) < at_least {
-        assert!(Instant::now() < deadline, "the stream never got going");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collect_killed_mid_stream_loses_no_acknowledged_reading() {
-    let p = CollectProcess::new().await;
+    let p = CollectProcess::new(sipmba_testkit::TestBroker::start().await.unwrap()).await;
     let mut collect = p.spawn();
     let total = 20_000;
     let (thing, sender, progress) = p.stream(total);
     // SIGKILL collect in the middle of the stream, then start it again.
     until_acked(&progress, total / 3).await;
     collect.kill().await.unwrap();
-    let killed_at = progress.load(std::sync::atomic::Ordering::Relaxed);
+    let killed_at = progress.acked();
     let collect = p.spawn();
     let breaks = sender.await.unwrap();
     assert!(!breaks.is_empty(), "the kill broke the session");
@@ -1224,7 +883,7 @@ async fn collect_killed_mid_stream_loses_no_acknowledged_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
-    let mut p = CollectProcess::new().await;
+    let mut p = CollectProcess::new(sipmba_testkit::TestBroker::start_own().await.unwrap()).await;
     let collect = p.spawn();
     let total = 20_000;
     let (thing, sender, progress) = p.stream(total);
@@ -1241,54 +900,17 @@ async fn a_broker_restarted_mid_stream_loses_no_acknowledged_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processing_killed_mid_stream_stores_every_reading_once() {
-    let p = CollectProcess::new().await;
-    // A processing process of its own, on its own database; it reaches Objects, sso and Control
-    // only when a rule needs them (none here), so their addresses lead nowhere.
-    let dir = p.dir.path();
-    std::fs::write(dir.join("processing.secret"), "unused").unwrap();
-    let mut config = std::fs::read_to_string(dir.join("sipmba.toml")).unwrap();
-    config.push_str(
-        "[processing]\nobjects_url = \"http://127.0.0.1:9\"\ntoken_url = \"http://127.0.0.1:9/oauth2/token\"\n\
-         control_url = \"http://127.0.0.1:9\"\nclient_secret_file = \"processing.secret\"\n\
-         [collect]\nreadings_per_second = 1000000\nburst_readings = 1000000\n",
-    );
-    std::fs::write(dir.join("sipmba.toml"), config).unwrap();
-    let collect = p.spawn();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut args = p.args.clone();
-    for (flag, value) in [
-        ("--target", "processing"),
-        ("--listen", listen.as_str()),
-        ("--database-url", "sqlite://processing.db"),
-    ] {
-        let i = args.iter().position(|a| a == flag).unwrap();
-        args[i + 1] = value.to_owned();
-    }
+    let p = CollectProcess::new(sipmba_testkit::TestBroker::start().await.unwrap()).await;
+    let args = p.processing_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let collect = p.spawn();
+    let dir = p.dir.path();
     let mut processing = spawn(&args, dir);
 
     // The paper's broken-connection test (Fig. 8), with the consumer killed rather than stopped.
     let total = 100_000;
     let (thing, sender, _progress) = p.stream(total);
-    let db = dir.join("processing.db");
-    let stored = async |at_least: u64| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(conn) =
-                sipmba_runtime::db::connect(&format!("sqlite://{}", db.display()), 1).await
-                && let Ok(n) = sipmba_processing::store::Store::new(conn.clone())
-                    .count(thing)
-                    .await
-            {
-                conn.close().await.ok();
-                if n >= at_least {
-                    return n;
-                }
-            }
-            assert!(Instant::now() < deadline, "processing stored too little");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let stored = async |at_least: u64| p.stored(thing, at_least).await;
     // SIGKILL processing once it has stored a third, while readings keep arriving.
     stored(total / 3).await;
     processing.kill().await.unwrap();

@@ -1272,7 +1272,7 @@ async fn revocations_reach_other_services_through_the_log_within_a_second(backen
 
     let p = start(backend).await;
     let broker = sipmba_testkit::TestBroker::start().await.unwrap();
-    let queue = Queue::connect(std::slice::from_ref(&broker.addr), &broker.prefix)
+    let queue = Queue::connect(&broker.brokers(), &broker.prefix)
         .await
         .unwrap();
     p.sso.publish_revocations(

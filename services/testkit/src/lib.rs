@@ -1,5 +1,6 @@
 //! Test support: throwaway databases (a PostgreSQL schema or a SQLite file per test, removed
-//! afterwards), minted signing keys and tokens, and a JWKS served over loopback HTTP.
+//! afterwards), Kafka-protocol brokers (Apache Kafka or tansu, [`TestBroker`]), minted signing
+//! keys and tokens, and a JWKS served over loopback HTTP.
 
 // Test support panics on setup failures: a test that cannot set up must fail loudly.
 #![allow(clippy::expect_used)]
@@ -15,6 +16,9 @@ use sipmba_auth::{
     signing::{AccessClaims, SigningKey},
 };
 use uuid::Uuid;
+
+mod broker;
+pub use broker::{Flavour, KafkaCluster, TestBroker};
 
 /// PostgreSQL used by the tests; override with `SIPMBA_TEST_POSTGRES_URL`.
 pub fn postgres_base_url() -> String {
@@ -295,110 +299,6 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-/// A tansu broker (Kafka protocol) for one test: its own port and SQLite storage in a temporary
-/// directory; killed on drop. `tansu` must be on the PATH (`.ci/test` installs it) or named by
-/// `SIPMBA_TANSU`.
-#[derive(Debug)]
-pub struct TestBroker {
-    /// `127.0.0.1:<port>`.
-    pub addr: String,
-    /// A topic prefix unique to this broker's test, so that topics never collide.
-    pub prefix: String,
-    child: Option<std::process::Child>,
-    dir: tempfile::TempDir,
-    storage: &'static str,
-    /// The address the broker tells clients to use (a proxy, for byte counts); `addr` if none.
-    advertised: Option<String>,
-}
-
-impl TestBroker {
-    /// Starts a broker (sqlite storage: durable, and correct) and waits until it accepts
-    /// connections.
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with_storage("sqlite://tansu.db").await
-    }
-
-    /// Starts a broker with another tansu storage URL, e.g. `memory://tansu/` for benchmarks
-    /// (tansu 0.6's memory storage has offset bugs: never use it for correctness tests).
-    pub async fn start_with_storage(storage: &'static str) -> anyhow::Result<Self> {
-        Self::start_advertising(storage, None).await
-    }
-
-    /// As [`TestBroker::start_with_storage`], telling clients to connect through `advertised`
-    /// (`host:port` of a proxy in front of [`TestBroker::addr`]).
-    pub async fn start_advertising(
-        storage: &'static str,
-        advertised: Option<String>,
-    ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let addr = format!("127.0.0.1:{}", free_port_pair());
-        let mut broker = Self {
-            addr,
-            prefix: format!("t{}.", Uuid::new_v4().simple()),
-            child: None,
-            dir,
-            storage,
-            advertised,
-        };
-        broker.spawn()?;
-        broker.wait_ready().await?;
-        Ok(broker)
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let bin = std::env::var("SIPMBA_TANSU").unwrap_or_else(|_| "tansu".to_owned());
-        let url = format!("tcp://{}", self.addr);
-        let advertised = format!("tcp://{}", self.advertised.as_ref().unwrap_or(&self.addr));
-        let child = std::process::Command::new(&bin)
-            .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &advertised])
-            .args(["--storage-engine", self.storage])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!("cannot start the Kafka-protocol broker `{bin}` ({e}); run .ci/test, which installs tansu")
-            })?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&self.addr).await.is_err() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "tansu did not listen on {}",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-
-    /// Kills the broker (SIGKILL); its data stays for [`TestBroker::restart`].
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the broker again on the same port and data.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.spawn()?;
-        self.wait_ready().await
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A gRPC request carrying `authorization: Bearer <token>`.
