@@ -123,6 +123,7 @@ pub struct DatabaseSpec {
 /// The log.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sasl) || self.sasl.mechanism != 'PLAIN' || has(self.tls)").message("sasl.mechanism PLAIN sends the password in the clear: set tls, or use SCRAM-SHA-512"))]
 pub struct QueueSpec {
     /// Bootstrap brokers, `host:port`.
     #[x_kube(validation = Rule::new("self.size() > 0").message("give at least one broker"))]
@@ -145,6 +146,44 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("telemetryRetentionHours must be at least 1"))]
     pub telemetry_retention_hours: Option<i64>,
+    /// Copies of each partition of the topics the platform creates (default: the brokers'
+    /// `default.replication.factor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("replicationFactor must be 1 to 16"))]
+    pub replication_factor: Option<i32>,
+    /// TLS to the brokers (their SSL or SASL_SSL listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<QueueTlsSpec>,
+    /// SASL towards the brokers (their SASL_PLAINTEXT or SASL_SSL listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<QueueSaslSpec>,
+}
+
+/// TLS to the brokers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueTlsSpec {
+    /// The Secret key holding the PEM of the CA that signed the brokers' certificates.
+    pub ca_secret_ref: SecretKeyRef,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) whose certificate the platform shows
+    /// brokers that ask for one (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 253").message("a Secret name is 1 to 253 characters"))]
+    pub client_secret_name: Option<String>,
+}
+
+/// SASL towards the brokers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSaslSpec {
+    /// `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN` (PLAIN only with `tls`).
+    #[x_kube(validation = Rule::new("self in ['PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512']").message("mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"))]
+    pub mechanism: String,
+    /// The SASL user.
+    #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 256").message("username is 1 to 256 characters"))]
+    pub username: String,
+    /// The Secret key holding its password.
+    pub password_secret_ref: SecretKeyRef,
 }
 
 /// Access-token lifetimes, in seconds.

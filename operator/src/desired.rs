@@ -10,9 +10,10 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec},
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-            EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
+            PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+            SecretKeySelector, SecretProjection, SecretVolumeSource, SecurityContext, Service,
+            ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -215,6 +216,48 @@ fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
+/// The files of the log's TLS and SASL (`ca.crt`, `tls.crt`, `tls.key`, `password`), projected
+/// from the Secrets the spec names into one volume; none without TLS or SASL.
+fn log_volume(platform: &SipMba) -> Option<Volume> {
+    let queue = &platform.spec.queue;
+    let item = |secret: &str, key: &str, path: &str| VolumeProjection {
+        secret: Some(SecretProjection {
+            name: secret.to_owned(),
+            items: Some(vec![KeyToPath {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                mode: None,
+            }]),
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    };
+    let mut sources = Vec::new();
+    if let Some(tls) = &queue.tls {
+        sources.push(item(
+            &tls.ca_secret_ref.name,
+            &tls.ca_secret_ref.key,
+            "ca.crt",
+        ));
+        if let Some(client) = &tls.client_secret_name {
+            sources.push(item(client, "tls.crt", "tls.crt"));
+            sources.push(item(client, "tls.key", "tls.key"));
+        }
+    }
+    if let Some(sasl) = &queue.sasl {
+        let password = &sasl.password_secret_ref;
+        sources.push(item(&password.name, &password.key, "password"));
+    }
+    (!sources.is_empty()).then(|| Volume {
+        name: "log".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o400),
+        }),
+        ..Volume::default()
+    })
+}
+
 /// The service's `sipmba.toml`.
 pub fn config(platform: &SipMba, component: Component) -> String {
     let spec = &platform.spec;
@@ -261,6 +304,25 @@ pub fn config(platform: &SipMba, component: Component) -> String {
     }
     if let Some(h) = spec.queue.telemetry_retention_hours {
         lines.push(format!("telemetry_retention_hours = {h}"));
+    }
+    if let Some(n) = spec.queue.replication_factor {
+        lines.push(format!("replication_factor = {n}"));
+    }
+    if let Some(tls) = &spec.queue.tls {
+        lines.push(String::new());
+        lines.push("[queue.tls]".into());
+        lines.push(format!("ca_file = \"{ROOT}/log/ca.crt\""));
+        if tls.client_secret_name.is_some() {
+            lines.push(format!("cert_file = \"{ROOT}/log/tls.crt\""));
+            lines.push(format!("key_file = \"{ROOT}/log/tls.key\""));
+        }
+    }
+    if let Some(sasl) = &spec.queue.sasl {
+        lines.push(String::new());
+        lines.push("[queue.sasl]".into());
+        lines.push(format!("mechanism = {}", toml_string(&sasl.mechanism)));
+        lines.push(format!("username = {}", toml_string(&sasl.username)));
+        lines.push(format!("password_file = \"{ROOT}/log/password\""));
     }
     match component {
         Component::Sso => {
@@ -425,6 +487,15 @@ fn pod_template(platform: &SipMba, component: Component) -> PodTemplateSpec {
             }),
             ..Volume::default()
         });
+    }
+    if let Some(log) = log_volume(platform) {
+        mounts.push(VolumeMount {
+            name: "log".into(),
+            mount_path: format!("{ROOT}/log"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(log);
     }
     let client_keys: &[&str] = match component {
         Component::Sso => &["control", "processing", "operator"],

@@ -189,6 +189,53 @@ fn secret(platform: &SipMba, name: String, data: BTreeMap<String, String>) -> Se
     }
 }
 
+/// TLS and SASL towards the log, from the Secrets the spec names (read only when it names some):
+/// the operator creates the topics over the same listener as the services.
+async fn log_security(
+    queue: &crate::api::QueueSpec,
+    secrets: &Api<Secret>,
+) -> Result<sipmba_queue::Security, Error> {
+    let value = async |name: &str, key: &str| -> Result<String, Error> {
+        let secret = secrets.get_opt(name).await?.ok_or_else(|| {
+            Error::Topics(format!(
+                "the Secret {name} the log's settings name does not exist"
+            ))
+        })?;
+        crate::certs::secret_value(&secret, key)
+            .ok_or_else(|| Error::Topics(format!("the Secret {name} has no key {key}")))
+    };
+    let tls = match &queue.tls {
+        None => None,
+        Some(tls) => {
+            let ca = value(&tls.ca_secret_ref.name, &tls.ca_secret_ref.key).await?;
+            let client = match &tls.client_secret_name {
+                None => None,
+                Some(name) => Some((value(name, "tls.crt").await?, value(name, "tls.key").await?)),
+            };
+            let client = client.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()));
+            Some(
+                sipmba_queue::Security::tls_config(ca.as_bytes(), client)
+                    .map_err(|e| Error::Topics(format!("queue.tls: {e}")))?,
+            )
+        }
+    };
+    let sasl = match &queue.sasl {
+        None => None,
+        Some(sasl) => {
+            let password = &sasl.password_secret_ref;
+            Some(sipmba_queue::Sasl {
+                mechanism: sasl.mechanism.parse().map_err(Error::Topics)?,
+                username: sasl.username.clone(),
+                password: value(&password.name, &password.key)
+                    .await?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            })
+        }
+    };
+    Ok(sipmba_queue::Security { tls, sasl })
+}
+
 /// A random secret for a service client: 256 bits, URL-safe.
 fn random_secret() -> String {
     use base64::Engine;
@@ -235,7 +282,8 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
     if platform.spec.tls.enabled.unwrap_or(true) {
         certificates(&platform, &secrets).await?;
     }
-    crate::topics::ensure(&platform.spec.queue, Duration::from_secs(20))
+    let security = log_security(&platform.spec.queue, &secrets).await?;
+    crate::topics::ensure(&platform.spec.queue, security, Duration::from_secs(20))
         .await
         .map_err(Error::Topics)?;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sipmba_queue::{Queue, topics};
+use sipmba_queue::{Queue, Security, topics};
 
 use crate::api::QueueSpec;
 
@@ -60,15 +60,24 @@ pub fn wanted(spec: &QueueSpec) -> Vec<Topic> {
     ]
 }
 
-/// Creates or grows every topic of `spec`, giving up after `within`; an existing topic is
-/// success.
-pub async fn ensure(spec: &QueueSpec, within: Duration) -> Result<Vec<TopicState>, String> {
+/// Creates or grows every topic of `spec` (reaching the brokers with `security`), giving up
+/// after `within`; an existing topic is success.
+pub async fn ensure(
+    spec: &QueueSpec,
+    security: Security,
+    within: Duration,
+) -> Result<Vec<TopicState>, String> {
     let all = wanted(spec);
     let retention: Vec<(&str, Duration)> = all.iter().map(|t| (t.name, t.retention)).collect();
+    let replicas = spec
+        .replication_factor
+        .map(|n| i16::try_from(n).map_err(|_| format!("replicationFactor {n} is too large")))
+        .transpose()?;
     let work = async {
-        let queue = Queue::connect(&spec.brokers, &spec.topic_prefix)
+        let queue = Queue::connect_secure(&spec.brokers, &spec.topic_prefix, security)
             .await
             .map_err(|e| format!("cannot reach the brokers {:?}: {e}", spec.brokers))?
+            .with_replicas(replicas)
             .with_retention(&retention);
         let mut states = Vec::with_capacity(all.len());
         for topic in &all {

@@ -102,6 +102,32 @@ fn broken_resources_are_refused_with_a_message_naming_the_field() {
         found.iter().any(|p| p.contains("replicas must be 0 to 50")),
         "{found:?}"
     );
+
+    // SASL towards the log: a mechanism the platform speaks, and PLAIN only over TLS.
+    let mut platform = sample("sipmba.yaml");
+    platform["spec"]["queue"]["sasl"] = json!({
+        "mechanism": "PLAIN",
+        "username": "sipmba",
+        "passwordSecretRef": {"name": "kafka-user", "key": "password"},
+    });
+    let found = problems::<SipMba>(&platform, None);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("PLAIN sends the password in the clear")),
+        "{found:?}"
+    );
+    platform["spec"]["queue"]["tls"] =
+        json!({"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}});
+    assert_eq!(problems::<SipMba>(&platform, None), Vec::<String>::new());
+    platform["spec"]["queue"]["sasl"]["mechanism"] = json!("GSSAPI");
+    let found = problems::<SipMba>(&platform, None);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")),
+        "{found:?}"
+    );
 }
 
 #[test]

@@ -34,6 +34,10 @@ fn load(
         "clients/control",
         "clients/processing",
         "clients/operator",
+        "log/ca.crt",
+        "log/tls.crt",
+        "log/tls.key",
+        "log/password",
     ] {
         let path = dir.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -126,6 +130,97 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
     );
     let err = load(&three, Component::Processing, dir.path(), Some(3)).unwrap_err();
     assert!(err.to_string().contains("processing.replica"), "{err}");
+
+    // An external log with TLS (and a client certificate) and SASL: the files come from the
+    // Secrets the spec names, projected into one volume.
+    let mut secure = platform();
+    secure.spec.queue.replication_factor = Some(3);
+    secure.spec.queue.tls = Some(sipmba_operator::api::QueueTlsSpec {
+        ca_secret_ref: sipmba_operator::api::SecretKeyRef {
+            name: "kafka-ca".into(),
+            key: "ca.crt".into(),
+        },
+        client_secret_name: Some("kafka-client".into()),
+    });
+    secure.spec.queue.sasl = Some(sipmba_operator::api::QueueSaslSpec {
+        mechanism: "SCRAM-SHA-512".into(),
+        username: "sipmba".into(),
+        password_secret_ref: sipmba_operator::api::SecretKeyRef {
+            name: "kafka-user".into(),
+            key: "password".into(),
+        },
+    });
+    for component in Component::ALL {
+        let config = load(&secure, component, dir.path(), Some(0)).unwrap();
+        let queue = &config.queue;
+        assert_eq!(queue.replication_factor, Some(3));
+        let tls = queue.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file, dir.path().join("log/ca.crt"));
+        assert_eq!(
+            tls.client,
+            Some((
+                dir.path().join("log/tls.crt"),
+                dir.path().join("log/tls.key")
+            ))
+        );
+        let sasl = queue.sasl.as_ref().unwrap();
+        assert_eq!(
+            (sasl.mechanism.as_str(), sasl.username.as_str()),
+            ("SCRAM-SHA-512", "sipmba")
+        );
+        assert_eq!(sasl.password_file, dir.path().join("log/password"));
+    }
+    let deployment = desired::deployment(&secure, Component::Collect);
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let log = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "log")
+        .expect("a log volume");
+    let projected: Vec<(String, String, String)> = log
+        .projected
+        .unwrap()
+        .sources
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            let s = s.secret.unwrap();
+            let item = s.items.unwrap().remove(0);
+            (s.name, item.key, item.path)
+        })
+        .collect();
+    assert_eq!(
+        projected,
+        [
+            ("kafka-ca".into(), "ca.crt".into(), "ca.crt".into()),
+            ("kafka-client".into(), "tls.crt".into(), "tls.crt".into()),
+            ("kafka-client".into(), "tls.key".into(), "tls.key".into()),
+            ("kafka-user".into(), "password".into(), "password".into()),
+        ]
+    );
+    assert!(
+        pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "log" && m.mount_path == "/etc/sipmba/log")
+    );
+    // Without TLS or SASL towards the log, no such volume.
+    let plain_log = desired::deployment(&platform(), Component::Collect);
+    assert!(
+        !plain_log
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "log")
+    );
 
     // Without TLS: plaintext everywhere, http:// URLs.
     let mut plain = platform();

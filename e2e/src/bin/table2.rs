@@ -190,7 +190,6 @@ struct Platform {
     collect_addr: String,
     token: String,
     queue: Queue,
-    _broker: TestBroker,
     _trigger: ShutdownTrigger,
     _jwks: sipmba_testkit::JwksServer,
     _db: TestDb,
@@ -228,19 +227,21 @@ impl Log {
     }
 }
 
-async fn platform(log: Log, batch: u64) -> anyhow::Result<Platform> {
-    let broker = log.start(None).await?;
+/// Collect on `broker`, with topics of its own (a fresh prefix): the runs of a row share a warm
+/// broker, as a platform's log is.
+async fn platform(broker: &TestBroker, batch: u64) -> anyhow::Result<Platform> {
+    let prefix = format!("{}{}.", broker.prefix, Uuid::new_v4().simple());
     let db = TestDb::sqlite()?;
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
     sipmba_collect::store::migrate(&conn).await?;
-    let queue = Queue::connect(&broker.brokers(), &broker.prefix).await?;
+    let queue = Queue::connect(&broker.brokers(), &prefix).await?;
     let producer = Producer::new(
         &queue,
         TELEMETRY_TOPIC,
         1,
         BatchLimits {
             max_records: usize::try_from(batch)?.max(1),
-            ..BatchLimits::default()
+            ..sipmba_collect::telemetry_batch_limits()
         },
     )
     .await?;
@@ -284,7 +285,6 @@ async fn platform(log: Log, batch: u64) -> anyhow::Result<Platform> {
         collect_addr: addr.to_string(),
         token,
         queue,
-        _broker: broker,
         _trigger: trigger,
         _jwks: jwks,
         _db: db,
@@ -409,8 +409,11 @@ async fn through_collect(p: &Platform, args: &Args, n: u64, rate: Option<u64>, p
     }
 }
 
-/// (b): the same records produced and fetched with rskafka, no service in between.
+/// (b): the same records produced and fetched with rskafka, no service in between, on `broker`
+/// (topics of the run's own) — or, to count the bytes, on a broker of `log`'s kind of its own that
+/// advertises a counting proxy.
 async fn through_log(
+    broker: &TestBroker,
     log: Log,
     nodelay: bool,
     args: &Args,
@@ -419,19 +422,21 @@ async fn through_log(
     proxy: bool,
 ) -> Run {
     // With a proxy, the broker advertises it, so every connection of the producer goes through.
-    let (broker, counter) = if proxy {
+    let (own, counter) = if proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap().to_string();
-        let broker = log.start(Some(proxy_addr)).await.unwrap();
-        let counter = CountingProxy::start(listener, broker.addr.clone()).await;
-        (broker, Some(counter))
+        let own = log.start(Some(proxy_addr)).await.unwrap();
+        let counter = CountingProxy::start(listener, own.addr.clone()).await;
+        (Some(own), Some(counter))
     } else {
-        (log.start(None).await.unwrap(), None)
+        (None, None)
     };
+    let broker = own.as_ref().unwrap_or(broker);
     let bootstrap = counter
         .as_ref()
         .map_or_else(|| broker.addr.clone(), |c| c.addr.clone());
-    let queue = Queue::connect_with(&[bootstrap], &broker.prefix, nodelay)
+    let prefix = format!("{}{}.", broker.prefix, Uuid::new_v4().simple());
+    let queue = Queue::connect_with(&[bootstrap], &prefix, nodelay, Default::default())
         .await
         .unwrap();
     const RAW: &str = "raw";
@@ -500,7 +505,7 @@ async fn through_log(
         }
         None => (Tally::new(0, None), committed),
     };
-    drop(broker);
+    drop(own);
     Run {
         committed: Some(committed),
         consumed,
@@ -645,10 +650,11 @@ async fn measure(row: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
     let (n, ln, rate) = (args.messages, args.latency_messages, args.rate);
     let (throughput, mut latency, bytes) = match row {
         "a-kafka" | "a-sqlite" | "a-memory" => {
-            let p = platform(Log::of(row), args.batch).await?;
+            let broker = Log::of(row).start(None).await?;
+            let p = platform(&broker, args.batch).await?;
             let throughput = through_collect(&p, args, n, None, false).await;
             drop(p);
-            let p = platform(Log::of(row), args.batch).await?;
+            let p = platform(&broker, args.batch).await?;
             let latency = through_collect(&p, args, ln, Some(rate), true).await;
             let bytes = latency.wire_bytes;
             (throughput, latency, bytes)
@@ -663,13 +669,14 @@ async fn measure(row: &str, args: &Args) -> anyhow::Result<serde_json::Value> {
             let args = &args;
             // Nagle's stall makes that row slow: it gets fewer messages.
             let n = if nodelay { n } else { n.min(50_000) };
-            let throughput = through_log(log, nodelay, args, n, None, false).await;
-            let latency = through_log(log, nodelay, args, ln, Some(rate), false).await;
+            let broker = log.start(None).await?;
+            let throughput = through_log(&broker, log, nodelay, args, n, None, false).await;
+            let latency = through_log(&broker, log, nodelay, args, ln, Some(rate), false).await;
             // A Kafka broker advertises only its own listener: no proxy in its path.
             let bytes = if log == Log::Kafka {
                 0
             } else {
-                through_log(log, nodelay, args, ln, Some(rate), true)
+                through_log(&broker, log, nodelay, args, ln, Some(rate), true)
                     .await
                     .wire_bytes
             };

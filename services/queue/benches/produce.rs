@@ -20,7 +20,13 @@ async fn main() -> anyhow::Result<()> {
     let broker = sipmba_testkit::TestBroker::start().await?;
     for batch in [1000, 250] {
         for nodelay in [false, true] {
-            let queue = Queue::connect_with(&broker.brokers(), &broker.prefix, nodelay).await?;
+            let queue = Queue::connect_with(
+                &broker.brokers(),
+                &broker.prefix,
+                nodelay,
+                Default::default(),
+            )
+            .await?;
             let topic = format!("produce-{batch}-{nodelay}");
             queue.ensure_topic(&topic, 1).await?;
             let partition = queue.partition(&topic, 0).await?;

@@ -1,16 +1,47 @@
 //! The Kafka admin requests rskafka 0.6 does not offer: CreateTopics *with topic configs*
 //! (retention) and the broker's default replication factor, DescribeConfigs, CreatePartitions,
 //! and Metadata with partition leaders, in non-flexible versions (CreateTopics v4,
-//! DescribeConfigs v1, CreatePartitions v1, Metadata v4) that Kafka 4, Redpanda and tansu accept.
+//! DescribeConfigs v1, CreatePartitions v1, Metadata v4) that Kafka 4, Redpanda and tansu accept;
+//! over TLS and SASL (SaslHandshake v1, SaslAuthenticate v1) as [`Security`] says.
 
 use std::time::Duration;
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    QueueError,
+    security::{Sasl, Security, Stream},
 };
 
-use crate::QueueError;
+/// No TLS, no SASL.
+static PLAINTEXT: Security = Security {
+    tls: None,
+    sasl: None,
+};
+
+/// A broker (`host:port`) and how to reach it; a bare address means PLAINTEXT.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// `host:port`.
+    pub addr: &'a str,
+    /// TLS and SASL.
+    pub security: &'a Security,
+}
+
+impl<'a> From<&'a str> for Target<'a> {
+    fn from(addr: &'a str) -> Self {
+        Self {
+            addr,
+            security: &PLAINTEXT,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for Target<'a> {
+    fn from(addr: &'a String) -> Self {
+        addr.as_str().into()
+    }
+}
 
 const CREATE_TOPICS: i16 = 19;
 const DESCRIBE_CONFIGS: i16 = 32;
@@ -18,6 +49,8 @@ const DESCRIBE_CONFIGS: i16 = 32;
 pub const CREATE_PARTITIONS: i16 = 37;
 const API_VERSIONS: i16 = 18;
 const METADATA: i16 = 3;
+const SASL_HANDSHAKE: i16 = 17;
+const SASL_AUTHENTICATE: i16 = 36;
 /// Kafka's TOPIC_ALREADY_EXISTS.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// Largest response accepted.
@@ -94,7 +127,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends one request (`api_key`, `version`, `body`) to `broker` and returns the response body.
 async fn call(
-    broker: &str,
+    broker: Target<'_>,
     api_key: i16,
     version: i16,
     body: &[u8],
@@ -102,61 +135,141 @@ async fn call(
     call_within(broker, api_key, version, body, ADMIN_TIMEOUT).await
 }
 
-/// As [`call`], giving up after `timeout`.
+/// As [`call`], giving up after `timeout` (connecting, TLS and SASL included).
 async fn call_within(
-    broker: &str,
+    broker: Target<'_>,
     api_key: i16,
     version: i16,
     body: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, QueueError> {
+    let addr = broker.addr;
     let exchange = async {
-        let mut stream = TcpStream::connect(broker)
-            .await
-            .map_err(|e| admin_error(format!("cannot reach {broker}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let mut header = Writer(Vec::with_capacity(body.len() + 32));
-        header.i16(api_key);
-        header.i16(version);
-        header.i32(1); // correlation id
-        header.string("sipmba")?;
-        header.0.extend_from_slice(body);
-        let mut frame = Writer(Vec::with_capacity(header.0.len() + 4));
-        frame.len(header.0.len())?;
-        frame.0.extend_from_slice(&header.0);
-        stream
-            .write_all(&frame.0)
-            .await
-            .map_err(|e| admin_error(format!("{broker}: {e}")))?;
-        let size = stream
-            .read_i32()
-            .await
-            .map_err(|e| admin_error(format!("{broker}: {e}")))?;
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|s| (4..=MAX_RESPONSE).contains(s))
-            .ok_or_else(|| admin_error(format!("{broker} sent a response of {size} bytes")))?;
-        let mut response = vec![0; size];
-        stream
-            .read_exact(&mut response)
-            .await
-            .map_err(|e| admin_error(format!("{broker}: {e}")))?;
-        // Skip the correlation id (one request per connection).
-        Ok(response.split_off(4))
+        let mut stream = broker.security.connect(addr).await?;
+        exchange(&mut stream, addr, api_key, version, body, 100).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| {
         admin_error(format!(
-            "{broker} did not answer an admin request in {} s",
+            "{addr} did not answer an admin request in {} s",
             timeout.as_secs()
         ))
     })?
 }
 
+/// One request and its response on `stream`; returns the response body.
+async fn exchange(
+    stream: &mut Box<dyn Stream>,
+    broker: &str,
+    api_key: i16,
+    version: i16,
+    body: &[u8],
+    correlation: i32,
+) -> Result<Vec<u8>, QueueError> {
+    let mut header = Writer(Vec::with_capacity(body.len() + 32));
+    header.i16(api_key);
+    header.i16(version);
+    header.i32(correlation);
+    header.string("sipmba")?;
+    header.0.extend_from_slice(body);
+    let mut frame = Writer(Vec::with_capacity(header.0.len() + 4));
+    frame.len(header.0.len())?;
+    frame.0.extend_from_slice(&header.0);
+    stream
+        .write_all(&frame.0)
+        .await
+        .map_err(|e| admin_error(format!("{broker}: {e}")))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| admin_error(format!("{broker}: {e}")))?;
+    let size = stream
+        .read_i32()
+        .await
+        .map_err(|e| admin_error(format!("{broker} closed the connection: {e}")))?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|s| (4..=MAX_RESPONSE).contains(s))
+        .ok_or_else(|| admin_error(format!("{broker} sent a response of {size} bytes")))?;
+    let mut response = vec![0; size];
+    stream
+        .read_exact(&mut response)
+        .await
+        .map_err(|e| admin_error(format!("{broker}: {e}")))?;
+    // The correlation id, then the body.
+    Ok(response.split_off(4))
+}
+
+/// SASL on a fresh connection: SaslHandshake v1 for the mechanism, then SaslAuthenticate v1
+/// rounds stepped by rsasl until the mechanism is done.
+pub(crate) async fn authenticate(
+    stream: &mut Box<dyn Stream>,
+    broker: &str,
+    sasl: &Sasl,
+) -> Result<(), QueueError> {
+    use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
+    let mechanism = sasl.mechanism.name();
+    let mut w = Writer(Vec::new());
+    w.string(mechanism)?;
+    let response = exchange(stream, broker, SASL_HANDSHAKE, 1, &w.0, 1).await?;
+    let mut r = Reader(&response);
+    let code = r.i16()?;
+    let offered = (0..r.count()?)
+        .map(|_| r.string())
+        .collect::<Result<Vec<_>, _>>()?;
+    if code != 0 {
+        return Err(QueueError::Refused(format!(
+            "{broker} does not accept SASL {mechanism} (error {code}); it offers: {}",
+            offered.join(", ")
+        )));
+    }
+    let config = SASLConfig::with_credentials(None, sasl.username.clone(), sasl.password.clone())
+        .map_err(|e| admin_error(format!("SASL: {e}")))?;
+    let name = Mechname::parse(mechanism.as_bytes()).map_err(|e| admin_error(e.to_string()))?;
+    let mut session = SASLClient::new(config)
+        .start_suggested(&[name])
+        .map_err(|e| admin_error(format!("SASL {mechanism}: {e}")))?;
+    let mut received: Option<Vec<u8>> = None;
+    let mut correlation = 2;
+    loop {
+        let mut out = Vec::new();
+        let state = session.step(received.as_deref(), &mut out).map_err(|e| {
+            admin_error(format!(
+                "SASL {mechanism} with {broker} as {}: {e}",
+                sasl.username
+            ))
+        })?;
+        if state.has_sent_message() {
+            let mut w = Writer(Vec::new());
+            w.len(out.len())?;
+            w.0.extend_from_slice(&out);
+            let response =
+                exchange(stream, broker, SASL_AUTHENTICATE, 1, &w.0, correlation).await?;
+            correlation += 1;
+            let mut r = Reader(&response);
+            let code = r.i16()?;
+            let message = r.nullable_string()?;
+            let len = usize::try_from(r.i32()?.max(0)).unwrap_or(0);
+            let bytes = r.take(len)?.to_vec();
+            if code != 0 {
+                return Err(QueueError::Refused(format!(
+                    "{broker} refused SASL {mechanism} authentication as {}: {}",
+                    sasl.username,
+                    message.unwrap_or_else(|| format!("error {code}"))
+                )));
+            }
+            received = Some(bytes);
+        }
+        if state.is_finished() {
+            return Ok(());
+        }
+    }
+}
+
 /// Creates `topic` with `partitions` partitions, `replicas` copies of each (`None`: the broker's
 /// `default.replication.factor`) and the given topic configs (e.g. `retention.ms`), unless it
 /// exists. An existing topic keeps its settings.
-pub async fn create_topic(
-    broker: &str,
+pub async fn create_topic<'a>(
+    broker: impl Into<Target<'a>>,
     topic: &str,
     partitions: i32,
     replicas: Option<i16>,
@@ -175,7 +288,7 @@ pub async fn create_topic(
     }
     w.i32(5_000); // timeout ms
     w.i8(0); // validate only: no
-    let response = call(broker, CREATE_TOPICS, 4, &w.0).await?;
+    let response = call(broker.into(), CREATE_TOPICS, 4, &w.0).await?;
     topic_results(&response, "creating topic", &[TOPIC_ALREADY_EXISTS])
 }
 
@@ -199,8 +312,8 @@ fn topic_results(response: &[u8], what: &str, fine: &[i16]) -> Result<(), QueueE
 }
 
 /// The configs of `topic` as the broker reports them (name, value).
-pub async fn describe_topic(
-    broker: &str,
+pub async fn describe_topic<'a>(
+    broker: impl Into<Target<'a>>,
     topic: &str,
 ) -> Result<Vec<(String, String)>, QueueError> {
     let mut w = Writer(Vec::new());
@@ -209,7 +322,7 @@ pub async fn describe_topic(
     w.string(topic)?;
     w.i32(-1); // every config
     w.i8(0); // no synonyms
-    let response = call(broker, DESCRIBE_CONFIGS, 1, &w.0).await?;
+    let response = call(broker.into(), DESCRIBE_CONFIGS, 1, &w.0).await?;
     let mut r = Reader(&response);
     let _throttle = r.i32()?;
     let mut out = Vec::new();
@@ -241,7 +354,11 @@ pub async fn describe_topic(
 
 /// Grows `topic` to `count` partitions (CreatePartitions v1). Kafka refuses a count that is not
 /// larger than the current one (INVALID_PARTITIONS), which this reports as an error.
-pub async fn create_partitions(broker: &str, topic: &str, count: i32) -> Result<(), QueueError> {
+pub async fn create_partitions<'a>(
+    broker: impl Into<Target<'a>>,
+    topic: &str,
+    count: i32,
+) -> Result<(), QueueError> {
     let mut w = Writer(Vec::new());
     w.len(1)?;
     w.string(topic)?;
@@ -249,7 +366,7 @@ pub async fn create_partitions(broker: &str, topic: &str, count: i32) -> Result<
     w.i32(-1); // assignments: null, the broker places them
     w.i32(5_000); // timeout ms
     w.i8(0); // validate only: no
-    let response = call(broker, CREATE_PARTITIONS, 1, &w.0).await?;
+    let response = call(broker.into(), CREATE_PARTITIONS, 1, &w.0).await?;
     topic_results(
         &response,
         &format!("growing to {count} partitions topic"),
@@ -258,15 +375,21 @@ pub async fn create_partitions(broker: &str, topic: &str, count: i32) -> Result<
 }
 
 /// Whether `broker` answers an ApiVersions request within `timeout`.
-pub async fn probe(broker: &str, timeout: Duration) -> bool {
-    call_within(broker, API_VERSIONS, 0, &[], timeout)
+pub async fn probe<'a>(broker: impl Into<Target<'a>>, timeout: Duration) -> bool {
+    call_within(broker.into(), API_VERSIONS, 0, &[], timeout)
         .await
         .is_ok()
 }
 
+/// Connects to `broker` as configured (TLS, SASL) and asks for its API versions: what went
+/// wrong, if anything (a refused password, an untrusted certificate, no answer).
+pub async fn probe_error<'a>(broker: impl Into<Target<'a>>) -> Result<(), QueueError> {
+    call(broker.into(), API_VERSIONS, 0, &[]).await.map(|_| ())
+}
+
 /// Whether `broker` offers the request `api_key` (ApiVersions v0).
-pub async fn supports(broker: &str, api_key: i16) -> Result<bool, QueueError> {
-    let response = call(broker, API_VERSIONS, 0, &[]).await?;
+pub async fn supports<'a>(broker: impl Into<Target<'a>>, api_key: i16) -> Result<bool, QueueError> {
+    let response = call(broker.into(), API_VERSIONS, 0, &[]).await?;
     let mut r = Reader(&response);
     let code = r.i16()?;
     if code != 0 {
@@ -319,13 +442,16 @@ pub struct PartitionMetadata {
 }
 
 /// The brokers, the controller and the partitions of `topics` as `broker` sees them now.
-pub async fn metadata(broker: &str, topics: &[&str]) -> Result<ClusterMetadata, QueueError> {
+pub async fn metadata<'a>(
+    broker: impl Into<Target<'a>>,
+    topics: &[&str],
+) -> Result<ClusterMetadata, QueueError> {
     metadata_within(broker, topics, ADMIN_TIMEOUT).await
 }
 
 /// As [`metadata`], giving up after `timeout`.
-pub async fn metadata_within(
-    broker: &str,
+pub async fn metadata_within<'a>(
+    broker: impl Into<Target<'a>>,
     topics: &[&str],
     timeout: Duration,
 ) -> Result<ClusterMetadata, QueueError> {
@@ -335,7 +461,25 @@ pub async fn metadata_within(
         w.string(topic)?;
     }
     w.i8(0); // allow auto topic creation: no
-    let response = call_within(broker, METADATA, 4, &w.0, timeout).await?;
+    metadata_request(broker, w, timeout).await
+}
+
+/// The brokers, the controller and every topic's partitions as `broker` sees them now.
+pub async fn metadata_of_all<'a>(
+    broker: impl Into<Target<'a>>,
+) -> Result<ClusterMetadata, QueueError> {
+    let mut w = Writer(Vec::new());
+    w.i32(-1); // a null array: every topic
+    w.i8(0); // allow auto topic creation: no
+    metadata_request(broker, w, ADMIN_TIMEOUT).await
+}
+
+async fn metadata_request<'a>(
+    broker: impl Into<Target<'a>>,
+    w: Writer,
+    timeout: Duration,
+) -> Result<ClusterMetadata, QueueError> {
+    let response = call_within(broker.into(), METADATA, 4, &w.0, timeout).await?;
     let mut r = Reader(&response);
     let _throttle = r.i32()?;
     let mut brokers = Vec::new();

@@ -6,7 +6,10 @@
 pub mod admin;
 pub mod producer;
 pub mod revocations;
+pub mod security;
 pub mod sockets;
+
+pub use security::{Mechanism, Sasl, Security};
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -46,6 +49,10 @@ pub enum QueueError {
     /// The topic does not exist (yet).
     #[error("topic {0} does not exist")]
     MissingTopic(String),
+    /// A broker refused the platform's TLS or SASL credentials, or showed a certificate the
+    /// configured CA did not sign: retrying will not help until the settings change.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub(crate) fn now() -> DateTime<Utc> {
@@ -81,6 +88,8 @@ pub struct Queue {
     /// Copies of each partition of the topics this process creates (`None`: the broker's
     /// `default.replication.factor`).
     replicas: Option<i16>,
+    /// TLS and SASL towards the brokers.
+    security: Arc<Security>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -96,12 +105,13 @@ impl std::fmt::Debug for Queue {
 pub const FETCH_WAIT: Duration = Duration::from_millis(50);
 
 /// How rskafka retries a request that failed for a reason that may pass (a broker down, a
-/// leader moving): at most half a second apart, so that the platform resumes well within a
-/// second of the log coming back (rskafka's own default grows the wait to minutes).
+/// leader moving): at most a quarter of a second apart, so that a revocation published as the
+/// log comes back reaches every service within a second (its publisher and each follower may
+/// both be waiting out a retry; rskafka's own default grows the wait to minutes).
 fn backoff() -> rskafka::BackoffConfig {
     rskafka::BackoffConfig {
         init_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_millis(250),
         base: 3.0,
         deadline: None,
     }
@@ -116,20 +126,50 @@ impl Queue {
     /// the brokers get `TCP_NODELAY`, and those to a broker that stops answering are cut
     /// ([`sockets`]).
     pub async fn connect(brokers: &[String], prefix: &str) -> Result<Self, QueueError> {
-        Self::connect_with(brokers, prefix, true).await
+        Self::connect_with(brokers, prefix, true, Security::default()).await
     }
 
-    /// As [`Queue::connect`], choosing whether to force `TCP_NODELAY` (the benchmark compares).
+    /// As [`Queue::connect`], with TLS and SASL as `security` says.
+    pub async fn connect_secure(
+        brokers: &[String],
+        prefix: &str,
+        security: Security,
+    ) -> Result<Self, QueueError> {
+        Self::connect_with(brokers, prefix, true, security).await
+    }
+
+    /// As [`Queue::connect_secure`], choosing whether to force `TCP_NODELAY` (the benchmark
+    /// compares).
     pub async fn connect_with(
         brokers: &[String],
         prefix: &str,
         nodelay: bool,
+        security: Security,
     ) -> Result<Self, QueueError> {
-        let client = ClientBuilder::new(brokers.to_vec())
+        // rskafka retries a refused login for ever: find out first, and say why.
+        if security.tls.is_some() || security.sasl.is_some() {
+            for broker in brokers {
+                let target = admin::Target {
+                    addr: broker,
+                    security: &security,
+                };
+                match admin::probe_error(target).await {
+                    Ok(()) => break,
+                    Err(refused @ QueueError::Refused(_)) => return Err(refused),
+                    Err(_) => {}
+                }
+            }
+        }
+        let mut builder = ClientBuilder::new(brokers.to_vec())
             .client_id("sipmba")
-            .backoff_config(backoff())
-            .build()
-            .await?;
+            .backoff_config(backoff());
+        if let Some(tls) = &security.tls {
+            builder = builder.tls_config(tls.clone());
+        }
+        if let Some(sasl) = security.rskafka_sasl() {
+            builder = builder.sasl_config(sasl);
+        }
+        let client = builder.build().await?;
         let queue = Self {
             client: Arc::new(client),
             prefix: prefix.to_owned(),
@@ -137,14 +177,24 @@ impl Queue {
             brokers: Arc::new(brokers.to_vec()),
             retention: Arc::default(),
             replicas: None,
+            security: Arc::new(security),
         };
         queue.apply_nodelay();
         tokio::spawn(watch_brokers(
             Arc::downgrade(&queue.client),
             queue.brokers.clone(),
+            queue.security.clone(),
             queue.nodelay_peers.clone(),
         ));
         Ok(queue)
+    }
+
+    /// `broker` with this queue's TLS and SASL, for [`admin`] requests.
+    pub fn target<'a>(&'a self, broker: &'a str) -> admin::Target<'a> {
+        admin::Target {
+            addr: broker,
+            security: &self.security,
+        }
     }
 
     fn apply_nodelay(&self) {
@@ -187,7 +237,7 @@ impl Queue {
         let mut last = QueueError::Admin("no broker configured".into());
         for broker in self.brokers.iter() {
             match admin::create_topic(
-                broker,
+                self.target(broker),
                 &self.topic(name),
                 partitions,
                 self.replicas,
@@ -228,7 +278,7 @@ impl Queue {
         }
         let mut last = QueueError::Admin("no broker configured".into());
         for broker in self.brokers.iter() {
-            match admin::supports(broker, admin::CREATE_PARTITIONS).await {
+            match admin::supports(self.target(broker), admin::CREATE_PARTITIONS).await {
                 Ok(true) => {}
                 Ok(false) => {
                     return Err(QueueError::Admin(format!(
@@ -242,7 +292,8 @@ impl Queue {
                     continue;
                 }
             }
-            match admin::create_partitions(broker, &self.topic(name), partitions).await {
+            match admin::create_partitions(self.target(broker), &self.topic(name), partitions).await
+            {
                 Ok(()) => {
                     // The new partitions reach every broker's metadata a moment later.
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -323,6 +374,7 @@ impl Queue {
 async fn watch_brokers(
     client: std::sync::Weak<Client>,
     bootstrap: Arc<Vec<String>>,
+    security: Arc<Security>,
     nodelay: Option<Arc<Vec<std::net::SocketAddr>>>,
 ) {
     let mut known: Vec<String> = bootstrap.to_vec();
@@ -333,7 +385,11 @@ async fn watch_brokers(
             if hung.contains(&broker) {
                 continue;
             }
-            let metadata = admin::metadata_within(&broker, &[], PROBE_TIMEOUT).await;
+            let target = admin::Target {
+                addr: &broker,
+                security: &security,
+            };
+            let metadata = admin::metadata_within(target, &[], PROBE_TIMEOUT).await;
             if let Ok(m) = metadata {
                 for (_, addr) in m.brokers {
                     if !known.contains(&addr) {
@@ -343,8 +399,13 @@ async fn watch_brokers(
                 break;
             }
         }
+        let security = &security;
         let probes = known.iter().map(|broker| async move {
-            let answered = admin::probe(broker, PROBE_TIMEOUT).await;
+            let target = admin::Target {
+                addr: broker,
+                security,
+            };
+            let answered = admin::probe(target, PROBE_TIMEOUT).await;
             (broker.clone(), answered)
         });
         for (broker, answered) in futures::future::join_all(probes).await {

@@ -259,7 +259,49 @@ struct FileQueue {
     telemetry_retention_hours: Option<u64>,
     command_retention_hours: Option<u64>,
     revocation_retention_hours: Option<u64>,
+    replication_factor: Option<i64>,
+    tls: Option<FileQueueTls>,
+    sasl: Option<FileQueueSasl>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueueTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQueueSasl {
+    mechanism: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// TLS to the brokers (`[queue.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTls {
+    /// PEM file of the CA certificates the brokers' certificates are checked against.
+    pub ca_file: PathBuf,
+    /// PEM files of a client certificate chain and its key, for brokers that ask for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// SASL towards the brokers (`[queue.sasl]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (upper case).
+    pub mechanism: String,
+    /// The user name.
+    pub username: String,
+    /// The file holding the password (its content, without a trailing newline).
+    pub password_file: PathBuf,
+}
+
+/// The SASL mechanisms the platform speaks.
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// The Kafka-protocol log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -276,6 +318,13 @@ pub struct QueueSettings {
     pub command_retention: Duration,
     /// Retention of `sipmba.revocations` (at least the longest access-token lifetime).
     pub revocation_retention: Duration,
+    /// Copies of each partition of the topics the platform creates; `None`: the brokers'
+    /// `default.replication.factor`.
+    pub replication_factor: Option<i16>,
+    /// TLS to the brokers.
+    pub tls: Option<QueueTls>,
+    /// SASL towards the brokers.
+    pub sasl: Option<QueueSasl>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -721,8 +770,109 @@ impl Config {
                 format!("{bad:?} is not host:port"),
             ));
         }
+        let replication_factor = match file.queue.replication_factor {
+            None => None,
+            Some(n) => Some(i16::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                ConfigError::new(
+                    "queue.replication_factor",
+                    format!(
+                        "{n} is not a replication factor (1 or more; leave it out for the \
+                                 brokers' default.replication.factor)"
+                    ),
+                )
+            })?),
+        };
+        let readable = |setting: &str, path: &PathBuf| {
+            if path.is_file() {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    setting,
+                    format!("{} is not a readable file", path.display()),
+                ))
+            }
+        };
+        let queue_tls = match file.queue.tls {
+            None => None,
+            Some(tls) => {
+                let ca_file = tls.ca_file.ok_or_else(|| {
+                    ConfigError::new(
+                        "queue.tls.ca_file",
+                        "is not set: name the PEM file of the CA that signed the brokers' \
+                         certificates (/etc/ssl/certs/ca-certificates.crt for public ones)",
+                    )
+                })?;
+                readable("queue.tls.ca_file", &ca_file)?;
+                let client = match (tls.cert_file, tls.key_file) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => {
+                        readable("queue.tls.cert_file", &cert)?;
+                        readable("queue.tls.key_file", &key)?;
+                        Some((cert, key))
+                    }
+                    (Some(_), None) => {
+                        return Err(ConfigError::new(
+                            "queue.tls.key_file",
+                            "is not set while queue.tls.cert_file is: give both or neither",
+                        ));
+                    }
+                    (None, Some(_)) => {
+                        return Err(ConfigError::new(
+                            "queue.tls.cert_file",
+                            "is not set while queue.tls.key_file is: give both or neither",
+                        ));
+                    }
+                };
+                Some(QueueTls { ca_file, client })
+            }
+        };
+        let queue_sasl = match file.queue.sasl {
+            None => None,
+            Some(sasl) => {
+                let mechanism = sasl.mechanism.unwrap_or_default().to_ascii_uppercase();
+                if !SASL_MECHANISMS.contains(&mechanism.as_str()) {
+                    return Err(ConfigError::new(
+                        "queue.sasl.mechanism",
+                        format!(
+                            "{mechanism:?} is not one of {} (GSSAPI and OAUTHBEARER are not \
+                             supported)",
+                            SASL_MECHANISMS.join(", ")
+                        ),
+                    ));
+                }
+                if mechanism == "PLAIN" && queue_tls.is_none() {
+                    return Err(ConfigError::new(
+                        "queue.sasl.mechanism",
+                        "PLAIN sends the password in the clear: add [queue.tls], or use \
+                         SCRAM-SHA-512",
+                    ));
+                }
+                let username = sasl.username.unwrap_or_default();
+                if username.is_empty() {
+                    return Err(ConfigError::new(
+                        "queue.sasl.username",
+                        "is not set: the brokers' SASL user",
+                    ));
+                }
+                let password_file = sasl.password_file.ok_or_else(|| {
+                    ConfigError::new(
+                        "queue.sasl.password_file",
+                        "is not set: name the file that holds the SASL password",
+                    )
+                })?;
+                readable("queue.sasl.password_file", &password_file)?;
+                Some(QueueSasl {
+                    mechanism,
+                    username,
+                    password_file,
+                })
+            }
+        };
         let queue = QueueSettings {
             brokers,
+            replication_factor,
+            tls: queue_tls,
+            sasl: queue_sasl,
             topic_prefix: file.queue.topic_prefix.unwrap_or_default(),
             command_partitions: file.queue.command_partitions.unwrap_or(4),
             telemetry_retention: Duration::from_secs(
@@ -1083,5 +1233,69 @@ mod tests {
         };
         let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
         assert_eq!(err.setting, "server.tls_key");
+    }
+
+    #[test]
+    fn an_external_log_takes_tls_and_sasl_and_refuses_what_cannot_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "x").unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key, password) = (
+            file("ca.crt"),
+            file("tls.crt"),
+            file("tls.key"),
+            file("password"),
+        );
+        let text = format!(
+            "{MINIMAL}\n[queue]\nbrokers = [\"kafka-0:9093\"]\nreplication_factor = 3\n\
+             [queue.tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+             [queue.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"sipmba\"\n\
+             password_file = \"{password}\"\n"
+        );
+        let config = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap();
+        let queue = &config.queue;
+        assert_eq!(queue.replication_factor, Some(3));
+        assert_eq!(
+            queue.tls,
+            Some(QueueTls {
+                ca_file: ca.clone().into(),
+                client: Some((cert.into(), key.into())),
+            })
+        );
+        let sasl = queue.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, "SCRAM-SHA-512");
+
+        let refused =
+            |text: String| Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        let sasl = |mechanism: &str| {
+            format!(
+                "[queue.sasl]\nmechanism = \"{mechanism}\"\nusername = \"sipmba\"\n\
+                 password_file = \"{password}\"\n"
+            )
+        };
+        let err = refused(format!("{MINIMAL}\n[queue]\n{}", sasl("PLAIN")));
+        assert_eq!(err.setting, "queue.sasl.mechanism");
+        assert!(err.to_string().contains("in the clear"), "{err}");
+        let err = refused(format!("{MINIMAL}\n[queue]\n{}", sasl("GSSAPI")));
+        assert_eq!(err.setting, "queue.sasl.mechanism");
+        assert!(err.to_string().contains("SCRAM-SHA-512"), "{err}");
+        let err = refused(format!(
+            "{MINIMAL}\n[queue.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"sipmba\"\n\
+             password_file = \"/nonexistent\"\n"
+        ));
+        assert_eq!(err.setting, "queue.sasl.password_file");
+        let err = refused(format!("{MINIMAL}\n[queue.tls]\ncert_file = \"{ca}\"\n"));
+        assert_eq!(err.setting, "queue.tls.ca_file");
+        let err = refused(format!(
+            "{MINIMAL}\n[queue.tls]\nca_file = \"{ca}\"\ncert_file = \"{ca}\"\n"
+        ));
+        assert_eq!(err.setting, "queue.tls.key_file");
+        let err = refused(format!("{MINIMAL}\n[queue]\nreplication_factor = 0\n"));
+        assert_eq!(err.setting, "queue.replication_factor");
+        let err = refused(format!("{MINIMAL}\n[queue.tls]\nca = \"{ca}\"\n"));
+        assert!(err.to_string().contains("ca"), "{err}");
     }
 }

@@ -290,7 +290,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
                 queue,
                 sipmba_collect::TELEMETRY_TOPIC,
                 config.collect.telemetry_partitions,
-                sipmba_queue::producer::BatchLimits::default(),
+                sipmba_collect::telemetry_batch_limits(),
             )
             .await
             .context("creating the telemetry topic")?;
@@ -662,7 +662,30 @@ async fn dev_broker(
         return None;
     }
     let url = format!("tcp://{broker}");
-    let child = tokio::process::Command::new(&bin)
+    let found = if bin.contains('/') {
+        Path::new(&bin).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(&bin).is_file()))
+    };
+    if !found {
+        tracing::info!(
+            bin,
+            "tansu is not installed (.ci/setup tansu installs it): running without the log"
+        );
+        return None;
+    }
+    // The broker dies with this process, even when this process is killed: through
+    // `setpriv --pdeathsig` where util-linux offers it.
+    let setpriv = Path::new("/usr/bin/setpriv");
+    let mut command = if setpriv.exists() {
+        let mut c = tokio::process::Command::new(setpriv);
+        c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
+        c
+    } else {
+        tokio::process::Command::new(&bin)
+    };
+    let child = command
         .current_dir(&dir)
         .args([
             "broker",
@@ -702,19 +725,89 @@ async fn connect_queue(
     config: &Config,
     shutdown: &Shutdown,
 ) -> Result<sipmba_queue::Queue, Failure> {
-    let connect =
-        || sipmba_queue::Queue::connect(&config.queue.brokers, &config.queue.topic_prefix);
-    let queue = sipmba_runtime::retry::until_ok("cannot reach the brokers yet", shutdown, connect)
-        .await
-        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered")))?;
+    let security = queue_security(&config.queue)?;
+    let connect = || {
+        sipmba_queue::Queue::connect_secure(
+            &config.queue.brokers,
+            &config.queue.topic_prefix,
+            security.clone(),
+        )
+    };
+    // Unreachable brokers are waited for; refused credentials stop the start.
+    let refused = |e: &sipmba_queue::QueueError| matches!(e, sipmba_queue::QueueError::Refused(_));
+    let queue = sipmba_runtime::retry::until_ok_unless(
+        "cannot reach the brokers yet",
+        shutdown,
+        connect,
+        refused,
+    )
+    .await
+    .map_err(|e| Failure::Usage(format!("queue: {e}")))?
+    .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered")))?;
     use sipmba_queue::topics;
     let q = &config.queue;
-    Ok(queue.with_retention(&[
+    Ok(queue.with_replicas(q.replication_factor).with_retention(&[
         (topics::TELEMETRY, q.telemetry_retention),
         (topics::COMMANDS, q.command_retention),
         (topics::COMMAND_EVENTS, q.command_retention),
         (topics::REVOCATIONS, q.revocation_retention),
     ]))
+}
+
+/// TLS and SASL towards the brokers, from the files `[queue.tls]` and `[queue.sasl]` name; a
+/// file that does not hold what it should stops the start, naming the setting.
+fn queue_security(
+    q: &sipmba_runtime::config::QueueSettings,
+) -> Result<sipmba_queue::Security, Failure> {
+    let read = |setting: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| Failure::Usage(format!("{setting}: cannot read {}: {e}", path.display())))
+    };
+    let tls = match &q.tls {
+        None => None,
+        Some(tls) => {
+            let ca = read("queue.tls.ca_file", &tls.ca_file)?;
+            let client = match &tls.client {
+                None => None,
+                Some((cert, key)) => Some((
+                    read("queue.tls.cert_file", cert)?,
+                    read("queue.tls.key_file", key)?,
+                )),
+            };
+            let client = client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+            Some(
+                sipmba_queue::Security::tls_config(&ca, client)
+                    .map_err(|e| Failure::Usage(format!("queue.tls: {e}")))?,
+            )
+        }
+    };
+    let sasl = match &q.sasl {
+        None => None,
+        Some(sasl) => {
+            let password =
+                String::from_utf8(read("queue.sasl.password_file", &sasl.password_file)?).map_err(
+                    |_| {
+                        Failure::Usage("queue.sasl.password_file: the password is not UTF-8".into())
+                    },
+                )?;
+            let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            if password.is_empty() {
+                return Err(Failure::Usage(format!(
+                    "queue.sasl.password_file: {} is empty",
+                    sasl.password_file.display()
+                )));
+            }
+            Some(sipmba_queue::Sasl {
+                mechanism: sasl
+                    .mechanism
+                    .parse()
+                    .map_err(|e| Failure::Usage(format!("queue.sasl.mechanism: {e}")))?,
+                username: sasl.username.clone(),
+                password,
+            })
+        }
+    };
+    Ok(sipmba_queue::Security { tls, sasl })
 }
 
 /// The address this process answers on, for calls to itself.

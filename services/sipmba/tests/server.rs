@@ -929,30 +929,15 @@ async fn processing_killed_mid_stream_stores_every_reading_once() {
     sigterm_and_wait(collect).await;
 }
 
-/// A CA and a certificate it signed for 127.0.0.1 and localhost: `(ca.pem, cert.pem, key.pem)`.
-fn platform_ca() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_call_each_other_over_tls_trusting_the_platform_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = platform_ca();
+    let (ca, cert, key) = sipmba_testkit::test_ca();
     std::fs::write(dir.path().join("ca.crt"), &ca).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), &key).unwrap();
     // Another CA, which signed nothing here.
-    let (other_ca, _, _) = platform_ca();
+    let (other_ca, _, _) = sipmba_testkit::test_ca();
     std::fs::write(dir.path().join("other-ca.crt"), &other_ca).unwrap();
     for (file, ca) in [("tls.toml", "ca.crt"), ("wrong-ca.toml", "other-ca.crt")] {
         std::fs::write(

@@ -292,12 +292,76 @@ pub struct KafkaCluster {
     pub bootstrap: Vec<String>,
     nodes: Vec<Option<Child>>,
     dir: tempfile::TempDir,
+    /// How this harness reaches the brokers (to see that they serve).
+    security: sipmba_queue::Security,
+}
+
+/// What the brokers of a SASL_SSL cluster show and accept.
+#[derive(Debug, Clone)]
+struct BrokerSecrets {
+    /// PEM of the CA that signed the brokers' certificate (their truststore too).
+    ca_pem: String,
+    /// PEM of the brokers' certificate chain (for 127.0.0.1).
+    cert_pem: String,
+    /// PEM of its private key (PKCS #8).
+    key_pem: String,
+    /// The SASL user (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN).
+    user: String,
+    /// Its password.
+    password: String,
 }
 
 impl KafkaCluster {
     /// Configures, formats and starts `nodes` nodes (1 or 3), and waits until every one serves.
     pub async fn start(nodes: usize) -> anyhow::Result<Self> {
+        Self::start_in(nodes, None, sipmba_queue::Security::default()).await
+    }
+
+    /// A one-node cluster whose broker speaks SASL_SSL only (SCRAM-SHA-512, SCRAM-SHA-256 and
+    /// PLAIN for `user` with `password`), with a certificate for 127.0.0.1 from a fresh CA;
+    /// returns it and the CA's PEM.
+    pub async fn start_sasl_ssl(user: &str, password: &str) -> anyhow::Result<(Self, String)> {
+        let (ca_pem, cert_pem, key_pem) = crate::test_ca();
+        let secrets = BrokerSecrets {
+            ca_pem: ca_pem.clone(),
+            cert_pem,
+            key_pem,
+            user: user.to_owned(),
+            password: password.to_owned(),
+        };
+        let security = sipmba_queue::Security {
+            tls: Some(
+                sipmba_queue::Security::tls_config(ca_pem.as_bytes(), None)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            sasl: Some(sipmba_queue::Sasl {
+                mechanism: sipmba_queue::Mechanism::ScramSha512,
+                username: user.to_owned(),
+                password: password.to_owned(),
+            }),
+        };
+        Ok((Self::start_in(1, Some(&secrets), security).await?, ca_pem))
+    }
+
+    async fn start_in(
+        nodes: usize,
+        secrets: Option<&BrokerSecrets>,
+        security: sipmba_queue::Security,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sipmba-kafka-").tempdir()?;
+        if let Some(secrets) = secrets {
+            let secure = dir.path().join("secure");
+            std::fs::create_dir(&secure)?;
+            std::fs::write(secure.join("ca.crt"), &secrets.ca_pem)?;
+            std::fs::write(
+                secure.join("broker.pem"),
+                format!("{}\n{}", secrets.key_pem, secrets.cert_pem),
+            )?;
+            std::fs::write(
+                secure.join("scram"),
+                format!("{} {}\n", secrets.user, secrets.password),
+            )?;
+        }
         let script = repo_root().join(".ci/kafka");
         let out = tokio::process::Command::new(&script)
             .arg("configure")
@@ -325,6 +389,7 @@ impl KafkaCluster {
             bootstrap,
             nodes: (0..nodes).map(|_| None).collect(),
             dir,
+            security,
         };
         for node in 0..nodes {
             cluster.spawn(node)?;
@@ -359,7 +424,11 @@ impl KafkaCluster {
                     self.log_tail(node)
                 );
             }
-            let last = match sipmba_queue::admin::metadata(&addr, &[]).await {
+            let target = sipmba_queue::admin::Target {
+                addr: &addr,
+                security: &self.security,
+            };
+            let last = match sipmba_queue::admin::metadata(target, &[]).await {
                 Ok(m) if m.brokers.len() == self.nodes.len() && m.controller >= 0 => return Ok(()),
                 Ok(m) => format!("{} of {} brokers known", m.brokers.len(), self.nodes.len()),
                 Err(e) => e.to_string(),
@@ -467,7 +536,37 @@ impl KafkaCluster {
         for node in 0..self.nodes.len() {
             self.wait_serving(node).await?;
         }
-        Ok(())
+        self.wait_replicated().await
+    }
+
+    /// Waits (90 s at most) until every partition of the cluster has a leader and all its
+    /// replicas in sync: the cluster is back, not only its brokers.
+    pub async fn wait_replicated(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let target = sipmba_queue::admin::Target {
+                addr: &self.bootstrap[0],
+                security: &self.security,
+            };
+            let lagging = match sipmba_queue::admin::metadata_of_all(target).await {
+                Ok(m) => m
+                    .topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+                    .filter(|(_, p)| p.leader < 0 || p.in_sync.len() < p.replicas.len())
+                    .map(|(t, p)| format!("{}/{}", t.name, p.partition))
+                    .collect::<Vec<_>>(),
+                Err(e) => vec![e.to_string()],
+            };
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "partitions still without a leader or with replicas out of sync: {lagging:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -301,6 +301,26 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// A fresh CA and a certificate it signed for 127.0.0.1 and localhost: `(ca.pem, cert.pem,
+/// key.pem)` (the key in PKCS #8).
+pub fn test_ca() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("sipmba test CA {}", Uuid::new_v4().simple()),
+    );
+    let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate parameters")
+        .signed_by(&key, &issuer)
+        .expect("a certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
 /// A gRPC request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(msg);
