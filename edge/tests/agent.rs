@@ -171,6 +171,7 @@ impl Platform {
             tokio::spawn(sipmba_queue::follow(
                 client,
                 Some(0),
+                sipmba_queue::IDLE_FETCH_WAIT,
                 move |_, value| {
                     let record = pb::TelemetryRecord::decode(value).unwrap();
                     if record.thing.unwrap().value == thing.to_string() {

@@ -162,7 +162,10 @@ async fn consume(
     idle: Duration,
 ) -> Tally {
     let partition = queue.partition(topic, 0).await.unwrap();
-    let mut reader = Reader::new(partition, Some(0)).with_wait(wait);
+    // A fixed wait: the measured latency must not include the reader's idle back-off.
+    let mut reader = Reader::new(partition, Some(0))
+        .with_wait(wait)
+        .with_idle_wait(wait);
     let mut last_progress = Instant::now();
     while !tally.complete() && last_progress.elapsed() < idle {
         let (records, _, _) = match reader.next().await {

@@ -175,6 +175,7 @@ impl Inbox {
                 sipmba_queue::follow(
                     client,
                     None,
+                    sipmba_queue::IDLE_FETCH_WAIT,
                     |offset, value| me.apply_command(index, offset, value),
                     || me.caught_up(),
                     stop.wait(),
@@ -189,6 +190,7 @@ impl Inbox {
                 sipmba_queue::follow(
                     client,
                     None,
+                    sipmba_queue::IDLE_FETCH_WAIT,
                     |_, value| me.apply_event(value),
                     || me.caught_up(),
                     stop.wait(),

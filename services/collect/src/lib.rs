@@ -31,13 +31,13 @@ use validate::Limits;
 /// Default name of the telemetry topic.
 pub const TELEMETRY_TOPIC: &str = sipmba_queue::topics::TELEMETRY;
 
-/// How the telemetry producer gathers records: a session's readings arrive in batches already,
+/// How the telemetry producer gathers records: a session's readings arrive in groups already,
 /// and what arrives while a partition's produce request is in flight makes its next request, so
-/// a batch waits at most 1 ms for others — a longer linger only adds to every acknowledgement's
-/// latency (measured with `table2`: 5 ms of linger took p50 from 6 to 15 ms at 20,000 msg/s).
+/// nothing lingers — any linger only adds to every acknowledgement's latency (measured with
+/// `table2` at 20,000 msg/s: a 1 ms linger made the produce 3.5 ms at p50 against 2.2 without).
 pub fn telemetry_batch_limits() -> sipmba_queue::producer::BatchLimits {
     sipmba_queue::producer::BatchLimits {
-        linger: std::time::Duration::from_millis(1),
+        linger: std::time::Duration::ZERO,
         ..Default::default()
     }
 }
@@ -369,6 +369,15 @@ impl Collect {
         let wake_on = commands.as_ref().map(|c| c.wake.clone());
         // A frame read while gathering a group commit, to be handled next.
         let mut deferred: Option<Result<Option<pb::SessionRequest>, Status>> = None;
+        // The position of the last committed group, being recorded while the next group is
+        // produced; its Ack goes out once it is recorded.
+        let mut recording: Option<Recording> = None;
+        let mut goodbye = false;
+        let ack = |seq| {
+            frame(session_response::Frame::Ack(session_response::Ack {
+                acked_seq: seq,
+            }))
+        };
         let end: Result<(), Status> = loop {
             let message = if let Some(message) = deferred.take() {
                 message
@@ -390,6 +399,18 @@ impl Collect {
                     break Ok(());
                 }
                 () = &mut expiry => break Err(Status::unauthenticated("the access token expired during the session")),
+                recorded = recorded(recording.as_mut()), if recording.is_some() => {
+                    recording = None;
+                    match recorded {
+                        Ok(seq) => {
+                            if tx.send(ack(seq)).await.is_err() {
+                                break Ok(());
+                            }
+                        }
+                        Err(status) => break Err(status),
+                    }
+                    continue;
+                }
                 () = wake(wake_on.as_deref()) => {
                     if let Some(c) = commands.as_mut() && !c.deliver(&tx).await {
                         break Ok(());
@@ -496,21 +517,31 @@ impl Collect {
                     previous = last;
                     match self.commit(thing, readings, acked).await {
                         Ok((highest, _)) => {
-                            // Recorded before the Ack: Welcome never shows less than was
-                            // acknowledged (a thing that lost its outbox numbers from it).
-                            if highest > acked
-                                && let Err(e) = self.inner.acks.advance(thing, highest).await
-                            {
-                                break Err(Status::from(e));
+                            // Acks go out in order: the previous group's first.
+                            if let Some(mut previous) = recording.take() {
+                                match recorded(Some(&mut previous)).await {
+                                    Ok(seq) => {
+                                        if tx.send(ack(seq)).await.is_err() {
+                                            break Ok(());
+                                        }
+                                    }
+                                    Err(status) => break Err(status),
+                                }
                             }
-                            acked = highest;
+                            if highest > acked {
+                                // Recorded before the Ack: Welcome never shows less than was
+                                // acknowledged (a thing that lost its outbox numbers from it).
+                                // The next group is produced meanwhile.
+                                let acks = self.inner.acks.clone();
+                                recording = Some(tokio::spawn(async move {
+                                    acks.advance(thing, highest).await.map(|()| highest)
+                                }));
+                                acked = highest;
+                            } else if tx.send(ack(acked)).await.is_err() {
+                                break Ok(());
+                            }
                         }
                         Err(e) => break Err(Status::from(e)),
-                    }
-                    let ack =
-                        session_response::Frame::Ack(session_response::Ack { acked_seq: acked });
-                    if tx.send(frame(ack)).await.is_err() {
-                        break Ok(());
                     }
                 }
                 Some(session_request::Frame::CommandAck(ack)) => {
@@ -526,9 +557,8 @@ impl Collect {
                     }
                 }
                 Some(session_request::Frame::Goodbye(_)) => {
-                    let ack =
-                        session_response::Frame::Ack(session_response::Ack { acked_seq: acked });
-                    let _ = tx.send(frame(ack)).await;
+                    // Answered after the last position is recorded (below).
+                    goodbye = true;
                     break Ok(());
                 }
                 Some(session_request::Frame::Hello(_)) => {
@@ -539,6 +569,15 @@ impl Collect {
                 None => break Err(Status::invalid_argument("a frame without content")),
             }
         };
+        // Whatever ended the session, a committed group's position is recorded, and acknowledged
+        // if the thing still listens (a Goodbye is answered with the final Ack).
+        if let Some(mut last) = recording.take() {
+            if let Ok(seq) = recorded(Some(&mut last)).await {
+                let _ = tx.send(ack(seq)).await;
+            }
+        } else if goodbye {
+            let _ = tx.send(ack(acked)).await;
+        }
         if let Err(status) = end {
             tracing::debug!(%thing, code = ?status.code(), "session ended with an error");
             let _ = tx.send(Err(status)).await;
@@ -585,6 +624,23 @@ impl Collect {
             sessions.remove(&thing);
         }
         self.inner.metrics.sessions.set(sessions.len() as i64);
+    }
+}
+
+/// A committed group's position being recorded: the seq to acknowledge once it is.
+type Recording = tokio::task::JoinHandle<ServiceResult<u64>>;
+
+/// Waits for `recording` (forever when there is none) and says what to acknowledge.
+async fn recorded(recording: Option<&mut Recording>) -> Result<u64, Status> {
+    let Some(recording) = recording else {
+        return std::future::pending().await;
+    };
+    match recording.await {
+        Ok(Ok(seq)) => Ok(seq),
+        Ok(Err(e)) => Err(Status::from(e)),
+        Err(e) => Err(Status::internal(format!(
+            "recording the acknowledged position failed: {e}"
+        ))),
     }
 }
 

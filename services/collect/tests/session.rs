@@ -233,6 +233,7 @@ async fn telemetry(queue: &Queue, expected: usize) -> Vec<(Uuid, u64)> {
         tasks.push(tokio::spawn(follow(
             client,
             Some(0),
+            sipmba_queue::IDLE_FETCH_WAIT,
             move |_, value| {
                 let record = pb::TelemetryRecord::decode(value).unwrap();
                 let thing = Uuid::parse_str(&record.thing.unwrap().value).unwrap();

@@ -259,6 +259,7 @@ impl Control {
         let offsets = self.inner.store.clone();
         sipmba_queue::follow_stored(
             client,
+            sipmba_queue::IDLE_FETCH_WAIT,
             move || {
                 let store = offsets.clone();
                 async move { store.offset(topic, partition).await }

@@ -6,7 +6,7 @@
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    QuerySelect,
     sea_query::{Expr, OnConflict},
 };
 use sea_orm_migration::{async_trait, prelude::*};
@@ -274,7 +274,7 @@ impl Store {
         changes: &[Change],
         next: i64,
     ) -> ServiceResult<()> {
-        let txn = self.db.begin().await?;
+        let txn = sipmba_runtime::db::begin_write(&self.db).await?;
         for change in changes {
             match change {
                 Change::Command(command) => insert_command(&txn, command).await?,

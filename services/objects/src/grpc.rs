@@ -318,6 +318,9 @@ impl ThingService for ObjectsService {
                     Some(pb::list_things_request::Scope::Subtree(id)) => {
                         ThingScope::Subtree(Some(required_id("subtree", Some(id))?))
                     }
+                    Some(pb::list_things_request::Scope::Reachable(id)) => {
+                        ThingScope::Reachable(required_id("reachable", Some(id))?)
+                    }
                     None => ThingScope::Subtree(None),
                 };
                 let mut filters = format!("things:{scope:?}");
@@ -325,13 +328,19 @@ impl ThingService for ObjectsService {
                     filters.push_str(&format!(":{}={:?}", s.key, s.value));
                 }
                 let page = Page::decode(r.page.as_ref(), &filters)?;
-                let (things, next_page_token) = self
+                let (things, next_page_token, shared) = self
                     .store
                     .list_things(&caller, scope, &r.labels, &page)
                     .await?;
                 Ok(pb::ListThingsResponse {
                     things,
                     next_page_token,
+                    shared: shared
+                        .into_iter()
+                        .map(|id| pb::ThingId {
+                            value: id.to_string(),
+                        })
+                        .collect(),
                 })
             }
             .await,

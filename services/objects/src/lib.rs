@@ -5,7 +5,7 @@ pub mod entity;
 mod grpc;
 pub mod migration;
 pub mod store;
-mod validate;
+pub mod validate;
 
 pub use grpc::{ObjectsService, access_policy};
 pub use store::{Caller, Store, ThingScope};

@@ -8,7 +8,6 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
-    TransactionOptions, TransactionTrait,
     sea_query::{Expr, ExprTrait, Query},
 };
 use sipmba_auth::{Kind, Principal, scopes};
@@ -172,13 +171,7 @@ impl Store {
     /// read-then-write cannot fail on a concurrent writer); on PostgreSQL, changes to the tree's
     /// shape also take a transaction-scoped advisory lock, so that paths never go stale.
     async fn write(&self, tree: bool) -> ServiceResult<DatabaseTransaction> {
-        let txn = self
-            .db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await?;
+        let txn = sipmba_runtime::db::begin_write(&self.db).await?;
         if tree && txn.get_database_backend() == DatabaseBackend::Postgres {
             txn.execute_unprepared("SELECT pg_advisory_xact_lock(74000001)")
                 .await?;
@@ -870,9 +863,11 @@ impl Store {
         scope: ThingScope,
         selectors: &[pb::LabelSelector],
         page: &Page,
-    ) -> ServiceResult<(Vec<pb::Thing>, String)> {
+    ) -> ServiceResult<(Vec<pb::Thing>, String, Vec<Uuid>)> {
         validate::selectors(selectors, validate::MAX_LABELS)?;
         let mut query = things::Entity::find();
+        // With `Reachable`: the user's path, to tell shared things from its own.
+        let mut reacher: Option<String> = None;
         query = match scope {
             ThingScope::Owner(owner) => {
                 let owner = self.visible_user(caller, owner, "owner user").await?;
@@ -898,6 +893,21 @@ impl Store {
                     ),
                 )
             }
+            ThingScope::Reachable(user) => {
+                let user = self.visible_user(caller, user, "user").await?;
+                let owned = things::Column::OwnerId.in_subquery(
+                    Query::select()
+                        .column(users::Column::Id)
+                        .from(users::Entity)
+                        .cond_where(in_subtree(users::Column::Path, &user.path))
+                        .to_owned(),
+                );
+                // The rule of `granted`, for every thing at once: a live grant to the user on a
+                // channel holding the thing, whose owner's path is a prefix of the thing owner's.
+                let shared = things::Column::Id.in_subquery(reachable_through_grants(user.id));
+                reacher = Some(user.path);
+                query.filter(sea_orm::Condition::any().add(owned).add(shared))
+            }
         };
         query = with_labels(query, selectors);
         if let Some(after) = page.after {
@@ -909,7 +919,25 @@ impl Store {
             .all(&self.db)
             .await?;
         let next = page.finish(&mut rows, |t| t.id);
-        Ok((self.things_view(rows).await?, next))
+        let shared = match reacher {
+            Some(path) => {
+                let owners: HashSet<Uuid> = rows.iter().map(|t| t.owner_id).collect();
+                let foreign: HashSet<Uuid> = users::Entity::find()
+                    .filter(users::Column::Id.is_in(owners))
+                    .all(&self.db)
+                    .await?
+                    .into_iter()
+                    .filter(|u| !u.path.starts_with(&path))
+                    .map(|u| u.id)
+                    .collect();
+                rows.iter()
+                    .filter(|t| foreign.contains(&t.owner_id))
+                    .map(|t| t.id)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Ok((self.things_view(rows).await?, next, shared))
     }
 
     /// Renames a thing and/or replaces its labels.
@@ -1574,6 +1602,68 @@ pub enum ThingScope {
     Owner(Uuid),
     /// A subtree's things (`None`: the caller's).
     Subtree(Option<Uuid>),
+    /// A user's subtree's things and those shared with the user through live grants.
+    Reachable(Uuid),
+}
+
+/// The things `user` reaches through live grants, as a subquery: a grant to the user, unexpired,
+/// on a channel holding the thing, whose owner's path is a prefix of the thing owner's path (the
+/// channel's owner still controls the thing) — the rule of `granted`, for every thing at once.
+fn reachable_through_grants(user: Uuid) -> sea_orm::sea_query::SelectStatement {
+    use sea_orm::sea_query::{Alias, JoinType};
+    let (ct, g, c, cu, t, tu) = (
+        Alias::new("ct"),
+        Alias::new("g"),
+        Alias::new("c"),
+        Alias::new("cu"),
+        Alias::new("t"),
+        Alias::new("tu"),
+    );
+    Query::select()
+        .column((ct.clone(), channel_things::Column::ThingId))
+        .from_as(channel_things::Entity, ct.clone())
+        .join_as(
+            JoinType::InnerJoin,
+            channel_grants::Entity,
+            g.clone(),
+            Expr::col((g.clone(), channel_grants::Column::ChannelId))
+                .equals((ct.clone(), channel_things::Column::ChannelId)),
+        )
+        .join_as(
+            JoinType::InnerJoin,
+            channels::Entity,
+            c.clone(),
+            Expr::col((c.clone(), channels::Column::Id))
+                .equals((ct.clone(), channel_things::Column::ChannelId)),
+        )
+        .join_as(
+            JoinType::InnerJoin,
+            users::Entity,
+            cu.clone(),
+            Expr::col((cu.clone(), users::Column::Id)).equals((c, channels::Column::OwnerId)),
+        )
+        .join_as(
+            JoinType::InnerJoin,
+            things::Entity,
+            t.clone(),
+            Expr::col((t.clone(), things::Column::Id))
+                .equals((ct, channel_things::Column::ThingId)),
+        )
+        .join_as(
+            JoinType::InnerJoin,
+            users::Entity,
+            tu.clone(),
+            Expr::col((tu, users::Column::Id)).equals((t, things::Column::OwnerId)),
+        )
+        .and_where(Expr::col((g.clone(), channel_grants::Column::GranteeId)).eq(user))
+        .cond_where(
+            sea_orm::Condition::any()
+                .add(Expr::col((g.clone(), channel_grants::Column::ExpiresMs)).is_null())
+                .add(Expr::col((g, channel_grants::Column::ExpiresMs)).gt(now_ms())),
+        )
+        // Both functions exist in SQLite and PostgreSQL alike.
+        .and_where(Expr::cust("substr(tu.path, 1, length(cu.path)) = cu.path"))
+        .to_owned()
 }
 
 /// Narrows `query` over things to those matching every selector.

@@ -897,6 +897,65 @@ async fn channel_grants_share_things_until_they_expire(backend: Backend) {
             .allowed
     );
 
+    // Listed by reach, in one query: the grantee's own things and those shared with it, the
+    // shared ones named; the owner's are its own.
+    let reachable = |token: String, user: Uuid| {
+        let mut client = h.things();
+        async move {
+            let answer = client
+                .list_things(req(
+                    &token,
+                    pb::ListThingsRequest {
+                        scope: Some(pb::list_things_request::Scope::Reachable(user_id(user))),
+                        labels: vec![],
+                        page: None,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            let ids = |list: &[pb::ThingId]| {
+                let mut ids: Vec<Uuid> = list
+                    .iter()
+                    .map(|t| Uuid::parse_str(&t.value).unwrap())
+                    .collect();
+                ids.sort();
+                ids
+            };
+            let things: Vec<pb::ThingId> =
+                answer.things.iter().filter_map(|t| t.id.clone()).collect();
+            (ids(&things), ids(&answer.shared))
+        }
+    };
+    let own = h.thing(&friend_token, "friends-own", &[]).await;
+    assert_eq!(
+        reachable(friend_token.clone(), friend).await,
+        (
+            sorted(vec![thing, north_a, own]),
+            sorted(vec![thing, north_a])
+        )
+    );
+    assert_eq!(
+        reachable(owner_token.clone(), owner).await,
+        (sorted(vec![thing, north_a, north_b]), vec![])
+    );
+    assert_eq!(
+        h.things()
+            .list_things(req(
+                &friend_token,
+                pb::ListThingsRequest {
+                    scope: Some(pb::list_things_request::Scope::Reachable(user_id(owner))),
+                    labels: vec![],
+                    page: None,
+                },
+            ))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "only one's own reach, or that of a user of one's subtree"
+    );
+
     // The grantee sees the thing but cannot change it.
     assert!(
         h.things()
@@ -945,6 +1004,11 @@ async fn channel_grants_share_things_until_they_expire(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(std::time::SystemTime::now() >= expires_at);
+    assert_eq!(
+        reachable(other_token.clone(), other).await,
+        (vec![], vec![]),
+        "an expired grant shares nothing"
+    );
     assert_status(
         h.things()
             .get_thing(req(

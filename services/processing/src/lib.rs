@@ -141,6 +141,7 @@ impl Consumer {
         let behind = self.behind.clone();
         sipmba_queue::follow_stored(
             client,
+            sipmba_queue::IDLE_FETCH_WAIT,
             move || {
                 let store = offsets.clone();
                 async move { store.offset(topic, partition).await }

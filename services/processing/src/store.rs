@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
     sea_query::{Expr, OnConflict},
 };
 use sea_orm_migration::{async_trait, prelude::*};
@@ -330,7 +330,7 @@ impl Store {
         next: i64,
         rules: &crate::rules::Snapshot,
     ) -> ServiceResult<usize> {
-        let txn = self.db.begin().await?;
+        let txn = sipmba_runtime::db::begin_write(&self.db).await?;
         store_batch(&txn, batch).await?;
         let fired = crate::rules::evaluate(&txn, rules, partition, batch).await?;
         offsets::Entity::insert(offsets::ActiveModel {

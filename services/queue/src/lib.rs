@@ -90,6 +90,8 @@ pub struct Queue {
     replicas: Option<i16>,
     /// TLS and SASL towards the brokers.
     security: Arc<Security>,
+    /// Whether a broker answered the last check (every second).
+    answering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -103,6 +105,13 @@ impl std::fmt::Debug for Queue {
 /// How long a fetch waits at the end of a partition. Short: some brokers (tansu) do not wake a
 /// long poll when a record arrives.
 pub const FETCH_WAIT: Duration = Duration::from_millis(50);
+
+/// The longest a reader's fetch waits once its partition has stayed empty: each empty fetch
+/// doubles the wait from [`FETCH_WAIT`] up to this, and a record brings it back. An idle platform
+/// then asks its broker about each partition about once a second instead of twenty times (on
+/// Kafka, which answers a waiting fetch as soon as a record arrives, the longer wait costs
+/// nothing; tansu answers after half the wait, without the records that arrived meanwhile).
+pub const IDLE_FETCH_WAIT: Duration = Duration::from_secs(1);
 
 /// How rskafka retries a request that failed for a reason that may pass (a broker down, a
 /// leader moving): at most a quarter of a second apart, so that a revocation published as the
@@ -178,6 +187,7 @@ impl Queue {
             retention: Arc::default(),
             replicas: None,
             security: Arc::new(security),
+            answering: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         queue.apply_nodelay();
         tokio::spawn(watch_brokers(
@@ -185,6 +195,7 @@ impl Queue {
             queue.brokers.clone(),
             queue.security.clone(),
             queue.nodelay_peers.clone(),
+            queue.answering.clone(),
         ));
         Ok(queue)
     }
@@ -225,6 +236,12 @@ impl Queue {
     pub fn with_replicas(mut self, replicas: Option<i16>) -> Self {
         self.replicas = replicas;
         self
+    }
+
+    /// True while some broker of the cluster answers (as of the last check: every second, each
+    /// broker given 3 s): what the health of the services that write to the log reports.
+    pub fn answering(&self) -> bool {
+        self.answering.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Creates a topic unless it exists (an existing topic keeps its settings).
@@ -376,6 +393,7 @@ async fn watch_brokers(
     bootstrap: Arc<Vec<String>>,
     security: Arc<Security>,
     nodelay: Option<Arc<Vec<std::net::SocketAddr>>>,
+    answering: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut known: Vec<String> = bootstrap.to_vec();
     let mut hung: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -408,7 +426,16 @@ async fn watch_brokers(
             let answered = admin::probe(target, PROBE_TIMEOUT).await;
             (broker.clone(), answered)
         });
-        for (broker, answered) in futures::future::join_all(probes).await {
+        let answers = futures::future::join_all(probes).await;
+        let any = answers.iter().any(|(_, answered)| *answered);
+        if answering.swap(any, std::sync::atomic::Ordering::Relaxed) != any {
+            if any {
+                tracing::info!("the log answers again");
+            } else {
+                tracing::warn!(brokers = ?known, "no broker of the log answers");
+            }
+        }
+        for (broker, answered) in answers {
             if answered {
                 if hung.remove(&broker) {
                     tracing::info!(broker, "the broker answers again");
@@ -439,7 +466,12 @@ async fn watch_brokers(
 pub struct Reader {
     partition: PartitionClient,
     offset: Option<i64>,
+    /// The wait of a fetch while records come.
     wait: Duration,
+    /// The longest wait once the partition stays empty.
+    idle_wait: Duration,
+    /// The wait of the next fetch.
+    current: Duration,
 }
 
 impl std::fmt::Debug for Reader {
@@ -459,12 +491,24 @@ impl Reader {
             partition,
             offset,
             wait: FETCH_WAIT,
+            idle_wait: IDLE_FETCH_WAIT,
+            current: FETCH_WAIT,
         }
     }
 
-    /// Waits at most `wait` at the end of the partition (default [`FETCH_WAIT`]).
+    /// Waits at most `wait` at the end of the partition while records come (default
+    /// [`FETCH_WAIT`]).
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
+        self.current = wait;
+        self.idle_wait = self.idle_wait.max(wait);
+        self
+    }
+
+    /// Waits at most `idle_wait` once the partition stays empty (default [`IDLE_FETCH_WAIT`];
+    /// the fetch wait itself keeps the wait fixed).
+    pub fn with_idle_wait(mut self, idle_wait: Duration) -> Self {
+        self.idle_wait = idle_wait.max(self.wait);
         self
     }
 
@@ -491,7 +535,7 @@ impl Reader {
             .fetch_records(
                 start,
                 1..4_000_000,
-                i32::try_from(self.wait.as_millis()).unwrap_or(i32::MAX),
+                i32::try_from(self.current.as_millis()).unwrap_or(i32::MAX),
             )
             .await?;
         let mut next = start;
@@ -506,16 +550,24 @@ impl Reader {
             }
         }
         self.offset = Some(next);
+        self.current = if next == start && next >= high_watermark {
+            (self.current * 2).min(self.idle_wait)
+        } else {
+            self.wait
+        };
         Ok((out, next, high_watermark))
     }
 }
 
 /// Reads a partition from `offset` on, handing each record's value and offset to `apply`;
 /// `caught_up` is called once the follower has reached the end of the partition as it was when
-/// it started. Retries with backoff while the broker is unreachable; returns when `stop` fires.
+/// it started. Fetches wait up to `idle_wait` once the partition stays empty (see
+/// [`IDLE_FETCH_WAIT`]). Retries with backoff while the broker is unreachable; returns when
+/// `stop` fires.
 pub async fn follow<F, C>(
     partition: PartitionClient,
     offset: Option<i64>,
+    idle_wait: Duration,
     mut apply: F,
     caught_up: C,
     stop: impl std::future::Future<Output = ()>,
@@ -525,6 +577,7 @@ pub async fn follow<F, C>(
 {
     follow_stored(
         partition,
+        idle_wait,
         || std::future::ready(Ok::<_, std::convert::Infallible>(offset)),
         |records: Arc<[(i64, Vec<u8>)]>, _next| {
             for (offset, value) in records.iter() {
@@ -543,9 +596,11 @@ pub async fn follow<F, C>(
 /// `apply` does the work of a batch of records (offset, value) and records `next` as the offset
 /// to resume from — it is retried with the same batch until it succeeds, so the position moves
 /// only with the work. `caught_up` is called once the end the partition had at start is reached.
+/// Fetches wait up to `idle_wait` once the partition stays empty (see [`IDLE_FETCH_WAIT`]).
 /// Retries with backoff while the broker or the store fails; returns when `stop` fires.
 pub async fn follow_stored<E, S, A>(
     partition: PartitionClient,
+    idle_wait: Duration,
     mut start: impl FnMut() -> S,
     mut apply: impl FnMut(Arc<[(i64, Vec<u8>)]>, i64) -> A,
     mut caught_up: impl FnMut(),
@@ -576,7 +631,7 @@ pub async fn follow_stored<E, S, A>(
         }
     };
     pause = Duration::from_millis(100);
-    let mut reader = Reader::new(partition, offset);
+    let mut reader = Reader::new(partition, offset).with_idle_wait(idle_wait);
     let mut reached_end = false;
     loop {
         let result = tokio::select! {

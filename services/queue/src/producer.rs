@@ -114,7 +114,9 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
 }
 
 impl Producer {
-    /// A producer for `topic` (created with `partitions` partitions if missing).
+    /// A producer for `topic` (created with `partitions` partitions if missing). Records are
+    /// spread over the partitions the topic has, which an existing topic decides: consumers read
+    /// them all.
     pub async fn new(
         queue: &Queue,
         topic: &str,
@@ -122,6 +124,7 @@ impl Producer {
         limits: BatchLimits,
     ) -> Result<Self, QueueError> {
         queue.ensure_topic(topic, partitions).await?;
+        let partitions = queue.partition_count(topic).await?;
         let mut senders = Vec::with_capacity(usize::try_from(partitions).unwrap_or(1));
         for partition in 0..partitions {
             let client = queue.partition(topic, partition).await?;

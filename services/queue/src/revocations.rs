@@ -76,6 +76,9 @@ pub async fn follow(
     crate::follow(
         partition,
         None,
+        // A revocation published while the topic was idle is still applied well within a second,
+        // also on a broker that answers a waiting fetch only when its wait is over (tansu).
+        std::time::Duration::from_millis(400),
         |offset, value| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

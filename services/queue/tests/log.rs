@@ -35,6 +35,7 @@ async fn read_all(
         tasks.push(tokio::spawn(follow(
             client,
             Some(0),
+            sipmba_queue::IDLE_FETCH_WAIT,
             move |_, value| {
                 let text = String::from_utf8(value.to_vec()).unwrap();
                 let (key, seq) = text.split_once('#').unwrap();

@@ -480,6 +480,10 @@ pub struct Defaults {
     pub database_url: Option<String>,
     /// Whether a missing JWKS URL is acceptable (the process serves its own keys).
     pub own_keys: bool,
+    /// Partitions of the telemetry and command topics when not configured (4; `--dev` takes 1:
+    /// one process needs no parallel partitions, and each partition is a follower polling the
+    /// broker).
+    pub partitions: Option<i32>,
 }
 
 /// Default issuer and audience of SIP-MBA tokens.
@@ -874,7 +878,10 @@ impl Config {
             tls: queue_tls,
             sasl: queue_sasl,
             topic_prefix: file.queue.topic_prefix.unwrap_or_default(),
-            command_partitions: file.queue.command_partitions.unwrap_or(4),
+            command_partitions: file
+                .queue
+                .command_partitions
+                .unwrap_or(defaults.partitions.unwrap_or(4)),
             telemetry_retention: Duration::from_secs(
                 3600 * file.queue.telemetry_retention_hours.unwrap_or(7 * 24),
             ),
@@ -903,7 +910,9 @@ impl Config {
             max_sessions: c.max_sessions.unwrap_or(10_000),
             max_batch_readings: c.max_batch_readings.unwrap_or(500),
             max_reading_bytes: c.max_reading_bytes.unwrap_or(64 * 1024),
-            telemetry_partitions: c.telemetry_partitions.unwrap_or(4),
+            telemetry_partitions: c
+                .telemetry_partitions
+                .unwrap_or(defaults.partitions.unwrap_or(4)),
             max_commands: c.max_commands.unwrap_or(16),
         };
         within(

@@ -9,6 +9,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut url = url.to_owned();
     let mut max = max_connections;
+    let mut file = false;
     if let Some(rest) = url.strip_prefix("sqlite:") {
         if rest.contains(":memory:") || rest.contains("mode=memory") {
             // Every connection to an in-memory database is a different database.
@@ -23,6 +24,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                     DbErr::Custom(format!("cannot create directory {}: {e}", dir.display()))
                 })?;
             }
+            file = true;
             if !url.contains("mode=") {
                 url.push_str(if url.contains('?') {
                     "&mode=rwc"
@@ -41,7 +43,31 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .sqlx_logging(false)
         // The server starts (and reports NOT_SERVING) while the database is still down.
         .connect_lazy(true);
+    if file {
+        // Write-ahead logging: readers never block the writer nor the writer them (in the
+        // default rollback journal a reader holding the file made a writer fail with "database is
+        // locked"), and a commit is one fsync of the log instead of three of the journal and the
+        // file. `synchronous = FULL` keeps every commit durable across a power cut.
+        options.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5))
+        });
+    }
     Database::connect(options).await
+}
+
+/// A write transaction: `BEGIN IMMEDIATE` on SQLite, which takes the write lock up front and
+/// waits for it (busy timeout), so that a transaction that reads and then writes cannot fail with
+/// "database is locked" when another connection wrote meanwhile (a deferred transaction cannot
+/// wait there: SQLite refuses its upgrade at once). On PostgreSQL a plain `BEGIN`.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::TransactionTrait;
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
 }
 
 /// True when `db` answers a trivial query.

@@ -24,8 +24,14 @@ pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, terminati
 /// standard output (standard error under `--dev`).
 pub fn init_tracing(format: LogFormat, dev: bool) {
     use tracing_subscriber::{EnvFilter, fmt};
-    // `--dev` keeps standard output for what it prints for people, and its demo agent quiet.
-    let default = if dev { "info,sipmba_edge=warn" } else { "info" };
+    // Our crates (`sipmba*` targets) at info, dependencies (the Kafka client, hyper, sqlx) at
+    // warn, unless RUST_LOG asks otherwise. `--dev` keeps standard output for what it prints for
+    // people, and its demo agent quiet.
+    let default = if dev {
+        "warn,sipmba=info,sipmba_edge=warn"
+    } else {
+        "warn,sipmba=info"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = fmt().with_env_filter(filter).with_target(true);
     let _ = match (format, dev) {

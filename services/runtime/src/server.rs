@@ -108,7 +108,8 @@ pub struct Server {
     grpc_names: Vec<&'static str>,
     policy: AccessPolicy,
     http: Router,
-    probes: Vec<Probe>,
+    probes: Vec<(Option<Vec<&'static str>>, Probe)>,
+    recheck: Arc<tokio::sync::Notify>,
     descriptor_sets: Vec<&'static [u8]>,
     metric_registrations: Vec<MetricRegistration>,
 }
@@ -142,6 +143,7 @@ impl Server {
             policy: AccessPolicy::new(),
             http: Router::new(),
             probes: Vec::new(),
+            recheck: Arc::new(tokio::sync::Notify::new()),
             metric_registrations: Vec::new(),
             descriptor_sets: vec![sipmba_proto::FILE_DESCRIPTOR_SET],
         }
@@ -198,8 +200,22 @@ impl Server {
 
     /// Any other readiness condition (migrations applied, keys loaded).
     pub fn requires(&mut self, probe: Probe) -> &mut Self {
-        self.probes.push(probe);
+        self.probes.push((None, probe));
         self
+    }
+
+    /// A readiness condition of some services only (by full gRPC name, e.g. the log for
+    /// `sipmba.v1.CollectService`): while it fails they report NOT_SERVING, and so do the
+    /// process as a whole (`""`, `/readyz`), while the other services stay SERVING.
+    pub fn requires_for(&mut self, services: &[&'static str], probe: Probe) -> &mut Self {
+        self.probes.push((Some(services.to_vec()), probe));
+        self
+    }
+
+    /// Wakes the readiness check at once when notified (it checks every few seconds otherwise):
+    /// for a dependency that knows when it goes down or comes back.
+    pub fn readiness_recheck(&self) -> Arc<tokio::sync::Notify> {
+        self.recheck.clone()
     }
 
     /// Serves on `listener` until `shutdown`, then lets in-flight calls finish for `grace`.
@@ -217,6 +233,7 @@ impl Server {
             policy,
             http,
             probes,
+            recheck,
             descriptor_sets,
             metric_registrations,
         } = self;
@@ -254,6 +271,7 @@ impl Server {
             reporter,
             grpc_names,
             probes,
+            recheck,
             ready.clone(),
             shutdown.clone(),
         ));
@@ -342,16 +360,19 @@ async fn readyz(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {
     }
 }
 
-/// Reports SERVING while every probe passes, NOT_SERVING otherwise. Checks quickly until
-/// the first success, then every few seconds.
+/// Reports SERVING for a service while every probe it depends on passes (the process-wide
+/// ones and its own), NOT_SERVING otherwise; the process as a whole (`""`) is SERVING while every
+/// probe passes. Checks quickly until everything passes, then every few seconds, and at once when
+/// `recheck` is notified.
 async fn watch_readiness(
     reporter: HealthReporter,
     names: Vec<&'static str>,
-    probes: Vec<Probe>,
+    probes: Vec<(Option<Vec<&'static str>>, Probe)>,
+    recheck: Arc<tokio::sync::Notify>,
     ready: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) {
-    let mut last: Option<bool> = None;
+    let mut last: Option<Vec<bool>> = None;
     loop {
         if shutdown.is_triggered() {
             for name in names.iter().copied().chain([""]) {
@@ -362,34 +383,51 @@ async fn watch_readiness(
             ready.store(false, Ordering::Relaxed);
             return;
         }
-        let mut ok = true;
-        for probe in &probes {
-            ok = ok && probe().await;
+        let mut passed = Vec::with_capacity(probes.len());
+        for (_, probe) in &probes {
+            passed.push(probe().await);
         }
-        if last != Some(ok) {
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            for name in names.iter().copied().chain([""]) {
+        let serves = |name: &str| {
+            probes.iter().zip(&passed).all(|((scope, _), ok)| {
+                *ok || scope
+                    .as_ref()
+                    .is_some_and(|services| !name.is_empty() && !services.contains(&name))
+            })
+        };
+        let states: Vec<bool> = names.iter().copied().chain([""]).map(serves).collect();
+        let all = passed.iter().all(|ok| *ok);
+        if last.as_ref() != Some(&states) {
+            for (name, ok) in names.iter().copied().chain([""]).zip(&states) {
+                let status = if *ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
                 reporter.set_service_status(name, status).await;
             }
-            ready.store(ok, Ordering::Relaxed);
-            if ok {
+            ready.store(all, Ordering::Relaxed);
+            if all {
                 tracing::info!("dependencies reachable: serving");
             } else {
-                tracing::warn!("a dependency is not ready: NOT_SERVING");
+                let down: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .zip(&states)
+                    .filter(|(_, ok)| !**ok)
+                    .map(|(name, _)| name)
+                    .collect();
+                tracing::warn!(services = ?down, "a dependency is not ready: NOT_SERVING");
             }
-            last = Some(ok);
+            last = Some(states);
         }
-        let pause = if ok {
+        let pause = if all {
             Duration::from_secs(5)
         } else {
             Duration::from_millis(250)
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            () = recheck.notified() => {}
             () = shutdown.clone().wait() => {}
         }
     }

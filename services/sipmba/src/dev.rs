@@ -39,8 +39,10 @@ pub struct Dev {
     pub data_dir: PathBuf,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
-    /// The dev broker's address, when one runs.
+    /// The log's address, when there is one.
     pub broker: Option<String>,
+    /// Whether that is the embedded tansu of `--dev`.
+    pub embedded_broker: bool,
 }
 
 /// An admin token for trying the platform with other gRPC clients, written to
@@ -283,12 +285,16 @@ name = "fan"
             (Some(_), Some(id)) => format!(
                 "{DEMO_THING} ({id}): a simulated agent reads temperature and humidity every 2 s and uploads every 5 s"
             ),
-            _ => "none: without the broker there is no collect, control or processing (.ci/dev installs tansu)".into(),
+            _ => "none: it could not be set up (see the log above)".into(),
         };
-        let broker = self
-            .broker
-            .as_deref()
-            .map_or("not running".to_owned(), |b| format!("{b} (tansu)"));
+        let broker = match (self.broker.as_deref(), self.embedded_broker) {
+            (Some(b), true) => format!(
+                "{b} (tansu; data and output in {}/broker)",
+                self.data_dir.display()
+            ),
+            (Some(b), false) => b.to_owned(),
+            (None, _) => "none: collect, control and processing do not run".into(),
+        };
         crate::cli::output::out(format_args!(
             "\nSIP-MBA is running (development mode; data in {dir})\n\n  \
              API          {url}  (gRPC with reflection; OAuth 2.0 at /oauth2/token; /metrics)\n  \

@@ -8,6 +8,7 @@ use clap::Parser;
 
 mod cli;
 mod dev;
+mod dev_broker;
 mod server;
 
 /// SIP-MBA: a secure IoT platform with a brokerless device path and micro-services.

@@ -98,6 +98,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         }),
         // sso verifies with its own keys; so does every service running beside it.
         own_keys: runs(Target::Sso),
+        partitions: args.dev.then_some(1),
     };
     if args.dev && args.target != Target::All {
         return Err(Failure::Usage(format!(
@@ -197,14 +198,19 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         sipmba_objects::ObjectsService::new(store, shutdown.clone()).register(&mut server);
     }
 
-    // --dev brings its own broker when tansu is installed (.ci/test installs it).
+    // --dev brings its own broker (tansu, which `.ci/dev` installs), or refuses to start.
     let mut config = config;
-    let _dev_broker = if args.dev && config.queue.brokers.is_empty() {
-        let broker = dev_broker(&args.data_dir, config.listen).await;
-        if let Some((addr, _)) = &broker {
-            config.queue.brokers = vec![addr.clone()];
-        }
-        broker.map(|(_, child)| child)
+    let dev_broker = if args.dev && config.queue.brokers.is_empty() {
+        let broker = crate::dev_broker::start(
+            &args.data_dir,
+            config.listen,
+            shutdown.clone(),
+            server.readiness_recheck(),
+        )
+        .await
+        .map_err(Failure::Usage)?;
+        config.queue.brokers = vec![broker.addr.clone()];
+        Some(broker)
     } else {
         None
     };
@@ -362,6 +368,24 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
         .register(&mut server);
     }
 
+    // Collect and Control write to the log: they report NOT_SERVING while no broker answers
+    // (and, under --dev, while its broker is being restarted).
+    if let Some(queue) = &queue {
+        let queue = queue.clone();
+        let dev_up = dev_broker.as_ref().map(crate::dev_broker::DevBroker::up);
+        server.requires_for(
+            &[
+                sipmba_proto::v1::collect_service_server::SERVICE_NAME,
+                sipmba_proto::v1::control_service_server::SERVICE_NAME,
+            ],
+            Arc::new(move || {
+                let up =
+                    queue.answering() && dev_up.as_ref().is_none_or(|u| u.load(Ordering::Relaxed));
+                Box::pin(async move { up })
+            }),
+        );
+    }
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {} (server.listen)", config.listen))?;
@@ -377,6 +401,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
             broker: queue
                 .as_ref()
                 .and_then(|_| config.queue.brokers.first().cloned()),
+            embedded_broker: dev_broker.is_some(),
         };
         tokio::spawn(dev.bootstrap(sso.clone(), token, shutdown.clone()));
     }
@@ -637,87 +662,6 @@ async fn start_sso(
     sipmba_runtime::retry::until_ok("cannot start sso yet", shutdown, start)
         .await
         .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before sso could start")))
-}
-
-/// Starts tansu for `--dev` (storage in `<data-dir>/broker`) on loopback at the port after the
-/// server's own (127.0.0.1:7401 by default), when it is installed. The child is killed when the
-/// returned handle is dropped.
-async fn dev_broker(
-    data_dir: &Path,
-    listen: std::net::SocketAddr,
-) -> Option<(String, tokio::process::Child)> {
-    let broker = format!("127.0.0.1:{}", listen.port().checked_add(1)?);
-    let broker = broker.as_str();
-    if tokio::net::TcpStream::connect(broker).await.is_ok() {
-        tracing::warn!(
-            addr = broker,
-            "something already listens where the dev broker would (another `sipmba server --dev`?); running without the log"
-        );
-        return None;
-    }
-    let bin = std::env::var("SIPMBA_TANSU").unwrap_or_else(|_| "tansu".to_owned());
-    let dir = data_dir.join("broker");
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::warn!(error = %e, "cannot create the broker directory; running without the log");
-        return None;
-    }
-    let url = format!("tcp://{broker}");
-    let found = if bin.contains('/') {
-        Path::new(&bin).is_file()
-    } else {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(&bin).is_file()))
-    };
-    if !found {
-        tracing::info!(
-            bin,
-            "tansu is not installed (.ci/setup tansu installs it): running without the log"
-        );
-        return None;
-    }
-    // The broker dies with this process, even when this process is killed: through
-    // `setpriv --pdeathsig` where util-linux offers it.
-    let setpriv = Path::new("/usr/bin/setpriv");
-    let mut command = if setpriv.exists() {
-        let mut c = tokio::process::Command::new(setpriv);
-        c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
-        c
-    } else {
-        tokio::process::Command::new(&bin)
-    };
-    let child = command
-        .current_dir(&dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            tracing::info!(error = %e, "tansu is not installed (.ci/test installs it): running without the log");
-            return None;
-        }
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(broker).await.is_err() {
-        if std::time::Instant::now() > deadline {
-            tracing::warn!(
-                "the dev broker did not start listening on {broker}; running without the log"
-            );
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    tracing::info!(addr = broker, "started the development broker (tansu)");
-    Some((broker.to_owned(), child))
 }
 
 /// Connects to the log, retrying while the brokers are unreachable.

@@ -170,6 +170,18 @@ impl User {
         String::from_utf8(out.stderr).unwrap()
     }
 
+    /// Runs a command reading `stdin` that must fail with `code`; returns its standard error.
+    fn fails_reading(&self, args: &[&str], stdin: &str, code: i32) -> String {
+        let out = self
+            .cmd(args)
+            .write_stdin(stdin)
+            .assert()
+            .code(code)
+            .get_output()
+            .clone();
+        String::from_utf8(out.stderr).unwrap()
+    }
+
     fn login(&self, username: &str, password: &str) {
         self.cmd(&["login", "--username", username, "--password-stdin"])
             .write_stdin(format!("{password}\n"))
@@ -238,6 +250,13 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     let password = dev
         .password()
         .expect("the first start prints the admin password");
+    // Our crates log at info, dependencies (the Kafka client first) only at warn.
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let theirs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" INFO ") && !l.contains(" INFO sipmba"))
+        .collect();
+    assert!(theirs.is_empty(), "{theirs:#?}");
     assert!(
         dev.banner.contains("demo-thing ("),
         "the demo thing streams (tansu is installed by .ci/test): {}",
@@ -256,12 +275,22 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     // Not logged in yet: exit 3 and what to do.
     let err = admin.fails(&["things", "list"], 3);
     assert!(err.contains("sipmba login"), "{err}");
-    // A wrong password is refused with exit 3; the right one is cached, readable by us only.
-    admin
-        .cmd(&["login", "-u", "admin", "--password-stdin"])
-        .write_stdin("not the password\n")
-        .assert()
-        .code(3);
+    // A wrong password is refused with exit 3, said once, with what to do; the right one is
+    // cached, readable by us only.
+    let err = admin.fails_reading(
+        &["login", "-u", "admin", "--password-stdin"],
+        "not the password\n",
+        3,
+    );
+    assert_eq!(
+        err.matches("wrong username or password").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(
+        err.contains("hint:") && err.contains("set-password"),
+        "{err}"
+    );
     admin.login("admin", &password);
     let cache = admin.config.join("logins.json");
     use std::os::unix::fs::PermissionsExt;
@@ -336,6 +365,29 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
         "10m",
     ]);
     assert!(history.as_array().unwrap().len() >= 3, "{history}");
+    // In buckets: a column per aggregation asked for, each with a value.
+    let buckets = admin.json(&[
+        "telemetry",
+        "history",
+        "sensor-1",
+        "temperature",
+        "--since",
+        "10m",
+        "--bucket",
+        "1h",
+        "--agg",
+        "sum",
+        "--agg",
+        "count",
+    ]);
+    let bucket = buckets.as_array().unwrap().last().unwrap();
+    let mut columns: Vec<&String> = bucket.as_object().unwrap().keys().collect();
+    columns.sort();
+    assert_eq!(columns, ["count", "start", "sum"], "{buckets}");
+    assert!(
+        bucket["sum"].as_f64().unwrap() >= 20.0 && bucket["count"].as_u64().unwrap() >= 1,
+        "{buckets}"
+    );
     // Listed online, with when it was last seen.
     eventually(30, "sensor-1 listed online", || {
         let things = admin.json(&["things", "list"]);
@@ -409,6 +461,15 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     );
     assert!(err.contains("--when"), "{err}");
 
+    // A password that is too short is refused before the user exists: the retry succeeds.
+    let err = admin.fails_reading(
+        &["users", "create", "carol", "--password-stdin"],
+        "short\n",
+        2,
+    );
+    assert!(err.contains("8 to 1024 bytes"), "{err}");
+    let users = admin.json(&["users", "tree"]).to_string();
+    assert!(!users.contains("carol"), "no half-made user: {users}");
     // A child user with its own password logs in and sees its own (empty) subtree.
     admin
         .cmd(&["users", "create", "carol", "--password-stdin"])
@@ -457,20 +518,31 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
             .unwrap()
             .is_empty()
     );
+    // She finds it in her list, marked as shared, and names it by its name.
+    let listed = carol.json(&["things", "list"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "sensor-1");
+    assert_eq!(listed[0]["shared"], true);
+    assert_eq!(admin.json(&["things", "list"])[0]["shared"], false);
+    assert!(
+        !carol
+            .json(&["telemetry", "latest", "sensor-1"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // The platform unreachable: exit 6 and a hint.
     let nowhere = User {
         url: format!("http://127.0.0.1:{}", sipmba_testkit::free_port_pair()),
         config: dir.path().join("nowhere-cli"),
     };
-    let out = nowhere
-        .cmd(&["login", "-u", "admin", "--password-stdin"])
-        .write_stdin("whatever password\n")
-        .assert()
-        .code(6)
-        .get_output()
-        .clone();
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = nowhere.fails_reading(
+        &["login", "-u", "admin", "--password-stdin"],
+        "whatever password\n",
+        6,
+    );
     assert!(err.contains("hint:"), "{err}");
 
     // Ctrl-C stops it cleanly; started again it keeps the users, things and logins.

@@ -3,8 +3,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
-    sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Expr,
 };
 use sipmba_auth::{Kind, Principal, scopes, signing::AccessClaims};
 use sipmba_runtime::{ServiceError, ServiceResult, ids::now_ms};
@@ -721,11 +720,7 @@ impl Sso {
 
     /// Registers a root user with a password.
     pub async fn register(&self, username: &str, password: &str) -> ServiceResult<Uuid> {
-        if password.len() < 8 || password.len() > 1024 {
-            return Err(ServiceError::invalid(
-                "`password` must be 8 to 1024 bytes long",
-            ));
-        }
+        secrets::check_password("password", password)?;
         let user = self
             .inner
             .objects
@@ -749,10 +744,8 @@ impl Sso {
                 "only users have passwords",
             ));
         }
-        if new.len() < 8 || new.len() > 1024 {
-            return Err(OAuthError::invalid_request(
-                "`new_password` must be 8 to 1024 bytes long",
-            ));
+        if let Err(e) = secrets::check_password("new_password", new) {
+            return Err(OAuthError::invalid_request(e.to_string()));
         }
         let account = caller.subject.to_string();
         if let Some(wait) = self.inner.throttle.check(&account, None) {
@@ -811,11 +804,7 @@ impl Sso {
         user: Uuid,
         password: &str,
     ) -> ServiceResult<u32> {
-        if password.len() < 8 || password.len() > 1024 {
-            return Err(ServiceError::invalid(
-                "`new_password` must be 8 to 1024 bytes long",
-            ));
-        }
+        secrets::check_password("new_password", password)?;
         let as_caller = match caller.kind {
             Kind::User if !caller.has_scope(scopes::USERS_WRITE) => {
                 return Err(ServiceError::PermissionDenied(
@@ -987,7 +976,7 @@ impl Sso {
 
     /// Creates or replaces a client row (a new secret replaces the old one at once).
     async fn put_client(&self, client: clients::Model) -> ServiceResult<()> {
-        let txn = self.inner.db.begin().await?;
+        let txn = sipmba_runtime::db::begin_write(&self.inner.db).await?;
         clients::Entity::delete_by_id(client.client_id.clone())
             .exec(&txn)
             .await?;

@@ -10,6 +10,18 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// Refuses a password outside the limits (8 to 1024 bytes); `field` names it in the message.
+/// The CLI checks with this too, before it creates anything.
+pub fn check_password(field: &str, password: &str) -> sipmba_runtime::ServiceResult<()> {
+    if password.len() < 8 || password.len() > 1024 {
+        return Err(sipmba_runtime::ServiceError::invalid(format!(
+            "`{field}` must be 8 to 1024 bytes long, got {}",
+            password.len()
+        )));
+    }
+    Ok(())
+}
+
 /// argon2id cost, by default the OWASP recommendation (19 MiB, 2 passes, 1 lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PasswordCost {

@@ -106,6 +106,19 @@ pub enum Telemetry {
     },
 }
 
+impl Agg {
+    /// Its column in `telemetry history --bucket`.
+    fn name(self) -> &'static str {
+        match self {
+            Agg::Avg => "avg",
+            Agg::Min => "min",
+            Agg::Max => "max",
+            Agg::Sum => "sum",
+            Agg::Count => "count",
+        }
+    }
+}
+
 /// A bucket aggregation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Agg {
@@ -510,16 +523,20 @@ async fn history(
     }
     drop(_spinner);
     if bucket.is_some() {
-        let mut rows = Rows::new(&["start", "avg", "min", "max", "sum", "count"]);
+        // A column per aggregation asked for, in the order asked.
+        let mut columns = vec!["start"];
+        columns.extend(aggregations.iter().map(|a| a.name()));
+        let mut rows = Rows::new(&columns);
         for b in buckets.iter().take(limit) {
-            rows.push(vec![
-                output::time(b.start.as_ref()),
-                json!(b.avg),
-                json!(b.min),
-                json!(b.max),
-                json!(b.sum),
-                json!(b.count),
-            ]);
+            let mut row = vec![output::time(b.start.as_ref())];
+            row.extend(aggregations.iter().map(|a| match a {
+                Agg::Avg => json!(b.avg),
+                Agg::Min => json!(b.min),
+                Agg::Max => json!(b.max),
+                Agg::Sum => json!(b.sum),
+                Agg::Count => json!(b.count),
+            }));
+            rows.push(row);
         }
         rows.print(ctx.format, "no points in that time");
     } else {

@@ -134,7 +134,11 @@ impl CliError {
     /// A gRPC error, described as `what` failing.
     pub fn status(what: &str, status: &tonic::Status) -> Self {
         use tonic::Code;
-        let message = format!("{what}: {}", status.message());
+        // Some statuses come without words (a service the server does not run): say the code.
+        let message = match status.message() {
+            "" => format!("{what}: {}", status.code().description()),
+            words => format!("{what}: {words}"),
+        };
         match status.code() {
             Code::Unauthenticated => {
                 Self::new(Exit::Auth, message).hint("run `sipmba login` (again)")

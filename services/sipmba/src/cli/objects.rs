@@ -1,5 +1,7 @@
 //! `sipmba users|things|channels`.
 
+use std::collections::HashSet;
+
 use serde_json::{Value, json};
 use sipmba_proto::v1 as pb;
 use uuid::Uuid;
@@ -193,11 +195,12 @@ async fn all_users(s: &Session) -> Result<Vec<pb::User>, CliError> {
     }
 }
 
-/// Every thing of the caller's subtree matching `labels`.
+/// Every thing the caller reaches (its subtree's and those shared with it) matching `labels`,
+/// and the ids of the shared ones.
 pub async fn all_things(
     s: &Session,
     labels: &[(String, Option<String>)],
-) -> Result<Vec<pb::Thing>, CliError> {
+) -> Result<(Vec<pb::Thing>, HashSet<String>), CliError> {
     let mut client = pb::thing_service_client::ThingServiceClient::new(s.channel.clone());
     let selectors: Vec<pb::LabelSelector> = labels
         .iter()
@@ -206,19 +209,20 @@ pub async fn all_things(
             value: value.clone(),
         })
         .collect();
-    let (mut things, mut token) = (Vec::new(), String::new());
+    let (mut things, mut shared, mut token) = (Vec::new(), HashSet::new(), String::new());
     loop {
         let answer = client
             .list_things(s.req(pb::ListThingsRequest {
-                scope: Some(pb::list_things_request::Scope::Subtree(s.user_id())),
+                scope: Some(pb::list_things_request::Scope::Reachable(s.user_id())),
                 labels: selectors.clone(),
                 page: page(token),
             }))
             .await
             .doing("listing things")?;
         things.extend(answer.things);
+        shared.extend(answer.shared.into_iter().map(|id| id.value));
         if answer.next_page_token.is_empty() {
-            return Ok(things);
+            return Ok((things, shared));
         }
         token = answer.next_page_token;
     }
@@ -274,7 +278,7 @@ fn pick<T>(
     }
 }
 
-/// A thing by name (of the caller's subtree) or id.
+/// A thing by name (of those the caller reaches) or id.
 pub async fn resolve_thing(s: &Session, name: &str) -> Result<Uuid, CliError> {
     let ids = resolve_things(s, std::slice::from_ref(&name.to_owned())).await?;
     ids.into_iter()
@@ -282,8 +286,8 @@ pub async fn resolve_thing(s: &Session, name: &str) -> Result<Uuid, CliError> {
         .ok_or_else(|| CliError::new(Exit::Failure, "no thing resolved"))
 }
 
-/// Things by name (of the caller's subtree) or id; the subtree's things are listed once, and
-/// only when a name needs it.
+/// Things by name (of those the caller reaches) or id; the reachable things are listed once,
+/// and only when a name needs it.
 pub async fn resolve_things(s: &Session, names: &[String]) -> Result<Vec<Uuid>, CliError> {
     let mut listed: Option<Vec<pb::Thing>> = None;
     let mut ids = Vec::with_capacity(names.len());
@@ -294,7 +298,7 @@ pub async fn resolve_things(s: &Session, names: &[String]) -> Result<Vec<Uuid>, 
         }
         let things = match &listed {
             Some(things) => things,
-            None => listed.insert(all_things(s, &[]).await?),
+            None => listed.insert(all_things(s, &[]).await?.0),
         };
         ids.push(pick(
             "thing",
@@ -383,7 +387,12 @@ pub async fn users(ctx: &Ctx, command: Users) -> Result<(), CliError> {
             parent,
             password_stdin,
         } => {
+            // Everything that can be refused is checked before the user exists.
+            sipmba_objects::validate::username(&username)
+                .map_err(|e| CliError::usage(e.to_string()))?;
             let password = read_new_password(password_stdin, &username)?;
+            sipmba_sso::secrets::check_password("password", &password)
+                .map_err(|e| CliError::usage(e.to_string()))?;
             let parent = match parent {
                 Some(p) => resolve_user(&s, &p).await?,
                 None => s.user,
@@ -586,10 +595,30 @@ pub async fn things(ctx: &Ctx, command: Things) -> Result<(), CliError> {
         }
         Things::List { labels } => {
             let spinner = output::Spinner::start("listing things");
-            let things = all_things(&s, &labels).await?;
-            let presence = presence(&s, &things).await?;
+            let (things, shared) = all_things(&s, &labels).await?;
+            let (theirs, own): (Vec<pb::Thing>, Vec<pb::Thing>) = things
+                .iter()
+                .cloned()
+                .partition(|t| t.id.as_ref().is_some_and(|id| shared.contains(&id.value)));
+            let mut presence = presence(&s, &own).await?;
+            // A thing shared for commands only has no presence to show to this user.
+            for thing in &theirs {
+                match self::presence(&s, std::slice::from_ref(thing)).await {
+                    Ok(found) => presence.extend(found),
+                    Err(e) if e.exit == Exit::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
             drop(spinner);
-            let mut rows = Rows::new(&["id", "name", "state", "online", "last_seen", "labels"]);
+            let mut rows = Rows::new(&[
+                "id",
+                "name",
+                "state",
+                "online",
+                "last_seen",
+                "labels",
+                "shared",
+            ]);
             for thing in &things {
                 let id = thing
                     .id
@@ -613,6 +642,7 @@ pub async fn things(ctx: &Ctx, command: Things) -> Result<(), CliError> {
                     },
                     last_seen,
                     labels_value(ctx.format, &thing.labels),
+                    shared.contains(&id).into(),
                 ]);
             }
             rows.print(

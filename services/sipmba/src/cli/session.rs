@@ -22,6 +22,8 @@ use super::{CliError, Exit};
 const CLIENT_ID: &str = "sipmba-cli";
 /// Refresh an access token this long before it expires.
 const REFRESH_MARGIN: u64 = 30;
+/// What a password grant is doing, in its error messages.
+const LOGGING_IN: &str = "logging in";
 
 /// Where the platform is and how to reach it.
 #[derive(Debug, Clone)]
@@ -144,7 +146,7 @@ impl Target {
             )
             .request_async(&|r| send(&http, r))
             .await
-            .map_err(|e| self.token_error(e, "logging in"))?;
+            .map_err(|e| self.token_error(e, LOGGING_IN))?;
         let login = Login::from_answer(username, &answer)?;
         let _lock = self.lock()?;
         let mut logins = self.read_cache();
@@ -241,13 +243,23 @@ impl Target {
     ) -> CliError {
         match e {
             RequestTokenError::ServerResponse(r) => {
-                let detail = r.error_description().cloned().unwrap_or_default();
+                let error = r.error().to_string();
+                // The server's own words when it gave any; the code otherwise.
+                let detail = r.error_description().cloned().unwrap_or(error);
                 match r.error() {
-                    oauth2::basic::BasicErrorResponseType::InvalidGrant => CliError::new(
-                        Exit::Auth,
-                        format!("{what}: wrong username or password ({detail})"),
-                    ),
-                    other => CliError::new(Exit::Auth, format!("{what}: {other}: {detail}")),
+                    oauth2::basic::BasicErrorResponseType::InvalidGrant
+                        if what == LOGGING_IN =>
+                    {
+                        CliError::new(Exit::Auth, format!("{what}: {detail}")).hint(
+                            "check the username and the password (both are case-sensitive); a user \
+                             above you can set a new one with `sipmba users set-password <username>`",
+                        )
+                    }
+                    oauth2::basic::BasicErrorResponseType::InvalidGrant => {
+                        CliError::new(Exit::Auth, format!("{what}: {detail}"))
+                            .hint("log in again with `sipmba login`")
+                    }
+                    _ => CliError::new(Exit::Auth, format!("{what}: {detail}")),
                 }
             }
             RequestTokenError::Request(e) => CliError::new(

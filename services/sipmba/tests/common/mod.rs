@@ -212,6 +212,7 @@ pub async fn telemetry_seqs(
         tokio::spawn(sipmba_queue::follow(
             client,
             Some(0),
+            sipmba_queue::IDLE_FETCH_WAIT,
             move |_, value| {
                 let record = pb::TelemetryRecord::decode(value).unwrap();
                 if record.thing.unwrap().value == thing.to_string() {
