@@ -747,11 +747,10 @@ impl Store {
         Ok(out)
     }
 
-    async fn things_view(&self, rows: Vec<things::Model>) -> ServiceResult<Vec<pb::Thing>> {
-        let ids: Vec<Uuid> = rows.iter().map(|t| t.id).collect();
-        let mut labels = self.labels_of(&ids).await?;
+    /// The paths of the owners of `rows`, by owner id.
+    async fn owner_paths(&self, rows: &[things::Model]) -> ServiceResult<HashMap<Uuid, String>> {
         let owner_ids: HashSet<Uuid> = rows.iter().map(|t| t.owner_id).collect();
-        let owners: HashMap<Uuid, String> = users::Entity::find()
+        Ok(users::Entity::find()
             .select_only()
             .column(users::Column::Id)
             .column(users::Column::Path)
@@ -760,7 +759,22 @@ impl Store {
             .all(&self.db)
             .await?
             .into_iter()
-            .collect();
+            .collect())
+    }
+
+    async fn things_view(&self, rows: Vec<things::Model>) -> ServiceResult<Vec<pb::Thing>> {
+        let owners = self.owner_paths(&rows).await?;
+        self.things_view_with(rows, owners).await
+    }
+
+    /// [`Self::things_view`] with the owners' paths already read.
+    async fn things_view_with(
+        &self,
+        rows: Vec<things::Model>,
+        owners: HashMap<Uuid, String>,
+    ) -> ServiceResult<Vec<pb::Thing>> {
+        let ids: Vec<Uuid> = rows.iter().map(|t| t.id).collect();
+        let mut labels = self.labels_of(&ids).await?;
         let paths: Vec<&str> = owners.values().map(String::as_str).collect();
         let disabled = self.disabled_among(&paths).await?;
         Ok(rows
@@ -919,25 +933,22 @@ impl Store {
             .all(&self.db)
             .await?;
         let next = page.finish(&mut rows, |t| t.id);
+        // The owners' paths serve the view and tell the shared things (owned outside the
+        // reacher's subtree) apart.
+        let owners = self.owner_paths(&rows).await?;
         let shared = match reacher {
-            Some(path) => {
-                let owners: HashSet<Uuid> = rows.iter().map(|t| t.owner_id).collect();
-                let foreign: HashSet<Uuid> = users::Entity::find()
-                    .filter(users::Column::Id.is_in(owners))
-                    .all(&self.db)
-                    .await?
-                    .into_iter()
-                    .filter(|u| !u.path.starts_with(&path))
-                    .map(|u| u.id)
-                    .collect();
-                rows.iter()
-                    .filter(|t| foreign.contains(&t.owner_id))
-                    .map(|t| t.id)
-                    .collect()
-            }
+            Some(path) => rows
+                .iter()
+                .filter(|t| {
+                    owners
+                        .get(&t.owner_id)
+                        .is_some_and(|p| !p.starts_with(&path))
+                })
+                .map(|t| t.id)
+                .collect(),
             None => Vec::new(),
         };
-        Ok((self.things_view(rows).await?, next, shared))
+        Ok((self.things_view_with(rows, owners).await?, next, shared))
     }
 
     /// Renames a thing and/or replaces its labels.
