@@ -125,7 +125,8 @@ pub struct DatabaseSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.sasl) || self.sasl.mechanism != 'PLAIN' || has(self.tls)").message("sasl.mechanism PLAIN sends the password in the clear: set tls, or use SCRAM-SHA-512"))]
 pub struct QueueSpec {
-    /// Bootstrap brokers, `host:port`.
+    /// Bootstrap brokers, `host:port`. A host name without a dot is a Service of the platform's
+    /// namespace (the operator, in its own, looks it up as `<name>.<namespace>.svc`).
     #[x_kube(validation = Rule::new("self.size() > 0").message("give at least one broker"))]
     pub brokers: Vec<String>,
     /// Prefix of every topic name (`<prefix>sipmba.telemetry`, ...). Immutable: the platform's

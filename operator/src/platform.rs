@@ -283,7 +283,7 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
         certificates(&platform, &secrets).await?;
     }
     let security = log_security(&platform.spec.queue, &secrets).await?;
-    crate::topics::ensure(&platform.spec.queue, security, Duration::from_secs(20))
+    crate::topics::ensure(&platform.spec.queue, &ns, security, Duration::from_secs(20))
         .await
         .map_err(Error::Topics)?;
 
@@ -407,6 +407,8 @@ async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Er
         }
         let host = desired::name(platform, component);
         let ns = platform.namespace().unwrap_or_default();
+        // The Service's names, and `localhost` for a client through `kubectl port-forward` (the
+        // CLI on an operator's machine) that trusts the platform CA.
         let issued = ca
             .issue(
                 &[
@@ -414,6 +416,7 @@ async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Er
                     format!("{host}.{ns}"),
                     format!("{host}.{ns}.svc"),
                     format!("{host}.{ns}.svc.cluster.local"),
+                    "localhost".to_owned(),
                 ],
                 days,
             )

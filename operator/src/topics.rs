@@ -60,13 +60,38 @@ pub fn wanted(spec: &QueueSpec) -> Vec<Topic> {
     ]
 }
 
-/// Creates or grows every topic of `spec` (reaching the brokers with `security`), giving up
-/// after `within`; an existing topic is success.
+/// The brokers as the operator reaches them from its own namespace: a host name without a dot
+/// (`kafka:9092`, a Service of the platform's namespace, as the platform's pods resolve it) gets
+/// the namespace's Service domain (`kafka.<namespace>.svc:9092`); addresses, `localhost` and
+/// qualified names stay as they are.
+pub fn qualified(brokers: &[String], namespace: &str) -> Vec<String> {
+    brokers
+        .iter()
+        .map(|broker| match broker.rsplit_once(':') {
+            Some((host, port))
+                if !host.contains('.')
+                    && !host.contains(':')
+                    && !host.starts_with('[')
+                    && host != "localhost"
+                    && !namespace.is_empty() =>
+            {
+                format!("{host}.{namespace}.svc:{port}")
+            }
+            _ => broker.clone(),
+        })
+        .collect()
+}
+
+/// Creates or grows every topic of `spec` (reaching the brokers with `security`, the names of
+/// the platform's `namespace` [`qualified`]), giving up after `within`; an existing topic is
+/// success.
 pub async fn ensure(
     spec: &QueueSpec,
+    namespace: &str,
     security: Security,
     within: Duration,
 ) -> Result<Vec<TopicState>, String> {
+    let brokers = qualified(&spec.brokers, namespace);
     let all = wanted(spec);
     let retention: Vec<(&str, Duration)> = all.iter().map(|t| (t.name, t.retention)).collect();
     let replicas = spec
@@ -74,9 +99,9 @@ pub async fn ensure(
         .map(|n| i16::try_from(n).map_err(|_| format!("replicationFactor {n} is too large")))
         .transpose()?;
     let work = async {
-        let queue = Queue::connect_secure(&spec.brokers, &spec.topic_prefix, security)
+        let queue = Queue::connect_secure(&brokers, &spec.topic_prefix, security)
             .await
-            .map_err(|e| format!("cannot reach the brokers {:?}: {e}", spec.brokers))?
+            .map_err(|e| format!("cannot reach the brokers {brokers:?}: {e}"))?
             .with_replicas(replicas)
             .with_retention(&retention);
         let mut states = Vec::with_capacity(all.len());
@@ -103,9 +128,37 @@ pub async fn ensure(
     };
     tokio::time::timeout(within, work).await.map_err(|_| {
         format!(
-            "the brokers {:?} did not answer within {} s",
-            spec.brokers,
+            "the brokers {brokers:?} did not answer within {} s",
             within.as_secs()
         )
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qualified;
+
+    #[test]
+    fn short_broker_names_resolve_in_the_platform_namespace() {
+        let brokers = [
+            "kafka:9092",
+            "kafka.log:9092",
+            "kafka-0.kafka.log.svc.cluster.local:9093",
+            "10.0.0.7:9092",
+            "[fd00::7]:9092",
+            "localhost:9092",
+        ]
+        .map(String::from);
+        assert_eq!(
+            qualified(&brokers, "iot"),
+            [
+                "kafka.iot.svc:9092",
+                "kafka.log:9092",
+                "kafka-0.kafka.log.svc.cluster.local:9093",
+                "10.0.0.7:9092",
+                "[fd00::7]:9092",
+                "localhost:9092",
+            ]
+        );
+    }
 }

@@ -21,7 +21,7 @@ async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
         tls: None,
         sasl: None,
     };
-    let states = topics::ensure(&spec, Default::default(), WAIT)
+    let states = topics::ensure(&spec, "", Default::default(), WAIT)
         .await
         .unwrap();
     let counts: Vec<(String, i32)> = states
@@ -48,20 +48,20 @@ async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
     );
     // Again: the topics exist, which is success.
     assert_eq!(
-        topics::ensure(&spec, Default::default(), WAIT)
+        topics::ensure(&spec, "", Default::default(), WAIT)
             .await
             .unwrap(),
         states
     );
     // Fewer partitions asked for: the topic keeps its six.
     spec.telemetry_partitions = Some(3);
-    let again = topics::ensure(&spec, Default::default(), WAIT)
+    let again = topics::ensure(&spec, "", Default::default(), WAIT)
         .await
         .unwrap();
     assert_eq!((again[0].wanted, again[0].partitions), (3, 6));
     // More asked for: Kafka adds them (tansu cannot, and says so).
     spec.telemetry_partitions = Some(8);
-    match topics::ensure(&spec, Default::default(), WAIT).await {
+    match topics::ensure(&spec, "", Default::default(), WAIT).await {
         Ok(grown) => assert_eq!((grown[0].wanted, grown[0].partitions), (8, 8)),
         Err(e) => {
             assert_eq!(broker.flavour, sipmba_testkit::Flavour::Tansu, "{e}");
@@ -70,7 +70,7 @@ async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
     }
     // An unreachable log is an error that names the brokers.
     spec.brokers = vec!["127.0.0.1:1".into()];
-    let err = topics::ensure(&spec, Default::default(), Duration::from_secs(2))
+    let err = topics::ensure(&spec, "", Default::default(), Duration::from_secs(2))
         .await
         .unwrap_err();
     assert!(err.contains("127.0.0.1:1"), "{err}");

@@ -305,6 +305,49 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     );
     assert_eq!(admin.json(&["whoami"])["username"], "admin");
 
+    // Services at addresses of their own (as a SipMba on Kubernetes runs them): with
+    // --endpoint, each call goes to its service's address and the login to sso's, while the
+    // server address answers nothing. A service left out goes to that address, unreachable.
+    let nowhere = format!("http://127.0.0.1:{}", sipmba_testkit::free_port_pair());
+    let apart = |endpoints: &[&str], args: &[&str]| {
+        let mut cmd = assert_cmd::Command::new(BIN);
+        cmd.arg("--server")
+            .arg(&nowhere)
+            .args(endpoints.iter().flat_map(|e| ["--endpoint", e]))
+            .args(args)
+            .env("SIPMBA_CONFIG_DIR", dir.path().join("apart-cli"))
+            .env_remove("SIPMBA_SERVER")
+            .timeout(Duration::from_secs(60));
+        cmd
+    };
+    let every: Vec<String> = ["sso", "objects", "control", "processing"]
+        .iter()
+        .map(|s| format!("{s}={}", dev.url))
+        .collect();
+    let every: Vec<&str> = every.iter().map(String::as_str).collect();
+    let no_processing = &every[..3];
+    apart(&every, &["login", "-u", "admin", "--password-stdin"])
+        .write_stdin(format!("{password}\n"))
+        .assert()
+        .success();
+    apart(&every, &["whoami"]).assert().success();
+    apart(&every, &["things", "list"]).assert().success();
+    apart(no_processing, &["users", "tree"]).assert().success();
+    apart(no_processing, &["telemetry", "latest", "demo-thing"])
+        .assert()
+        .code(6);
+    let err = apart(&["collect=http://x"], &["whoami"])
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    assert!(
+        String::from_utf8_lossy(&err).contains("not a service the CLI calls"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+
     // The demo thing's simulated agent streams into the platform.
     eventually(60, "the demo thing's readings", || {
         let latest = admin.json(&["telemetry", "latest", "demo-thing"]);

@@ -22,6 +22,19 @@ pub struct Global {
         default_value = "http://127.0.0.1:7400"
     )]
     pub server: String,
+    /// A service that answers at its own address, as SERVICE=URL (sso, objects, control,
+    /// processing; repeat the option, or separate them with commas in the variable): a platform
+    /// whose services run apart, as a `SipMba` on Kubernetes does. sso's address also takes the
+    /// logins.
+    #[arg(
+        long = "endpoint",
+        global = true,
+        env = "SIPMBA_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "SERVICE=URL",
+        value_parser = session::parse_endpoint
+    )]
+    pub endpoints: Vec<(String, String)>,
     /// A CA certificate (PEM) to trust for an https:// server.
     #[arg(long, global = true, env = "SIPMBA_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -196,6 +209,7 @@ pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
     let ctx = Ctx {
         target: Target {
             server: global.server.trim_end_matches('/').to_owned(),
+            endpoints: global.endpoints.into_iter().collect(),
             ca_file: global.ca_file,
             config_dir: global
                 .config_dir

@@ -866,7 +866,7 @@ pub async fn channels(ctx: &Ctx, command: Channels) -> Result<(), CliError> {
 /// Connects (or disconnects) `things` to `channel`; returns the channel as it is after.
 async fn connections(
     s: &Session,
-    client: &mut pb::channel_service_client::ChannelServiceClient<tonic::transport::Channel>,
+    client: &mut pb::channel_service_client::ChannelServiceClient<super::session::Platform>,
     channel: &str,
     things: &[String],
     connect: bool,

@@ -1,10 +1,14 @@
 //! Logging in (OAuth 2.0 password grant, with the `oauth2` crate), the login cache with refresh,
-//! and the gRPC channel every command uses.
+//! and the gRPC channel every command uses: one address for the whole platform (`sipmba server`
+//! runs every service behind one port), or one per service where they run apart (a `SipMba` on
+//! Kubernetes: `--endpoint processing=https://...`).
 
 use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
+    sync::Arc,
+    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -13,7 +17,9 @@ use oauth2::{
     TokenResponse, TokenUrl, basic::BasicClient,
 };
 use serde::{Deserialize, Serialize};
+use sipmba_proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tower::ServiceExt;
 use uuid::Uuid;
 
 use super::{CliError, Exit};
@@ -25,11 +31,64 @@ const REFRESH_MARGIN: u64 = 30;
 /// What a password grant is doing, in its error messages.
 const LOGGING_IN: &str = "logging in";
 
+/// The platform's services a CLI user calls, and the gRPC services each one serves.
+pub const SERVICES: &[(&str, &[&str])] = &[
+    (
+        "sso",
+        &[
+            pb::token_service_server::SERVICE_NAME,
+            pb::account_service_server::SERVICE_NAME,
+            pb::key_service_server::SERVICE_NAME,
+        ],
+    ),
+    (
+        "objects",
+        &[
+            pb::user_service_server::SERVICE_NAME,
+            pb::thing_service_server::SERVICE_NAME,
+            pb::channel_service_server::SERVICE_NAME,
+            pb::access_service_server::SERVICE_NAME,
+            pb::event_service_server::SERVICE_NAME,
+        ],
+    ),
+    ("control", &[pb::control_service_server::SERVICE_NAME]),
+    (
+        "processing",
+        &[
+            pb::telemetry_service_server::SERVICE_NAME,
+            pb::presence_service_server::SERVICE_NAME,
+            pb::rule_service_server::SERVICE_NAME,
+        ],
+    ),
+];
+
+/// `--endpoint SERVICE=URL`, checked: a service of [`SERVICES`] and an http(s) URL.
+pub fn parse_endpoint(text: &str) -> Result<(String, String), String> {
+    let (service, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not SERVICE=URL"))?;
+    if !SERVICES.iter().any(|(name, _)| *name == service) {
+        let names: Vec<&str> = SERVICES.iter().map(|(name, _)| *name).collect();
+        return Err(format!(
+            "{service:?} is not a service the CLI calls ({})",
+            names.join(", ")
+        ));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    }
+    Ok((service.to_owned(), url.trim_end_matches('/').to_owned()))
+}
+
 /// Where the platform is and how to reach it.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Base URL: gRPC and HTTP (`/oauth2/token`) share it.
+    /// Base URL: gRPC and HTTP (`/oauth2/token`) share it, unless `endpoints` says otherwise.
+    /// Logins are cached under it.
     pub server: String,
+    /// Services that answer at their own address (service name → base URL); `sso`'s also takes
+    /// the OAuth requests.
+    pub endpoints: BTreeMap<String, String>,
     /// A CA certificate (PEM) for an https:// server with a private CA.
     pub ca_file: Option<PathBuf>,
     /// Where logins are cached.
@@ -50,8 +109,8 @@ struct Login {
 /// A logged-in user talking to the platform.
 #[derive(Clone)]
 pub struct Session {
-    /// The channel to the platform.
-    pub channel: Channel,
+    /// The channel to the platform (each call goes to its service's address).
+    pub channel: Platform,
     /// The user.
     pub user: Uuid,
     /// The user's login name.
@@ -82,21 +141,76 @@ impl Session {
     }
 }
 
+/// The gRPC side of a platform: each call goes to the channel of the service that serves it
+/// (by the request's path, `/<gRPC service>/<method>`), the default channel otherwise.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    default: Channel,
+    /// gRPC service name → its channel.
+    routes: Arc<BTreeMap<&'static str, Channel>>,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Platform {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each call waits for its own channel.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = request.uri().path().split('/').nth(1).unwrap_or_default();
+        let channel = self.routes.get(service).unwrap_or(&self.default).clone();
+        Box::pin(channel.oneshot(request))
+    }
+}
+
 impl Target {
+    /// The base URL of `service`: its endpoint, or the server.
+    fn base(&self, service: &str) -> &str {
+        self.endpoints
+            .get(service)
+            .map_or(self.server.as_str(), String::as_str)
+            .trim_end_matches('/')
+    }
+
     fn token_url(&self) -> String {
-        format!("{}/oauth2/token", self.server.trim_end_matches('/'))
+        format!("{}/oauth2/token", self.base("sso"))
     }
 
     fn cache_path(&self) -> PathBuf {
         self.config_dir.join("logins.json")
     }
 
-    /// A gRPC channel to the server (connects at the first call).
-    pub fn channel(&self) -> Result<Channel, CliError> {
-        let mut endpoint = Channel::from_shared(self.server.clone())
-            .map_err(|e| CliError::usage(format!("--server {:?} is not a URL: {e}", self.server)))?
+    /// The platform's gRPC channels (each connects at its first call).
+    pub fn channel(&self) -> Result<Platform, CliError> {
+        let default = self.connect(&self.server, "--server")?;
+        let mut routes = BTreeMap::new();
+        for (service, url) in &self.endpoints {
+            let channel = self.connect(url, &format!("--endpoint {service}"))?;
+            let served = SERVICES
+                .iter()
+                .find(|(name, _)| name == service)
+                .map_or(&[][..], |(_, served)| *served);
+            for grpc in served {
+                routes.insert(*grpc, channel.clone());
+            }
+        }
+        Ok(Platform {
+            default,
+            routes: Arc::new(routes),
+        })
+    }
+
+    fn connect(&self, url: &str, what: &str) -> Result<Channel, CliError> {
+        let mut endpoint = Channel::from_shared(url.to_owned())
+            .map_err(|e| CliError::usage(format!("{what} {url:?} is not a URL: {e}")))?
             .connect_timeout(Duration::from_secs(5));
-        if self.server.starts_with("https://") {
+        if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             if let Some(file) = &self.ca_file {
                 let pem = std::fs::read(file).map_err(|e| {
@@ -206,7 +320,7 @@ impl Target {
         };
         self.write_cache(&logins)?;
         if let Some(refresh) = login.refresh_token {
-            let url = format!("{}/oauth2/revoke", self.server.trim_end_matches('/'));
+            let url = format!("{}/oauth2/revoke", self.base("sso"));
             let revoked = self
                 .http()?
                 .post(url)
