@@ -86,13 +86,9 @@ pub fn free_port() -> u16 {
 
 /// Sends SIGTERM to `child` and expects a clean exit within 30 s.
 pub async fn sigterm(mut child: Child, what: &str) -> anyhow::Result<()> {
-    let pid = child.id().context("not running")?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    let status = sipmba_testkit::sigterm(&mut child, Duration::from_secs(30))
         .await
-        .with_context(|| format!("{what} did not stop within 30 s of SIGTERM"))??;
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     if !status.success() {
         bail!("{what} exited with {status} after SIGTERM");
     }

@@ -468,11 +468,7 @@ async fn an_agent_killed_mid_upload_loses_nothing_and_counts_nothing_twice() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &agent.id().unwrap().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        sipmba_testkit::signal(agent.id().unwrap(), sipmba_testkit::Signal::TERM);
         assert!(
             agent.wait().await.unwrap().success(),
             "a clean exit on SIGTERM"
@@ -765,13 +761,7 @@ async fn bad_configuration_and_missing_hardware_get_a_clear_message_and_no_crash
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = child.id().expect("still running");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sipmba_testkit::signal(pid, sipmba_testkit::Signal::TERM);
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success(), "a clean stop");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -16,8 +16,8 @@ pub const GROUP: &str = "sipmba.io";
 
 /// A SIP-MBA platform: the operator runs its services (sso, objects, collect, control,
 /// processing) from the `sipmba` image (processing as a StatefulSet, the rest as Deployments),
-/// creates the topics on the Kafka-protocol log, issues the platform's CA and service
-/// certificates, and keeps the token-signing key.
+/// creates the topics on the Kafka-protocol log, makes the service clients' secrets, and issues
+/// the platform's CA and service certificates (sso keeps its token-signing keys in the database).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sipmba.io",

@@ -25,7 +25,7 @@ use kube::{
     runtime::{Controller, watcher},
 };
 
-/// Runs the SipMba controller until SIGTERM, serving `/metrics` and `/healthz` on `listen`.
+/// Runs the SipMba and Thing controllers until SIGTERM, serving `/metrics` and `/healthz` on `listen`.
 pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let ctx = Arc::new(platform::Context::new(client.clone()));

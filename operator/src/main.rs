@@ -1,4 +1,5 @@
-//! `sipmba-operator`: `run` reconciles SipMba resources; `crd` prints or writes the CRDs.
+//! `sipmba-operator`: `run` reconciles SipMba and Thing resources; `crd` prints or writes the
+//! CRDs.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -14,8 +15,8 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Watches SipMba resources in every namespace and reconciles them (in-cluster or with
-    /// KUBECONFIG).
+    /// Watches SipMba and Thing resources in every namespace and reconciles them (in-cluster or
+    /// with KUBECONFIG).
     Run {
         /// Where `/metrics` and `/healthz` answer.
         #[arg(long, env = "SIPMBA_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use common::*;
 use sipmba_operator::provisioning;
@@ -50,9 +50,11 @@ async fn a_thing_is_registered_provisioned_rotated_revoked_and_deregistered() {
     let operator = stack.operator();
     // Registered once: a second registration finds the same thing.
     let labels = BTreeMap::from([("site".to_owned(), "north".to_owned())]);
-    let thing = until("the platform to register things", 60, || async {
-        operator.register(owner, "greenhouse-7", &labels).await.ok()
-    })
+    let thing = sipmba_testkit::eventually(
+        "the platform to register things",
+        Duration::from_secs(60),
+        || async { operator.register(owner, "greenhouse-7", &labels).await.ok() },
+    )
     .await;
     assert_eq!(
         operator
@@ -78,19 +80,24 @@ async fn a_thing_is_registered_provisioned_rotated_revoked_and_deregistered() {
         client_id: client_id.clone(),
         ..Default::default()
     };
-    let accepted = until("the agent's endpoint", 30, || async {
-        provisioning::deliver(&endpoint, enrollment, None, provision(&token))
-            .await
-            .ok()
-    })
-    .await;
+    let accepted =
+        sipmba_testkit::eventually("the agent's endpoint", Duration::from_secs(30), || async {
+            provisioning::deliver(&endpoint, enrollment, None, provision(&token))
+                .await
+                .ok()
+        })
+        .await;
     assert!(accepted.accepted);
-    let uploaded = until("an upload with the delivered token", 30, || async {
-        let status = provisioning::agent_status(&endpoint, enrollment, None)
-            .await
-            .ok()?;
-        (status.last_acked_seq >= 2).then_some(status.last_acked_seq)
-    })
+    let uploaded = sipmba_testkit::eventually(
+        "an upload with the delivered token",
+        Duration::from_secs(30),
+        || async {
+            let status = provisioning::agent_status(&endpoint, enrollment, None)
+                .await
+                .ok()?;
+            (status.last_acked_seq >= 2).then_some(status.last_acked_seq)
+        },
+    )
     .await;
 
     // A wrong enrollment secret is refused.
@@ -116,25 +123,33 @@ async fn a_thing_is_registered_provisioned_rotated_revoked_and_deregistered() {
             .unwrap()
             .accepted
     );
-    until("uploads with the rotated token", 30, || async {
-        let status = provisioning::agent_status(&endpoint, enrollment, None)
-            .await
-            .ok()?;
-        (status.token_expires == Some(rotated.expires) && status.last_acked_seq > uploaded + 1)
-            .then_some(())
-    })
+    sipmba_testkit::eventually(
+        "uploads with the rotated token",
+        Duration::from_secs(30),
+        || async {
+            let status = provisioning::agent_status(&endpoint, enrollment, None)
+                .await
+                .ok()?;
+            (status.token_expires == Some(rotated.expires) && status.last_acked_seq > uploaded + 1)
+                .then_some(())
+        },
+    )
     .await;
     collect_accepts(&url, &rotated.access_token).await.unwrap();
 
     // Deletion: the token is refused within a second or so, and the thing is gone (twice: a
     // thing already gone counts as deregistered).
     operator.revoke(thing).await.unwrap();
-    until("Collect to refuse the revoked token", 10, || async {
-        match collect_accepts(&url, &rotated.access_token).await {
-            Err(status) if status.code() == tonic::Code::Unauthenticated => Some(()),
-            _ => None,
-        }
-    })
+    sipmba_testkit::eventually(
+        "Collect to refuse the revoked token",
+        Duration::from_secs(10),
+        || async {
+            match collect_accepts(&url, &rotated.access_token).await {
+                Err(status) if status.code() == tonic::Code::Unauthenticated => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await;
     operator.deregister(thing).await.unwrap();
     operator.deregister(thing).await.unwrap();

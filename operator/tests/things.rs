@@ -317,7 +317,7 @@ async fn a_thing_is_provisioned_left_alone_renewed_and_cleaned_up() {
         "the reconcile comes back to renew the token"
     );
     // The agent uploads with what it was given.
-    until("the agent to upload", 30, || async {
+    sipmba_testkit::eventually("the agent to upload", Duration::from_secs(30), || async {
         let s = provisioning::agent_status(&endpoint, enrollment.as_bytes(), None)
             .await
             .ok()?;

@@ -144,7 +144,6 @@ pub async fn serve(mut handle: Handle, expected: Vec<Expect>) -> Vec<(String, St
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    time::Instant,
 };
 
 use tokio::process::{Child, Command};
@@ -171,22 +170,6 @@ fn spawn(program: &Path, args: &[&str], dir: &Path) -> Child {
         .kill_on_drop(true)
         .spawn()
         .unwrap()
-}
-
-/// Polls `check` until it finds something, for at most `secs` seconds.
-pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    secs: u64,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} within {secs} s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The operator's client secret in the platform.
@@ -233,11 +216,15 @@ pub async fn stack() -> Stack {
         dir.path(),
     );
     let state = dir.path().join(".sipmba/dev-state.json");
-    let owner = until("the dev platform's admin user", 60, || async {
-        let text = std::fs::read_to_string(&state).ok()?;
-        let value: Value = serde_json::from_str(&text).ok()?;
-        uuid::Uuid::parse_str(value["admin"].as_str()?).ok()
-    })
+    let owner = sipmba_testkit::eventually(
+        "the dev platform's admin user",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&state).ok()?;
+            let value: Value = serde_json::from_str(&text).ok()?;
+            uuid::Uuid::parse_str(value["admin"].as_str()?).ok()
+        },
+    )
     .await;
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
@@ -257,7 +244,7 @@ pub async fn stack() -> Stack {
         &["run", "--config", "agent.toml"],
         &agent_dir,
     );
-    until("the agent's endpoint", 30, || async {
+    sipmba_testkit::eventually("the agent's endpoint", Duration::from_secs(30), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", agent_port))
             .await
             .ok()
@@ -273,12 +260,16 @@ pub async fn stack() -> Stack {
     };
     // The platform takes registrations once its services are up.
     let operator = stack.operator();
-    until("the platform to register things", 60, || async {
-        operator
-            .register(owner, "warm-up", &Default::default())
-            .await
-            .ok()
-    })
+    sipmba_testkit::eventually(
+        "the platform to register things",
+        Duration::from_secs(60),
+        || async {
+            operator
+                .register(owner, "warm-up", &Default::default())
+                .await
+                .ok()
+        },
+    )
     .await;
     stack
 }

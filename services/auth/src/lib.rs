@@ -15,9 +15,9 @@ pub mod signing;
 mod verifier;
 
 pub use layer::{Access, AccessPolicy, AuthLayer, AuthService};
-pub use principal::{Kind, Principal, scopes};
+pub use principal::{Kind, NoPrincipal, Principal, scopes};
 pub use revocations::Revocations;
-pub use verifier::{AuthError, JwksSource, Verifier, VerifierConfig};
+pub use verifier::{AuthError, JwksSource, Lapsed, Verifier, VerifierConfig};
 
 /// Largest leeway accepted for `exp`/`nbf` checks; a larger clock skew is a broken clock.
 pub const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(300);

@@ -69,6 +69,23 @@ impl Principal {
     pub fn actor(&self) -> String {
         format!("{}:{}", self.kind, self.subject)
     }
+
+    /// The caller of a request that passed the [`crate::AuthLayer`]; [`NoPrincipal`] when the
+    /// request carried no token (a method the access policy leaves open).
+    pub fn from_request<T>(request: &tonic::Request<T>) -> Result<&Principal, NoPrincipal> {
+        request.extensions().get::<Principal>().ok_or(NoPrincipal)
+    }
+}
+
+/// A request without a verified caller: UNAUTHENTICATED, "missing bearer token".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("missing bearer token")]
+pub struct NoPrincipal;
+
+impl From<NoPrincipal> for tonic::Status {
+    fn from(e: NoPrincipal) -> Self {
+        tonic::Status::unauthenticated(e.to_string())
+    }
 }
 
 /// The scopes SIP-MBA defines.

@@ -145,6 +145,25 @@ struct Inner {
     revocations: Revocations,
 }
 
+/// Why a token verified earlier no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapsed {
+    /// Its expiry passed.
+    Expired,
+    /// It was revoked.
+    Revoked,
+}
+
+impl Lapsed {
+    /// UNAUTHENTICATED, saying what happened `during` what (e.g. "during the session").
+    pub fn status(self, during: &str) -> tonic::Status {
+        tonic::Status::unauthenticated(match self {
+            Lapsed::Expired => format!("the access token expired {during}"),
+            Lapsed::Revoked => format!("the access token was revoked {during}"),
+        })
+    }
+}
+
 /// Verifies access tokens. Cheap to clone; clones share the key cache.
 #[derive(Clone)]
 pub struct Verifier {
@@ -202,6 +221,22 @@ impl Verifier {
     /// The revocation list this verifier consults.
     pub fn revocations(&self) -> &Revocations {
         &self.inner.revocations
+    }
+
+    /// Whether the token `principal` was verified from still holds: not expired, not revoked
+    /// since. Long-lived streams ask it as they go.
+    pub fn still_valid(&self, principal: &Principal) -> Result<(), Lapsed> {
+        if principal.expires_at <= crate::signing::unix_now() {
+            return Err(Lapsed::Expired);
+        }
+        if self.inner.revocations.is_revoked(
+            &principal.token_id,
+            principal.subject,
+            principal.issued_at,
+        ) {
+            return Err(Lapsed::Revoked);
+        }
+        Ok(())
     }
 
     /// Verifies a bearer token and returns its principal.

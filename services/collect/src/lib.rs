@@ -257,22 +257,10 @@ impl Collect {
     }
 
     fn check_token(&self, principal: &Principal) -> Result<(), Status> {
-        let now = sipmba_auth::signing::unix_now();
-        if principal.expires_at <= now {
-            return Err(Status::unauthenticated(
-                "the access token expired during the session",
-            ));
-        }
-        if self.inner.verifier.revocations().is_revoked(
-            &principal.token_id,
-            principal.subject,
-            principal.issued_at,
-        ) {
-            return Err(Status::unauthenticated(
-                "the access token was revoked during the session",
-            ));
-        }
-        Ok(())
+        self.inner
+            .verifier
+            .still_valid(principal)
+            .map_err(|lapsed| lapsed.status("during the session"))
     }
 
     async fn run_session(
@@ -735,13 +723,6 @@ impl CommandSession {
     }
 }
 
-fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
-    req.extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
-}
-
 #[tonic::async_trait]
 impl CollectService for Collect {
     type SessionStream = ReceiverStream<Result<pb::SessionResponse, Status>>;
@@ -750,7 +731,7 @@ impl CollectService for Collect {
         &self,
         req: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         let thing = thing_of(&principal).map_err(Status::from)?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(
@@ -764,7 +745,7 @@ impl CollectService for Collect {
         &self,
         req: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         let thing = thing_of(&principal).map_err(Status::from)?;
         let mut inbound = req.into_inner();
         let mut acked = self.inner.acks.acked(thing).await.map_err(Status::from)?;

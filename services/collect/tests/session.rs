@@ -395,20 +395,7 @@ async fn bad_input_gets_a_clear_status_and_loses_nothing_acknowledged(backend: B
     assert_eq!(records.len(), 20, "no reading was written twice");
 }
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(sipmba_testkit::Backend::Postgres).await; }
-        )* }
-        mod sqlite { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(sipmba_testkit::Backend::Sqlite).await; }
-        )* }
-    };
-}
-
-on_both_databases!(
+sipmba_testkit::on_both_databases!(
     a_hundred_thousand_readings_from_fifty_things_arrive_exactly_once,
     bad_input_gets_a_clear_status_and_loses_nothing_acknowledged,
     rate_limits_answer_retry_after_and_never_slow_other_things,

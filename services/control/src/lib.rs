@@ -688,29 +688,11 @@ impl Control {
     }
 
     fn token_still_valid(&self, principal: &Principal) -> Result<(), Status> {
-        if principal.expires_at <= sipmba_auth::signing::unix_now() {
-            return Err(Status::unauthenticated(
-                "the access token expired while watching",
-            ));
-        }
-        if self.inner.verifier.revocations().is_revoked(
-            &principal.token_id,
-            principal.subject,
-            principal.issued_at,
-        ) {
-            return Err(Status::unauthenticated(
-                "the access token was revoked while watching",
-            ));
-        }
-        Ok(())
+        self.inner
+            .verifier
+            .still_valid(principal)
+            .map_err(|lapsed| lapsed.status("while watching"))
     }
-}
-
-fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
-    req.extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Command, Status>> + Send>>;
@@ -723,7 +705,7 @@ impl ControlService for Control {
         &self,
         req: Request<pb::SendCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         Ok(Response::new(self.send(&principal, req.get_ref()).await?))
     }
 
@@ -731,7 +713,7 @@ impl ControlService for Control {
         &self,
         req: Request<pb::GetCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         let id = required_id("id", req.get_ref().id.as_ref())?;
         let row = self.get(&principal, id).await?;
         Ok(Response::new(to_pb(&row, now_ms())))
@@ -741,7 +723,7 @@ impl ControlService for Control {
         &self,
         req: Request<pb::ListCommandsRequest>,
     ) -> Result<Response<pb::ListCommandsResponse>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         Ok(Response::new(self.list(&principal, req.get_ref()).await?))
     }
 
@@ -749,7 +731,7 @@ impl ControlService for Control {
         &self,
         req: Request<pb::WatchCommandRequest>,
     ) -> Result<Response<Self::WatchCommandStream>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         let id = required_id("id", req.get_ref().id.as_ref())?;
         // Errors before the first state end the call itself.
         self.get(&principal, id).await?;

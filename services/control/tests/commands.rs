@@ -320,36 +320,7 @@ fn state(c: &pb::Command) -> pb::CommandState {
     pb::CommandState::try_from(c.state).unwrap()
 }
 
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(sipmba_testkit::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(sipmba_testkit::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_databases!(
+sipmba_testkit::on_both_databases!(
     a_command_for_an_offline_thing_reaches_it_through_another_replica,
     live_sessions_get_commands_in_a_window_and_expired_ones_never,
     commands_outside_the_users_reach_are_refused,
@@ -479,7 +450,7 @@ async fn live_sessions_get_commands_in_a_window_and_expired_ones_never(backend: 
     s.ack(&sent[1], pb::CommandOutcome::Acked, "").await;
     s.ack(&sent[2], pb::CommandOutcome::Acked, "").await;
     s.close().await;
-    wait_for(
+    sipmba_testkit::eventually(
         "FAILED and ACKED recorded",
         Duration::from_secs(10),
         async || {
@@ -506,7 +477,7 @@ async fn live_sessions_get_commands_in_a_window_and_expired_ones_never(backend: 
     assert!(s.command(Duration::from_millis(500)).await.is_none());
     s.close().await;
     // Collect reports it on the log too (for processing and for the record).
-    wait_for("an EXPIRED event", Duration::from_secs(10), async || {
+    sipmba_testkit::eventually("an EXPIRED event", Duration::from_secs(10), async || {
         h.status_row(&short)
             .await
             .is_some_and(|s| s.state == pb::CommandState::Expired as i32)

@@ -53,14 +53,8 @@ impl ObjectsService {
     }
 
     async fn caller<T>(&self, req: &Request<T>) -> ServiceResult<Caller> {
-        self.store.caller(principal(req)?).await
+        self.store.caller(Principal::from_request(req)?).await
     }
-}
-
-fn principal<T>(req: &Request<T>) -> ServiceResult<&Principal> {
-    req.extensions()
-        .get::<Principal>()
-        .ok_or_else(|| ServiceError::Unauthenticated("missing bearer token".into()))
 }
 
 /// The scope each Objects method needs.

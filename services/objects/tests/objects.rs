@@ -13,7 +13,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use uuid::Uuid;
 
-on_both_databases!(
+sipmba_testkit::on_both_databases!(
     disabling_cascades_through_four_levels_and_effective_state_follows_ancestors,
     moves_stay_inside_the_subtree_and_never_make_cycles,
     authorization_hides_what_is_not_yours,

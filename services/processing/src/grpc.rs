@@ -23,7 +23,11 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::store::{Incoming, Store, latest, metrics};
+use crate::{
+    consume::Incoming,
+    entity::{latest, metrics},
+    store::Store,
+};
 
 /// Most things in one request.
 pub const MAX_THINGS: usize = 100;
@@ -72,13 +76,6 @@ impl std::fmt::Debug for Queries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queries").finish_non_exhaustive()
     }
-}
-
-fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
-    req.extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
 }
 
 fn things_of(ids: &[pb::ThingId]) -> ServiceResult<Vec<Uuid>> {
@@ -465,8 +462,8 @@ impl Queries {
                     return;
                 }
                 _ = recheck.tick() => {
-                    if self.inner.verifier.revocations().is_revoked(&principal.token_id, principal.subject, principal.issued_at) {
-                        let _ = tx.send(Err(Status::unauthenticated("the access token was revoked while subscribed"))).await;
+                    if let Err(lapsed) = self.inner.verifier.still_valid(&principal) {
+                        let _ = tx.send(Err(lapsed.status("while subscribed"))).await;
                         return;
                     }
                     let checked = match (&things, &target_channel) {
@@ -532,7 +529,7 @@ impl TelemetryService for Queries {
         &self,
         req: Request<pb::GetLatestRequest>,
     ) -> Result<Response<pb::GetLatestResponse>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         Ok(Response::new(
             Queries::get_latest(self, &principal, req.get_ref()).await?,
         ))
@@ -542,7 +539,7 @@ impl TelemetryService for Queries {
         &self,
         req: Request<pb::QueryHistoryRequest>,
     ) -> Result<Response<pb::QueryHistoryResponse>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         Ok(Response::new(
             Queries::query_history(self, &principal, req.get_ref()).await?,
         ))
@@ -552,7 +549,7 @@ impl TelemetryService for Queries {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         let r = req.get_ref();
         let names = metric_names(&r.metrics)?;
         let target = match (&r.channel, r.things.is_empty()) {
@@ -583,7 +580,7 @@ impl PresenceService for Queries {
         &self,
         req: Request<pb::GetPresenceRequest>,
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
-        let principal = principal(&req)?;
+        let principal = Principal::from_request(&req)?.clone();
         Ok(Response::new(
             Queries::get_presence(self, &principal, req.get_ref()).await?,
         ))

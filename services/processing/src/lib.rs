@@ -2,7 +2,10 @@
 //! of each partition is committed in the same transaction as the readings read from it, and a
 //! repeated `(thing, seq)` is dropped). Partitions are owned statically by replica ordinal.
 
+pub mod consume;
+pub mod entity;
 pub mod grpc;
+pub mod migration;
 pub mod rules;
 pub mod rules_api;
 pub mod store;
@@ -12,11 +15,12 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
+use consume::Incoming;
 use prost::Message;
 use sipmba_proto::v1 as pb;
 use sipmba_queue::{Queue, QueueError, topics};
 use sipmba_runtime::Shutdown;
-use store::{Incoming, Store};
+use store::Store;
 use uuid::Uuid;
 
 /// Which partitions a replica consumes: those whose number modulo `replicas` is `replica`.
@@ -44,7 +48,7 @@ impl Ownership {
     }
 }
 
-/// Decodes one telemetry record; `None` for a poison record (logged by the caller).
+/// Decodes one telemetry record; an error for a poison record (the caller logs and skips it).
 pub fn decode(value: &[u8]) -> Result<Incoming, String> {
     let record = pb::TelemetryRecord::decode(value).map_err(|e| e.to_string())?;
     let thing = record

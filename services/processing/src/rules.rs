@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
-use crate::{Ownership, store::Incoming};
+use crate::{Ownership, consume::Incoming};
 
 /// The `processing_rules` table.
 pub mod definitions {

@@ -72,10 +72,7 @@ pub struct RulesApi {
 }
 
 fn user_of<T>(req: &Request<T>) -> ServiceResult<Uuid> {
-    let principal = req
-        .extensions()
-        .get::<Principal>()
-        .ok_or_else(|| ServiceError::Unauthenticated("missing bearer token".into()))?;
+    let principal = Principal::from_request(req)?;
     if principal.kind != Kind::User {
         return Err(ServiceError::PermissionDenied(
             "rules are owned by users; use a user's token".into(),

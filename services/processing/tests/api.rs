@@ -69,7 +69,7 @@ impl Harness {
         let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
         sipmba_objects::migrate(&conn).await.unwrap();
         sipmba_control::store::migrate(&conn).await.unwrap();
-        sipmba_processing::store::migrate(&conn).await.unwrap();
+        sipmba_processing::migration::migrate(&conn).await.unwrap();
         let broker = TestBroker::start().await.unwrap();
         let queue = Queue::connect(&broker.brokers(), &broker.prefix)
             .await
@@ -305,7 +305,7 @@ fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Cod
 async fn stored(h: &Harness, n: u64) {
     use sea_orm::{EntityTrait, PaginatorTrait};
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sipmba_processing::store::readings::Entity::find()
+    while sipmba_processing::entity::readings::Entity::find()
         .count(&h.conn)
         .await
         .unwrap()
@@ -1162,48 +1162,8 @@ async fn rules_act_only_as_far_as_their_owner_may(backend: Backend) {
     );
 }
 
-mod postgres {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queries_answer_from_stored_telemetry_and_refuse_what_is_not_yours() {
-        super::queries_answer_from_stored_telemetry_and_refuse_what_is_not_yours(
-            sipmba_testkit::Backend::Postgres,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rules_fire_once_per_crossing_after_hold_and_cooldown_also_across_a_restart() {
-        super::rules_fire_once_per_crossing_after_hold_and_cooldown_also_across_a_restart(
-            sipmba_testkit::Backend::Postgres,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rules_act_only_as_far_as_their_owner_may() {
-        super::rules_act_only_as_far_as_their_owner_may(sipmba_testkit::Backend::Postgres).await;
-    }
-}
-
-mod sqlite {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queries_answer_from_stored_telemetry_and_refuse_what_is_not_yours() {
-        super::queries_answer_from_stored_telemetry_and_refuse_what_is_not_yours(
-            sipmba_testkit::Backend::Sqlite,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rules_fire_once_per_crossing_after_hold_and_cooldown_also_across_a_restart() {
-        super::rules_fire_once_per_crossing_after_hold_and_cooldown_also_across_a_restart(
-            sipmba_testkit::Backend::Sqlite,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rules_act_only_as_far_as_their_owner_may() {
-        super::rules_act_only_as_far_as_their_owner_may(sipmba_testkit::Backend::Sqlite).await;
-    }
-}
+sipmba_testkit::on_both_databases!(
+    queries_answer_from_stored_telemetry_and_refuse_what_is_not_yours,
+    rules_fire_once_per_crossing_after_hold_and_cooldown_also_across_a_restart,
+    rules_act_only_as_far_as_their_owner_may,
+);

@@ -10,7 +10,8 @@ use prost::Message;
 use sea_orm::{EntityTrait, PaginatorTrait};
 use sipmba_processing::{
     Consumer, Ownership,
-    store::{Store, latest, presence, readings},
+    entity::{latest, presence, readings},
+    store::Store,
 };
 use sipmba_proto::v1 as pb;
 use sipmba_queue::{
@@ -107,7 +108,7 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     sipmba_testkit::init_logs();
     let db = TestDb::new(backend).await.unwrap();
     let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
-    sipmba_processing::store::migrate(&conn).await.unwrap();
+    sipmba_processing::migration::migrate(&conn).await.unwrap();
     let broker = TestBroker::start().await.unwrap();
     let queue = Queue::connect(&broker.brokers(), &broker.prefix)
         .await
@@ -181,22 +182,4 @@ fn partitions_are_shared_by_ordinal() {
     assert_eq!(owners(3), vec![vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]);
 }
 
-mod postgres {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readings_produced_while_processing_is_down_are_all_stored_once() {
-        super::readings_produced_while_processing_is_down_are_all_stored_once(
-            sipmba_testkit::Backend::Postgres,
-        )
-        .await;
-    }
-}
-
-mod sqlite {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readings_produced_while_processing_is_down_are_all_stored_once() {
-        super::readings_produced_while_processing_is_down_are_all_stored_once(
-            sipmba_testkit::Backend::Sqlite,
-        )
-        .await;
-    }
-}
+sipmba_testkit::on_both_databases!(readings_produced_while_processing_is_down_are_all_stored_once,);

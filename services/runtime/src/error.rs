@@ -1,4 +1,4 @@
-//! The one place where service errors become gRPC statuses (and, later, HTTP answers).
+//! The one place where service errors become gRPC statuses.
 
 use tonic::{Code, Status};
 
@@ -98,6 +98,12 @@ pub fn exhausted(message: &str, retry_after: std::time::Duration) -> Status {
         message,
         ErrorDetails::with_retry_info(Some(wait)),
     )
+}
+
+impl From<sipmba_auth::NoPrincipal> for ServiceError {
+    fn from(e: sipmba_auth::NoPrincipal) -> Self {
+        ServiceError::Unauthenticated(e.to_string())
+    }
 }
 
 impl From<sea_orm::DbErr> for ServiceError {

@@ -536,7 +536,7 @@ async fn start_processing(
         &[sipmba_auth::scopes::COMMANDS_WRITE],
     )
     .await?;
-    let migrate = || async { sipmba_processing::store::migrate(db).await };
+    let migrate = || async { sipmba_processing::migration::migrate(db).await };
     sipmba_runtime::retry::until_ok(
         "cannot migrate the processing schema yet",
         shutdown,

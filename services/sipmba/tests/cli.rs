@@ -72,14 +72,7 @@ fn start(dir: &Path, port: u16) -> Dev {
 impl Dev {
     /// Ctrl-C, and a clean exit.
     fn interrupt(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-INT", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        sipmba_testkit::signal(self.child.id(), sipmba_testkit::Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -187,15 +180,6 @@ impl User {
             .write_stdin(format!("{password}\n"))
             .assert()
             .success();
-    }
-}
-
-/// Polls `check` for up to `secs` seconds.
-fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} within {secs} s");
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -349,14 +333,18 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     );
 
     // The demo thing's simulated agent streams into the platform.
-    eventually(60, "the demo thing's readings", || {
-        let latest = admin.json(&["telemetry", "latest", "demo-thing"]);
-        latest
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|v| v["metric"] == "temperature")
-    });
+    sipmba_testkit::eventually_blocking(
+        "the demo thing's readings",
+        Duration::from_secs(60),
+        || {
+            let latest = admin.json(&["telemetry", "latest", "demo-thing"]);
+            latest
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["metric"] == "temperature")
+        },
+    );
 
     // A thing of our own, with its secret, and its agent.
     let thing = admin.json(&[
@@ -432,7 +420,7 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
         "{buckets}"
     );
     // Listed online, with when it was last seen.
-    eventually(30, "sensor-1 listed online", || {
+    sipmba_testkit::eventually_blocking("sensor-1 listed online", Duration::from_secs(30), || {
         let things = admin.json(&["things", "list"]);
         things
             .as_array()
@@ -492,10 +480,14 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
         "fan.off",
     ]);
     assert_eq!(rule["enabled"], true, "{rule}");
-    eventually(60, "the rule fired and the fan is off", || {
-        let firings = admin.json(&["rules", "firings", "cool-down"]);
-        !firings.as_array().unwrap().is_empty() && agent.output_is_on("fan") == Some(false)
-    });
+    sipmba_testkit::eventually_blocking(
+        "the rule fired and the fan is off",
+        Duration::from_secs(60),
+        || {
+            let firings = admin.json(&["rules", "firings", "cool-down"]);
+            !firings.as_array().unwrap().is_empty() && agent.output_is_on("fan") == Some(false)
+        },
+    );
     let err = admin.fails(
         &[
             "rules", "create", "bad", "--thing", "sensor-1", "--when", "warm", "--then", "x",

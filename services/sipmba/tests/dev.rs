@@ -42,22 +42,6 @@ fn broker_of(port: u16) -> Vec<i32> {
     ))
 }
 
-fn kill(pid: i32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_dev_server_leaves_no_broker_and_the_next_start_has_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,12 +53,12 @@ async fn a_killed_dev_server_leaves_no_broker_and_the_next_start_has_the_log() {
     let brokers = broker_of(port);
     assert_eq!(brokers.len(), 1, "one broker runs: {brokers:?}");
 
-    kill(i32::try_from(child.id().unwrap()).unwrap(), "KILL");
+    sipmba_testkit::signal(child.id().unwrap(), sipmba_testkit::Signal::KILL);
     child.wait().await.unwrap();
-    until(
+    sipmba_testkit::eventually(
         "the broker dies with the server",
         Duration::from_secs(5),
-        || broker_of(port).is_empty(),
+        async || broker_of(port).is_empty(),
     )
     .await;
 
@@ -84,10 +68,10 @@ async fn a_killed_dev_server_leaves_no_broker_and_the_next_start_has_the_log() {
     wait_for_health(&channel, COLLECT, ServingStatus::Serving).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
     common::sigterm_and_wait(child).await;
-    until(
+    sipmba_testkit::eventually(
         "the broker stops with the server",
         Duration::from_secs(5),
-        || broker_of(port).is_empty(),
+        async || broker_of(port).is_empty(),
     )
     .await;
 }
@@ -184,7 +168,7 @@ async fn a_broker_killed_under_dev_comes_back_and_collect_is_not_serving_meanwhi
     let first = broker_of(port);
     assert_eq!(first.len(), 1, "one broker runs: {first:?}");
 
-    kill(first[0], "KILL");
+    sipmba_testkit::signal(first[0].unsigned_abs(), sipmba_testkit::Signal::KILL);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen_down = false;
     while Instant::now() < deadline {

@@ -82,12 +82,6 @@ fn oauth_status(e: OAuthError) -> Status {
     }
 }
 
-fn principal<T>(req: &Request<T>) -> Result<&Principal, Status> {
-    req.extensions()
-        .get::<Principal>()
-        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
-}
-
 fn client_addr<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
     req.remote_addr().map(|a| a.ip())
 }
@@ -231,7 +225,7 @@ impl AccountService for Sso {
         &self,
         req: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
-        let caller = principal(&req)?.clone();
+        let caller = Principal::from_request(&req)?.clone();
         if caller.kind != Kind::User {
             return Err(Status::permission_denied("only users have passwords"));
         }
@@ -249,7 +243,7 @@ impl AccountService for Sso {
         &self,
         req: Request<pb::SetUserPasswordRequest>,
     ) -> Result<Response<pb::SetUserPasswordResponse>, Status> {
-        let caller = principal(&req)?.clone();
+        let caller = Principal::from_request(&req)?.clone();
         let bearer = req
             .metadata()
             .get("authorization")
@@ -272,7 +266,7 @@ impl AccountService for Sso {
         &self,
         req: Request<pb::IssueThingSecretRequest>,
     ) -> Result<Response<pb::IssueThingSecretResponse>, Status> {
-        let caller = principal(&req)?.clone();
+        let caller = Principal::from_request(&req)?.clone();
         let thing = required_id("thing", req.get_ref().thing.as_ref()).map_err(Status::from)?;
         let (client_id, client_secret) = self
             .thing_secret(&caller, thing, Some(false))
@@ -289,7 +283,7 @@ impl AccountService for Sso {
         &self,
         req: Request<pb::RotateThingSecretRequest>,
     ) -> Result<Response<pb::RotateThingSecretResponse>, Status> {
-        let caller = principal(&req)?.clone();
+        let caller = Principal::from_request(&req)?.clone();
         let thing = required_id("thing", req.get_ref().thing.as_ref()).map_err(Status::from)?;
         let (client_id, client_secret) = self
             .thing_secret(&caller, thing, Some(true))

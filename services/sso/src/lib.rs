@@ -6,6 +6,7 @@
 //! keep their session with rotating refresh tokens: presenting a refresh token twice revokes its
 //! whole family (RFC 9700 §4.14). Things and services use `client_credentials`.
 
+mod accounts;
 pub mod entity;
 mod events;
 mod grants;
@@ -13,17 +14,21 @@ mod grpc;
 mod http;
 pub mod keys;
 pub mod migration;
+mod oauth_error;
 mod objects;
 mod publish;
+mod revocation;
 pub mod secrets;
 pub mod throttle;
 
 use std::{sync::Arc, time::Duration};
 
-pub use grants::{Introspection, Issued, OAuthError, OAuthErrorCode};
+pub use grants::Issued;
 pub use grpc::access_policy;
 pub use http::router;
+pub use oauth_error::{OAuthError, OAuthErrorCode};
 pub use objects::SSO_SERVICE_ID;
+pub use revocation::Introspection;
 use sea_orm::DatabaseConnection;
 use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
 use sipmba_runtime::{ServiceError, ServiceResult};

@@ -172,20 +172,7 @@ fn oauth_error<RE: std::error::Error + 'static>(
     }
 }
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(sipmba_testkit::Backend::Postgres).await; }
-        )* }
-        mod sqlite { $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(sipmba_testkit::Backend::Sqlite).await; }
-        )* }
-    };
-}
-
-on_both_databases!(
+sipmba_testkit::on_both_databases!(
     password_login_and_rotating_refresh_with_reuse_detection,
     wrong_passwords_are_throttled_and_disabled_users_refused,
     things_get_thing_tokens_with_client_credentials,

@@ -18,7 +18,9 @@ use sipmba_auth::{
 use uuid::Uuid;
 
 mod broker;
+mod wait;
 pub use broker::{Flavour, KafkaCluster, TestBroker};
+pub use wait::{Outcome, Signal, eventually, eventually_blocking, signal, sigterm};
 
 /// PostgreSQL used by the tests; override with `SIPMBA_TEST_POSTGRES_URL`.
 pub fn postgres_base_url() -> String {
@@ -33,6 +35,35 @@ pub enum Backend {
     Postgres,
     /// SQLite (a fresh file in a temporary directory).
     Sqlite,
+}
+
+/// Runs each named scenario, an `async fn(Backend)`, as two tests: `postgres::<name>` and
+/// `sqlite::<name>`.
+///
+/// ```ignore
+/// sipmba_testkit::on_both_databases!(a_scenario, another);
+/// async fn a_scenario(backend: sipmba_testkit::Backend) { /* ... */ }
+/// ```
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
 }
 
 /// A database that exists for one test and is removed when dropped (also when the test panics).

@@ -199,26 +199,3 @@ pub fn assert_status<T: std::fmt::Debug>(
         }
     }
 }
-
-/// Runs each scenario against PostgreSQL and SQLite.
-#[macro_export]
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(sipmba_testkit::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(sipmba_testkit::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}

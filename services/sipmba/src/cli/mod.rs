@@ -3,10 +3,15 @@
 
 use std::path::PathBuf;
 
-mod data;
-mod objects;
+mod channels;
+mod commands;
+mod names;
 pub mod output;
+mod rules;
 pub mod session;
+mod telemetry;
+mod things;
+mod users;
 
 use output::Format;
 use session::{Session, Target};
@@ -58,22 +63,22 @@ pub enum Command {
     Whoami,
     /// Users below you in the tree.
     #[command(subcommand)]
-    Users(objects::Users),
+    Users(users::Users),
     /// Things (devices): create, list with their presence, secrets.
     #[command(subcommand)]
-    Things(objects::Things),
+    Things(things::Things),
     /// Channels: share things with other users.
     #[command(subcommand)]
-    Channels(objects::Channels),
+    Channels(channels::Channels),
     /// Commands to things: send, status, watch.
     #[command(subcommand)]
-    Commands(data::Commands),
+    Commands(commands::Commands),
     /// Telemetry: latest values, history, live tail.
     #[command(subcommand)]
-    Telemetry(data::Telemetry),
+    Telemetry(telemetry::Telemetry),
     /// Rules: send a command when a metric crosses a threshold.
     #[command(subcommand)]
-    Rules(data::Rules),
+    Rules(rules::Rules),
 }
 
 /// Arguments of `sipmba login`.
@@ -239,12 +244,12 @@ pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Users(c) => objects::users(&ctx, c).await,
-        Command::Things(c) => objects::things(&ctx, c).await,
-        Command::Channels(c) => objects::channels(&ctx, c).await,
-        Command::Commands(c) => data::commands(&ctx, c).await,
-        Command::Telemetry(c) => data::telemetry(&ctx, c).await,
-        Command::Rules(c) => data::rules(&ctx, c).await,
+        Command::Users(c) => users::users(&ctx, c).await,
+        Command::Things(c) => things::things(&ctx, c).await,
+        Command::Channels(c) => channels::channels(&ctx, c).await,
+        Command::Commands(c) => commands::commands(&ctx, c).await,
+        Command::Telemetry(c) => telemetry::telemetry(&ctx, c).await,
+        Command::Rules(c) => rules::rules(&ctx, c).await,
     }
 }
 

@@ -82,16 +82,9 @@ pub async fn wait_for_health(channel: &Channel, service: &str, want: ServingStat
 }
 
 pub async fn sigterm_and_wait(mut child: Child) {
-    let pid = child.id().expect("running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    let exit = sipmba_testkit::sigterm(&mut child, Duration::from_secs(20))
         .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+        .unwrap_or_else(|e| panic!("exits after SIGTERM: {e}"));
     assert!(exit.success(), "clean exit after SIGTERM, got {exit}");
 }
 

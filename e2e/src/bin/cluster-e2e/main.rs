@@ -1,0 +1,356 @@
+//! The cluster suite, for any Kubernetes cluster at `KUBECONFIG` (the one `.ci/cluster-e2e` builds
+//! here, kind or k3s) where our three images are present. Each step has a deadline; when one
+//! fails, the suite prints `kubectl describe` of what it made, the events and the logs, and exits
+//! 1. Without a reachable cluster it says so and exits 77 ("not run"), never 0.
+//!
+//! 1. `helm install` (the real helm) with `--wait`: the operator runs as its pod, under the
+//!    chart's ServiceAccount, which may do what the operator does and nothing broader.
+//! 2. A `SipMba` applied: Ready, every component's pods Ready, its topics on the log.
+//! 3. An invalid `SipMba` and a change to an immutable field are refused by the API server with
+//!    the CEL rules' messages.
+//! 4. A `Thing` whose agent runs as a pod (the `sipmba-edge` image, simulated sensor), named to
+//!    the operator by its full cluster DNS name: Registered, TokenIssued, Delivered.
+//! 5. The `sipmba` CLI, through port-forwards: logs in as the thing's owner, reads its readings,
+//!    sends `agent.ping` and waits until it is ACKED.
+//! 6. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
+//!    resources rolls collect alone.
+//! 7. The operator pod killed in the middle of a new platform's first reconcile: after its
+//!    restart the platform converges, and what is made once (its client secrets, its CA) was not
+//!    made twice.
+//! 8. `kubectl delete thing`: the finalizer revokes and deregisters, collect refuses the agent's
+//!    token. `kubectl delete sipmba`: the garbage collector removes every child.
+//! 9. `helm uninstall` removes the operator and leaves the CRDs.
+//!
+//! The platform's PostgreSQL and log: with `SIPMBA_E2E_DATABASE` (`ip:port`),
+//! `SIPMBA_E2E_DATABASE_URL` (naming the host `postgresql`) and `SIPMBA_E2E_KAFKA` (`ip:port`),
+//! servers outside the cluster, named to the platform as Services without selectors; without
+//! them, the chart's trial PostgreSQL and Redpanda (images pulled from their registries). Other
+//! settings: `SIPMBA_E2E_HELM` (default `helm`), `SIPMBA_E2E_CLI` (default
+//! `target/release/sipmba`), `SIPMBA_E2E_IMAGE_TAG` (default `e2e`), `SIPMBA_E2E_CHART` (default
+//! `charts/sipmba`).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::{
+    collections::BTreeMap,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Namespace, Pod, Secret, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+use sipmba_proto::v1 as pb;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+mod platform;
+mod support;
+mod things;
+
+use support::{
+    apply, bearer, condition, converged, dynamic, forward, grpc, owned_by, pod_ready, run,
+    secret_value, wait_for, workload,
+};
+
+/// Where the platform and its things live.
+const NS: &str = "sipmba-e2e";
+/// The helm release.
+const RELEASE: &str = "sipmba";
+const OPERATOR: &str = "sipmba-operator";
+const MANAGER: &str = "sipmba-e2e";
+/// Exit code of a suite that did not run.
+const NOT_RUN: i32 = 77;
+/// The services of a platform with their workload kinds.
+const COMPONENTS: [&str; 5] = ["sso", "objects", "collect", "control", "processing"];
+
+fn env(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The platform's database and log outside the cluster.
+struct External {
+    database: String,
+    database_url: String,
+    kafka: String,
+}
+
+struct Suite {
+    client: Client,
+    helm: String,
+    cli: String,
+    chart: String,
+    tag: String,
+    external: Option<External>,
+    /// Where the chart is installed: its own namespace with external services, the platform's
+    /// with the trial ones (their Secret must be in the platform's namespace).
+    operator_ns: String,
+    started: Instant,
+    step: std::cell::Cell<usize>,
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            println!("NOT RUN: no Kubernetes cluster is reachable ({e}); set KUBECONFIG");
+            std::process::exit(NOT_RUN);
+        }
+    };
+    if let Err(e) = client.apiserver_version().await {
+        println!("NOT RUN: the Kubernetes API server does not answer ({e})");
+        std::process::exit(NOT_RUN);
+    }
+    let external = match (
+        std::env::var("SIPMBA_E2E_DATABASE"),
+        std::env::var("SIPMBA_E2E_DATABASE_URL"),
+        std::env::var("SIPMBA_E2E_KAFKA"),
+    ) {
+        (Ok(database), Ok(database_url), Ok(kafka)) => Some(External {
+            database,
+            database_url,
+            kafka,
+        }),
+        _ => None,
+    };
+    let suite = Suite {
+        client,
+        helm: env("SIPMBA_E2E_HELM", "helm"),
+        cli: env("SIPMBA_E2E_CLI", "target/release/sipmba"),
+        chart: env("SIPMBA_E2E_CHART", "charts/sipmba"),
+        tag: env("SIPMBA_E2E_IMAGE_TAG", "e2e"),
+        operator_ns: if external.is_some() {
+            "sipmba-system".into()
+        } else {
+            NS.into()
+        },
+        external,
+        started: Instant::now(),
+        step: std::cell::Cell::new(0),
+    };
+    match suite.run().await {
+        Ok(()) => println!(
+            "PASSED: the cluster suite, {} steps in {} s",
+            suite.step.get(),
+            suite.started.elapsed().as_secs()
+        ),
+        Err(e) => {
+            eprintln!("FAILED: {e:#}");
+            suite.diagnose().await;
+            std::process::exit(1);
+        }
+    }
+}
+
+impl Suite {
+    /// Runs one step within `limit`, printing its outcome.
+    async fn step<T>(
+        &self,
+        name: &str,
+        limit: Duration,
+        body: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let n = self.step.get() + 1;
+        self.step.set(n);
+        println!("STEP {n}: {name}");
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(limit, body).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!("not done within {} s", limit.as_secs())),
+        };
+        match outcome {
+            Ok(value) => {
+                println!("  ok ({:.1} s)", started.elapsed().as_secs_f64());
+                Ok(value)
+            }
+            Err(e) => Err(e.context(format!("step {n} ({name})"))),
+        }
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        run("kubectl", args, None).await
+    }
+
+    async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(&self.helm, args, None).await
+    }
+
+    /// What the cluster says about what the suite made: printed when a step fails.
+    async fn diagnose(&self) {
+        let ns = [NS, self.operator_ns.as_str()];
+        let mut commands: Vec<Vec<String>> = vec![
+            vec!["get".into(), "nodes".into(), "-o".into(), "wide".into()],
+            vec![
+                "get".into(),
+                "pods".into(),
+                "-A".into(),
+                "-o".into(),
+                "wide".into(),
+            ],
+        ];
+        for ns in ns.iter().collect::<std::collections::BTreeSet<_>>() {
+            commands.push(
+                [
+                    "get",
+                    "sipmbas,things,deployments,statefulsets,services,secrets",
+                    "-n",
+                    ns,
+                    "-o",
+                    "wide",
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            commands.push(
+                [
+                    "describe",
+                    "sipmbas,things,deployments,statefulsets,pods",
+                    "-n",
+                    ns,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            commands.push(
+                ["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]
+                    .map(String::from)
+                    .to_vec(),
+            );
+            if let Ok(pods) = self.kubectl(&["get", "pods", "-n", ns, "-o", "name"]).await {
+                for pod in pods.lines() {
+                    commands.push(
+                        [
+                            "logs",
+                            "-n",
+                            ns,
+                            pod,
+                            "--all-containers",
+                            "--prefix",
+                            "--tail=100",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                    );
+                }
+            }
+        }
+        for args in commands {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            eprintln!("--- kubectl {}", args.join(" "));
+            match self.kubectl(&args).await {
+                Ok(out) => eprintln!("{out}"),
+                Err(e) => eprintln!("{e:#}"),
+            }
+        }
+    }
+
+    async fn run(&self) -> anyhow::Result<()> {
+        let client = self.client.clone();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in [NS, self.operator_ns.as_str()] {
+            namespaces
+                .patch(
+                    ns,
+                    &PatchParams::apply(MANAGER),
+                    &Patch::Apply(
+                        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                    ),
+                )
+                .await?;
+        }
+        let limit = Duration::from_secs;
+        self.step(
+            "helm install --wait: the operator runs as its pod",
+            limit(360),
+            self.install(),
+        )
+        .await?;
+        self.step(
+            "the operator's ServiceAccount may do what it does, nothing broader",
+            limit(60),
+            self.rbac(),
+        )
+        .await?;
+        self.step(
+            "a SipMba: Ready, every component's pods Ready, its topics created",
+            limit(600),
+            self.platform(),
+        )
+        .await?;
+        self.step(
+            "an invalid SipMba and an immutable change are refused with the CEL messages",
+            limit(60),
+            self.refusals(),
+        )
+        .await?;
+        let thing = self
+            .step(
+                "a Thing whose agent runs as a pod: Registered, TokenIssued, Delivered",
+                limit(300),
+                self.thing(),
+            )
+            .await?;
+        let cli = self
+            .step(
+                "the sipmba CLI reads the thing's readings",
+                limit(240),
+                self.cli_readings(&thing),
+            )
+            .await?;
+        self.step(
+            "the sipmba CLI sends agent.ping: ACKED",
+            limit(180),
+            self.cli_command(&cli, &thing),
+        )
+        .await?;
+        self.step(
+            "helm upgrade with a changed setting rolls the operator alone",
+            limit(300),
+            self.upgrade(),
+        )
+        .await?;
+        self.step(
+            "a change to collect's resources rolls collect alone",
+            limit(300),
+            self.roll_collect(),
+        )
+        .await?;
+        self.step(
+            "the operator killed mid-reconcile: converges, nothing made twice",
+            limit(300),
+            self.operator_killed(),
+        )
+        .await?;
+        self.step(
+            "kubectl delete thing: finalizer released, collect refuses its token",
+            limit(180),
+            self.delete_thing(),
+        )
+        .await?;
+        self.step(
+            "kubectl delete sipmba: the garbage collector removes every child",
+            limit(240),
+            self.delete_platforms(),
+        )
+        .await?;
+        self.step(
+            "helm uninstall: the operator goes, the CRDs stay",
+            limit(180),
+            self.uninstall(),
+        )
+        .await?;
+        Ok(())
+    }
+}

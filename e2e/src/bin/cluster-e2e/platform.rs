@@ -1,0 +1,599 @@
+//! The steps on the chart, the operator and the platforms.
+
+use super::*;
+
+impl Suite {
+    /// Applies the `SipMba` `name` with `spec`.
+    pub(super) async fn apply_platform(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        apply(
+            &self.client,
+            NS,
+            json!({
+                "apiVersion": "sipmba.io/v1alpha1", "kind": "SipMba",
+                "metadata": {"name": name, "namespace": NS}, "spec": spec
+            }),
+        )
+        .await
+    }
+
+    pub(super) async fn install(&self) -> anyhow::Result<()> {
+        let tag = format!("operator.image.tag={}", self.tag);
+        let mut args = vec![
+            "install",
+            RELEASE,
+            &self.chart,
+            "-n",
+            &self.operator_ns,
+            "--wait",
+            "--timeout",
+            "5m",
+            "--set",
+            &tag,
+            "--set",
+            "operator.image.pullPolicy=IfNotPresent",
+        ];
+        if self.external.is_none() {
+            args.extend(["--set", "trial.enabled=true", "--set", "trial.storage=1Gi"]);
+        }
+        self.helm(&args).await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
+        let operator = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await?
+            .items;
+        let [pod] = operator.as_slice() else {
+            bail!("{} operator pods, not 1", operator.len());
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        if spec.service_account_name.as_deref() != Some(OPERATOR) {
+            bail!(
+                "the operator runs as {:?}, not {OPERATOR}",
+                spec.service_account_name
+            );
+        }
+        if !pod_ready(pod) {
+            bail!("the operator pod {} is not Ready", pod.name_any());
+        }
+        println!(
+            "  operator pod {} Ready, ServiceAccount {OPERATOR}",
+            pod.name_any()
+        );
+        Ok(())
+    }
+
+    pub(super) async fn rbac(&self) -> anyhow::Result<()> {
+        let who = format!("--as=system:serviceaccount:{}:{OPERATOR}", self.operator_ns);
+        let allowed = [
+            ("patch", "sipmbas.sipmba.io"),
+            ("patch", "things.sipmba.io/status"),
+            ("update", "things.sipmba.io/finalizers"),
+            ("create", "deployments.apps"),
+            ("create", "statefulsets.apps"),
+            ("patch", "secrets"),
+            ("create", "poddisruptionbudgets.policy"),
+        ];
+        let refused = [
+            ("create", "pods"),
+            ("delete", "secrets"),
+            ("delete", "deployments.apps"),
+            ("create", "pods/exec"),
+            ("list", "nodes"),
+            ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+            ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("create", "sipmbas.sipmba.io"),
+        ];
+        for (verb, resource) in allowed.iter().chain(&refused) {
+            let expected = allowed.contains(&(verb, resource));
+            // `kubectl auth can-i` answers yes (exit 0) or no (exit 1).
+            let (kind, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+            let subresource = format!("--subresource={subresource}");
+            let mut args = vec!["auth", "can-i", verb, kind, "-n", NS, &who];
+            if kind != *resource {
+                args.push(&subresource);
+            }
+            let answer = run("kubectl", &args, None).await.is_ok();
+            if answer != expected {
+                bail!(
+                    "the operator {} {verb} {resource}",
+                    if answer { "may" } else { "may not" }
+                );
+            }
+            println!("  {verb} {resource}: {}", if answer { "yes" } else { "no" });
+        }
+        Ok(())
+    }
+
+    pub(super) fn platform_spec(&self, topic_prefix: &str, replicas: i32) -> serde_json::Value {
+        let (database, brokers) = match &self.external {
+            Some(_) => (
+                json!({"urlSecretRef": {"name": "e2e-database", "key": "url"}}),
+                json!(["kafka:9092"]),
+            ),
+            None => (
+                json!({"urlSecretRef": {"name": "sipmba-trial-postgresql", "key": "url"}}),
+                json!(["sipmba-trial-redpanda:9092"]),
+            ),
+        };
+        let one = json!({"replicas": replicas});
+        json!({
+            "image": format!("ghcr.io/sipmba/sipmba:{}", self.tag),
+            "imagePullPolicy": "IfNotPresent",
+            "database": database,
+            "queue": {"brokers": brokers, "topicPrefix": topic_prefix,
+                      "telemetryPartitions": 2, "commandPartitions": 2},
+            "services": {"sso": one, "objects": one, "collect": one, "control": one,
+                         "processing": one}
+        })
+    }
+
+    /// The external database and log as Services without selectors, and the database's URL.
+    pub(super) async fn externals(&self, external: &External) -> anyhow::Result<()> {
+        for (name, addr, port) in [
+            ("postgresql", external.database.as_str(), 5432),
+            ("kafka", external.kafka.as_str(), 9092),
+        ] {
+            let (ip, target) = addr
+                .rsplit_once(':')
+                .with_context(|| format!("{addr} is not ip:port"))?;
+            let target: i32 = target.parse()?;
+            apply(
+                &self.client,
+                NS,
+                json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": NS},
+                    "spec": {"ports": [{"name": "main", "port": port, "targetPort": target}]}
+                }),
+            )
+            .await?;
+            apply(
+                &self.client,
+                NS,
+                json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": format!("{name}-external"), "namespace": NS,
+                                 "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [ip]}],
+                    "ports": [{"name": "main", "port": target, "protocol": "TCP"}]
+                }),
+            )
+            .await?;
+        }
+        apply(
+            &self.client,
+            NS,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "e2e-database", "namespace": NS},
+                "stringData": {"url": external.database_url}
+            }),
+        )
+        .await
+    }
+
+    pub(super) async fn platform(&self) -> anyhow::Result<()> {
+        if let Some(external) = &self.external {
+            self.externals(external).await?;
+        }
+        self.apply_platform("demo", self.platform_spec("", 1))
+            .await?;
+        let sipmbas = dynamic(&self.client, NS, "sipmba.io", "v1alpha1", "SipMba").await?;
+        let said = std::cell::RefCell::new(String::new());
+        wait_for("the platform to be Ready", Duration::from_secs(590), || {
+            let sipmbas = sipmbas.clone();
+            let said = &said;
+            async move {
+                let platform = sipmbas.get("demo").await?;
+                let (ready, message) = condition(&platform, "Ready").unwrap_or_default();
+                if message != *said.borrow() {
+                    println!("  platform: {message}");
+                    *said.borrow_mut() = message.clone();
+                }
+                Ok(if ready { Ok(()) } else { Err(message) })
+            }
+        })
+        .await?;
+        for component in COMPONENTS {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+            let list = pods
+                .list(&ListParams::default().labels(&format!(
+                    "app.kubernetes.io/instance=demo,app.kubernetes.io/component={component}"
+                )))
+                .await?;
+            let ready = list.items.iter().filter(|p| pod_ready(p)).count();
+            if ready != 1 {
+                bail!("{component}: {ready} pods Ready, not 1");
+            }
+        }
+        println!("  every component has its pod Ready");
+        match &self.external {
+            Some(external) => {
+                let client = rskafka::client::ClientBuilder::new(vec![external.kafka.clone()])
+                    .build()
+                    .await?;
+                let topics: BTreeMap<String, usize> = client
+                    .list_topics()
+                    .await?
+                    .into_iter()
+                    .map(|t| (t.name, t.partitions.len()))
+                    .collect();
+                for topic in [
+                    "sipmba.telemetry",
+                    "sipmba.commands",
+                    "sipmba.command-events",
+                ] {
+                    match topics.get(topic) {
+                        Some(2) => println!("  topic {topic}: 2 partitions"),
+                        other => bail!("topic {topic}: {other:?} partitions (all: {topics:?})"),
+                    }
+                }
+            }
+            None => println!(
+                "  topics: the log is not reachable from here; Ready says the operator made them"
+            ),
+        }
+        Ok(())
+    }
+
+    pub(super) async fn refusals(&self) -> anyhow::Result<()> {
+        let sipmbas = dynamic(&self.client, NS, "sipmba.io", "v1alpha1", "SipMba").await?;
+        let refused = |resource: serde_json::Value, expected: &'static str| {
+            let sipmbas = sipmbas.clone();
+            async move {
+                let name = resource["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                match sipmbas
+                    .patch(
+                        &name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&resource),
+                    )
+                    .await
+                {
+                    Ok(_) => bail!("{name}: accepted, expected a refusal with {expected:?}"),
+                    Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains(expected) => {
+                        println!("  refused (422): {}", e.message);
+                        Ok(())
+                    }
+                    Err(e) => bail!("{name}: {e}, expected a 422 with {expected:?}"),
+                }
+            }
+        };
+        let mut spec = self.platform_spec("", 1);
+        spec["services"]["collect"]["replicas"] = json!(99);
+        refused(
+            json!({"apiVersion": "sipmba.io/v1alpha1", "kind": "SipMba",
+                   "metadata": {"name": "invalid", "namespace": NS}, "spec": spec}),
+            "replicas must be 0 to 50",
+        )
+        .await?;
+        let mut spec = self.platform_spec("", 1);
+        spec["queue"]["sasl"] = json!({"mechanism": "PLAIN", "username": "u",
+            "passwordSecretRef": {"name": "p", "key": "k"}});
+        refused(
+            json!({"apiVersion": "sipmba.io/v1alpha1", "kind": "SipMba",
+                   "metadata": {"name": "invalid", "namespace": NS}, "spec": spec}),
+            "sasl.mechanism PLAIN sends the password in the clear",
+        )
+        .await?;
+        refused(
+            json!({"apiVersion": "sipmba.io/v1alpha1", "kind": "SipMba",
+                   "metadata": {"name": "demo", "namespace": NS},
+                   "spec": self.platform_spec("renamed-", 1)}),
+            "topicPrefix is immutable",
+        )
+        .await?;
+        if sipmbas.get_opt("invalid").await?.is_some() {
+            bail!("the invalid SipMba exists");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn platform_workloads(
+        &self,
+    ) -> anyhow::Result<BTreeMap<&'static str, (i64, Vec<String>)>> {
+        let mut out = BTreeMap::new();
+        for component in COMPONENTS {
+            out.insert(component, workload(&self.client, "demo", component).await?);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn operator_pods(&self) -> anyhow::Result<Vec<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
+        Ok(pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(ResourceExt::name_any)
+            .collect())
+    }
+
+    pub(super) async fn upgrade(&self) -> anyhow::Result<()> {
+        let before = self.platform_workloads().await?;
+        let operator_before = self.operator_pods().await?;
+        self.helm(&[
+            "upgrade",
+            RELEASE,
+            &self.chart,
+            "-n",
+            &self.operator_ns,
+            "--reuse-values",
+            "--set",
+            "operator.logLevel=debug",
+            "--wait",
+            "--timeout",
+            "4m",
+        ])
+        .await?;
+        let operator_after = wait_for(
+            "the old operator pod to go",
+            Duration::from_secs(120),
+            || async {
+                let pods = self.operator_pods().await?;
+                Ok(if pods.len() == 1 && !operator_before.contains(&pods[0]) {
+                    Ok(pods)
+                } else {
+                    Err(format!("{pods:?}"))
+                })
+            },
+        )
+        .await?;
+        println!("  operator pod {operator_before:?} -> {operator_after:?}");
+        // The new operator has reconciled every platform before it is trusted to have left
+        // them alone: give it the time of a few reconciles.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let after = self.platform_workloads().await?;
+        if before != after {
+            bail!("the platform's workloads changed: {before:?} -> {after:?}");
+        }
+        println!("  the platform's five workloads: same generations, same pods");
+        Ok(())
+    }
+
+    pub(super) async fn roll_collect(&self) -> anyhow::Result<()> {
+        let before = self.platform_workloads().await?;
+        let mut spec = self.platform_spec("", 1);
+        spec["services"]["collect"]["resources"] =
+            json!({"requests": {"cpu": "20m", "memory": "40Mi"}});
+        self.apply_platform("demo", spec).await?;
+        let after = wait_for(
+            "collect rolled and Ready",
+            Duration::from_secs(280),
+            || async {
+                let now = self.platform_workloads().await?;
+                let (generation, pods) = &now["collect"];
+                let rolled = *generation > before["collect"].0
+                    && pods.len() == 1
+                    && !before["collect"].1.contains(&pods[0]);
+                let sipmbas = dynamic(&self.client, NS, "sipmba.io", "v1alpha1", "SipMba").await?;
+                let platform = sipmbas.get("demo").await?;
+                let ready = converged(&platform);
+                Ok(if rolled && ready {
+                    Ok(now)
+                } else {
+                    Err(format!("{now:?}"))
+                })
+            },
+        )
+        .await?;
+        for component in COMPONENTS.into_iter().filter(|c| *c != "collect") {
+            if before[component] != after[component] {
+                bail!(
+                    "{component} changed too: {:?} -> {:?}",
+                    before[component],
+                    after[component]
+                );
+            }
+        }
+        println!(
+            "  collect: generation {} -> {}, new pod; the other four unchanged",
+            before["collect"].0, after["collect"].0
+        );
+        Ok(())
+    }
+
+    pub(super) async fn operator_killed(&self) -> anyhow::Result<()> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+        // The second platform's log is a Service with no endpoints yet: its reconcile makes the
+        // client secrets, the CA and the certificates, then waits on the log, before any
+        // workload. The operator is killed there, and the log is given its endpoints.
+        apply(
+            &self.client,
+            NS,
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "log-late", "namespace": NS},
+                "spec": {"ports": [{"name": "main", "port": 9092}]}
+            }),
+        )
+        .await?;
+        let mut spec = self.platform_spec("second-", 0);
+        spec["queue"]["brokers"] = json!(["log-late:9092"]);
+        self.apply_platform("second", spec).await?;
+        let sipmbas = dynamic(&self.client, NS, "sipmba.io", "v1alpha1", "SipMba").await?;
+        let uid = sipmbas.get("second").await?.uid().unwrap_or_default();
+        let made_so_far = wait_for(
+            "the reconcile to reach the log",
+            Duration::from_secs(60),
+            || async {
+                let made = owned_by(&self.client, &uid).await?;
+                Ok(if made.iter().any(|m| m.ends_with("-processing-tls")) {
+                    Ok(made)
+                } else {
+                    Err(format!("{made:?}"))
+                })
+            },
+        )
+        .await?;
+        if made_so_far.iter().any(|m| !m.starts_with("Secret/")) {
+            bail!("workloads before the log answered: {made_so_far:?}");
+        }
+        let clients = secrets.get("second-clients").await?;
+        let ca = secrets.get("second-ca").await?;
+        let operator = self.operator_pods().await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
+        for pod in &operator {
+            pods.delete(
+                pod,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await?;
+        }
+        // The log's endpoints: those of the platform's own log Service.
+        let log_service = match &self.external {
+            Some(_) => "kafka",
+            None => "sipmba-trial-redpanda",
+        };
+        let slices = dynamic(&self.client, NS, "discovery.k8s.io", "v1", "EndpointSlice").await?;
+        let slice = slices
+            .list(
+                &ListParams::default().labels(&format!("kubernetes.io/service-name={log_service}")),
+            )
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .with_context(|| format!("no endpoints of {log_service}"))?;
+        apply(
+            &self.client,
+            NS,
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "log-late-1", "namespace": NS,
+                             "labels": {"kubernetes.io/service-name": "log-late"}},
+                "addressType": "IPv4",
+                "endpoints": slice.data["endpoints"].as_array().into_iter().flatten()
+                    .map(|e| json!({"addresses": e["addresses"]})).collect::<Vec<_>>(),
+                "ports": [{"name": "main", "port": slice.data["ports"][0]["port"], "protocol": "TCP"}]
+            }),
+        )
+        .await?;
+        println!(
+            "  killed {operator:?} with {} children made: {made_so_far:?}",
+            made_so_far.len()
+        );
+        wait_for(
+            "the second platform Ready after the restart",
+            Duration::from_secs(240),
+            || async {
+                let platform = sipmbas.get("second").await?;
+                let ready = converged(&platform);
+                let pods = self.operator_pods().await?;
+                Ok(if ready && pods.iter().all(|p| !operator.contains(p)) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "operator pods {pods:?}, Ready {:?}",
+                        condition(&platform, "Ready")
+                    ))
+                })
+            },
+        )
+        .await?;
+        let children = owned_by(&self.client, &uid).await?;
+        let mut expected = vec![
+            "Secret/second-ca".to_owned(),
+            "Secret/second-clients".to_owned(),
+        ];
+        for component in COMPONENTS {
+            let name = format!("second-{component}");
+            expected.push(format!("ConfigMap/{name}"));
+            expected.push(format!("Service/{name}"));
+            expected.push(format!("PodDisruptionBudget/{name}"));
+            expected.push(format!("Secret/{name}-tls"));
+            expected.push(if component == "processing" {
+                format!("StatefulSet/{name}")
+            } else {
+                format!("Deployment/{name}")
+            });
+        }
+        expected.sort();
+        if children != expected {
+            bail!("the second platform's children: {children:?}, expected {expected:?}");
+        }
+        for before in [clients, ca] {
+            let after = secrets.get(&before.name_any()).await?;
+            if after.uid() != before.uid() || after.data != before.data {
+                bail!("{} was made again after the restart", before.name_any());
+            }
+        }
+        println!(
+            "  {} children, each once; the client secrets and the CA kept",
+            children.len()
+        );
+        Ok(())
+    }
+
+    pub(super) async fn delete_platforms(&self) -> anyhow::Result<()> {
+        let sipmbas = dynamic(&self.client, NS, "sipmba.io", "v1alpha1", "SipMba").await?;
+        let mut uids = Vec::new();
+        for name in ["demo", "second"] {
+            uids.push((name, sipmbas.get(name).await?.uid().unwrap_or_default()));
+            sipmbas.delete(name, &DeleteParams::default()).await?;
+        }
+        for (name, uid) in uids {
+            wait_for(
+                &format!("{name}'s children collected"),
+                Duration::from_secs(200),
+                || async {
+                    let left = owned_by(&self.client, &uid).await?;
+                    let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+                    let pods = pods
+                        .list(
+                            &ListParams::default()
+                                .labels(&format!("app.kubernetes.io/instance={name}")),
+                        )
+                        .await?
+                        .items
+                        .len();
+                    Ok(if left.is_empty() && pods == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{left:?} and {pods} pods"))
+                    })
+                },
+            )
+            .await?;
+            println!("  {name}: every child and pod collected");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn uninstall(&self) -> anyhow::Result<()> {
+        self.helm(&[
+            "uninstall",
+            RELEASE,
+            "-n",
+            &self.operator_ns,
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .await?;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.operator_ns);
+        if deployments.get_opt(OPERATOR).await?.is_some() {
+            bail!("the operator's Deployment is still there");
+        }
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in ["sipmbas.sipmba.io", "things.sipmba.io"] {
+            if crds.get_opt(crd).await?.is_none() {
+                bail!("the CRD {crd} went with the release");
+            }
+        }
+        println!("  operator gone; CRDs sipmbas.sipmba.io and things.sipmba.io kept");
+        Ok(())
+    }
+}
