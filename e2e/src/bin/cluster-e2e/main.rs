@@ -59,8 +59,8 @@ mod support;
 mod things;
 
 use support::{
-    apply, bearer, condition, converged, dynamic, forward, grpc, owned_by, pod_ready, run,
-    secret_value, wait_for, workload,
+    apply, condition, converged, dynamic, forward, grpc, owned_by, pod_ready, run, secret_value,
+    wait_for, workload,
 };
 
 /// Where the platform and its things live.

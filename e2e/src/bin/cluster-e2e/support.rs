@@ -147,14 +147,6 @@ pub(super) fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
-pub(super) fn bearer<T>(token: &str, msg: T) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(msg);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    Ok(request)
-}
-
 /// The UIDs of the pods of `platform`'s `component`, and its workload's generation.
 pub(super) async fn workload(
     client: &Client,

@@ -26,13 +26,13 @@ impl Suite {
         let password = format!("e2e-{}", uuid::Uuid::new_v4().simple());
         let username = format!("e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let owner = pb::account_service_client::AccountServiceClient::new(sso.clone())
-            .register_user(bearer(
+            .register_user(sipmba_testkit::with_token(
                 &admin,
                 pb::RegisterUserRequest {
                     username: username.clone(),
                     password: password.clone(),
                 },
-            )?)
+            ))
             .await?
             .into_inner()
             .user
