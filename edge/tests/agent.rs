@@ -156,7 +156,8 @@ impl Platform {
             .unwrap();
     }
 
-    /// The seqs of `thing` in the telemetry log, in log order per partition, once `n` are there.
+    /// The seqs of `thing` in the telemetry log, in log order per partition, once `n` distinct ones
+    /// are there.
     async fn logged(&self, thing: Uuid, n: usize) -> Vec<u64> {
         let seen: Arc<Mutex<BTreeMap<i32, Vec<u64>>>> = Arc::default();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -191,14 +192,16 @@ impl Platform {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let all: Vec<u64> = seen.lock().unwrap().values().flatten().copied().collect();
-            if all.len() >= n {
+            // Distinct readings: one resent after a kill may stand twice in the log, and must
+            // not count for one still on its way.
+            let distinct = all.iter().collect::<std::collections::BTreeSet<_>>().len();
+            if distinct >= n {
                 stop_tx.send(true).unwrap();
                 return all;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{} of {n} logged",
-                all.len()
+                "{distinct} of {n} distinct readings logged"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -32,9 +32,11 @@ pub const GROUP: &str = "sipmba.io";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image","priority":1}"#,
+    printcolumn = r#"{"name":"Collect","type":"string","jsonPath":".status.external.collect","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.exposure) || !has(self.tls) || !has(self.tls.enabled) || self.tls.enabled").message("exposure needs tls.enabled: agents outside the cluster send their tokens over networks you do not control"))]
 pub struct SipMbaSpec {
     /// The `sipmba` container image, as `repository:tag`. Default: the image of the operator's
     /// own release.
@@ -58,6 +60,77 @@ pub struct SipMbaSpec {
     /// per service, and renews them before they expire.
     #[serde(default)]
     pub tls: TlsSpec,
+    /// How things outside the cluster (devices on their own networks) reach the platform:
+    /// Collect's device streams and sso's token service. Without it, agents are given the
+    /// in-cluster addresses, which only pods can use. Needs `tls.enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<ExposureSpec>,
+}
+
+/// The platform's addresses outside the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposureSpec {
+    /// Collect: agents stream readings and take commands here (gRPC, HTTP/2 over TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<ExposedService>,
+    /// sso: agents renew their access token here (`sipmba.v1.TokenService` over gRPC; the same
+    /// port serves `/oauth2/token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<ExposedService>,
+}
+
+/// How one service is reached from outside. The service's pods serve TLS with the platform's
+/// certificate, which names `host`; gRPC needs HTTP/2 all the way, so whatever sits in between
+/// must pass TCP through (LoadBalancer, NodePort, TLS passthrough) or speak HTTP/2 to the pods
+/// (an Ingress or Gateway that re-encrypts with `backend-protocol: GRPCS` or a
+/// `BackendTLSPolicy`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'LoadBalancer' || has(self.host)").message("host is required for NodePort, Ingress and External: the name or address agents connect to"))]
+#[x_kube(validation = Rule::new("self.type == 'Ingress' || (!has(self.ingressClassName) && !has(self.tlsSecretName))").message("ingressClassName and tlsSecretName apply to type Ingress only"))]
+pub struct ExposedService {
+    /// - `LoadBalancer`: a Service `<platform>-<service>-external` of type LoadBalancer (TCP,
+    ///   TLS from agent to pod); `host` defaults to the address the load balancer reports.
+    /// - `NodePort`: the same Service as type NodePort; agents connect to `host` (a node's address,
+    ///   or a name resolving to the nodes) at `port` (default: the node port Kubernetes
+    ///   allocates).
+    /// - `Ingress`: an Ingress `<platform>-<service>` for `host`, for a controller that speaks
+    ///   HTTP/2 to gRPC backends: with TLS passthrough (ingress-nginx:
+    ///   `nginx.ingress.kubernetes.io/ssl-passthrough: "true"`) agents see the platform's
+    ///   certificate; when the controller ends TLS (`tlsSecretName`, and ingress-nginx's
+    ///   `nginx.ingress.kubernetes.io/backend-protocol: GRPCS`), give its CA in `caSecretRef`.
+    /// - `External`: the operator creates nothing; a route of your own (a Gateway API
+    ///   `TLSRoute` or `GRPCRoute`, a load balancer outside Kubernetes) forwards `host`:`port`
+    ///   to the Service `<platform>-<service>` port 7400.
+    #[serde(rename = "type")]
+    #[x_kube(validation = Rule::new("self in ['LoadBalancer', 'NodePort', 'Ingress', 'External']").message("type must be LoadBalancer, NodePort, Ingress or External"))]
+    pub type_: String,
+    /// The DNS name or IP address agents connect to; the service's certificate names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?$')").message("host is a DNS name or an IP address"))]
+    pub host: Option<String>,
+    /// The port agents connect to: for LoadBalancer the Service's port (default 443); for
+    /// NodePort the node port (default: allocated by Kubernetes); for Ingress and External the
+    /// port your controller or route listens on (default 443).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be 1 to 65535"))]
+    pub port: Option<i32>,
+    /// Annotations of the Service (LoadBalancer, NodePort) or of the Ingress: your load
+    /// balancer's or ingress controller's settings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Ingress: the IngressClass (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    /// Ingress: a `kubernetes.io/tls` Secret with which the controller ends TLS for `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// The Secret key holding the PEM of the CA that signed the certificate agents see at
+    /// `host`, when it is not the platform's (a controller or load balancer that ends TLS);
+    /// agents are given it beside the platform CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// The services of the platform.
@@ -232,6 +305,22 @@ pub struct SipMbaStatus {
     /// Readiness of each service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<ComponentStatus>,
+    /// Where agents outside the cluster reach the platform (from `spec.exposure`, once each
+    /// address is known): the URLs the operator gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalUrls>,
+}
+
+/// The platform's URLs outside the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalUrls {
+    /// Collect, e.g. `https://collect.example.com:443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect: Option<String>,
+    /// sso, e.g. `https://sso.example.com:443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<String>,
 }
 
 /// Readiness of one service.
@@ -303,6 +392,14 @@ pub struct AgentSpec {
     /// `https://greenhouse-7.local:7443`.
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint is an http:// or https:// URL"))]
     pub endpoint: String,
+    /// Where the agent runs. `Cluster`: a pod, given the platform's in-cluster addresses.
+    /// `External`: a device on another network (a Raspberry Pi on a LAN), given the addresses
+    /// of the platform's `spec.exposure` (the Thing is not delivered until they are known).
+    /// Default: `Cluster` when the endpoint's host is a Service name (no dot, or a name under
+    /// `.svc`), `External` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Cluster', 'External']").message("network must be Cluster or External"))]
+    pub network: Option<String>,
     /// The Secret key holding the enrollment secret shared with the agent
     /// (`provisioning.enrollment_secret_file` in its configuration).
     pub enrollment_secret_ref: SecretKeyRef,

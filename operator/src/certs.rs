@@ -11,6 +11,8 @@ pub const NOT_AFTER: &str = "sipmba.io/not-after";
 pub const LIFETIME_DAYS: &str = "sipmba.io/lifetime-days";
 /// Annotation: digest of the CA that signed it.
 pub const CA_DIGEST: &str = "sipmba.io/ca-digest";
+/// Annotation: the names the certificate carries, comma-separated.
+pub const NAMES: &str = "sipmba.io/names";
 /// Annotation on the CA Secret: the CA's common name.
 pub const CA_NAME: &str = "sipmba.io/ca-name";
 
@@ -153,23 +155,32 @@ impl NameOrDefault for Secret {
 }
 
 /// The annotations of a service certificate's Secret.
-pub fn annotations(ca: &Ca, not_after: i64, days: i64) -> BTreeMap<String, String> {
+pub fn annotations(
+    ca: &Ca,
+    not_after: i64,
+    days: i64,
+    names: &[String],
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (NOT_AFTER.to_owned(), not_after.to_string()),
         (LIFETIME_DAYS.to_owned(), days.to_string()),
         (CA_DIGEST.to_owned(), ca.digest()),
+        (NAMES.to_owned(), names.join(",")),
     ])
 }
 
 /// A service certificate is renewed when a third of its lifetime is left, when another CA
-/// signed it, or when its Secret says nothing of either.
-pub fn renewal_due(secret: &Secret, ca: &Ca, now: Timestamp) -> bool {
+/// signed it, when it does not carry exactly `names`, or when its Secret says nothing of
+/// these.
+pub fn renewal_due(secret: &Secret, ca: &Ca, names: &[String], now: Timestamp) -> bool {
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     let number = |key: &str| annotations.get(key).and_then(|v| v.parse::<i64>().ok());
     let (Some(not_after), Some(days)) = (number(NOT_AFTER), number(LIFETIME_DAYS)) else {
         return true;
     };
-    if annotations.get(CA_DIGEST) != Some(&ca.digest()) {
+    if annotations.get(CA_DIGEST) != Some(&ca.digest())
+        || annotations.get(NAMES) != Some(&names.join(","))
+    {
         return true;
     }
     now.as_second() > not_after - days * 86_400 / 3

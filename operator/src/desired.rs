@@ -169,7 +169,7 @@ pub fn owner(platform: &SipMba) -> OwnerReference {
     }
 }
 
-fn meta(platform: &SipMba, name: String, component: Component) -> ObjectMeta {
+pub(crate) fn meta(platform: &SipMba, name: String, component: Component) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: platform.namespace(),

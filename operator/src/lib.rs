@@ -5,6 +5,7 @@ pub mod api;
 pub mod certs;
 pub mod crdgen;
 pub mod desired;
+pub mod exposure;
 pub mod metrics;
 pub mod platform;
 pub mod provisioning;
@@ -18,17 +19,27 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{Deployment, StatefulSet},
     core::v1::{ConfigMap, Secret, Service},
+    networking::v1::Ingress,
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client,
+    Api,
     runtime::{Controller, watcher},
 };
 
 /// Runs the SipMba and Thing controllers until SIGTERM, serving `/metrics` and `/healthz` on `listen`.
 pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
-    let ctx = Arc::new(platform::Context::new(client.clone()));
+    let metrics = Arc::new(metrics::Metrics::default());
+    let counted = metrics.clone();
+    let count =
+        tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+            counted.api_request(request.method(), request.uri().query());
+            request
+        });
+    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+        .with_layer(&count)
+        .build();
+    let ctx = Arc::new(platform::Context::with_metrics(client.clone(), metrics));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let served = ctx.clone();
     let http = axum::Router::new()
@@ -81,6 +92,7 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
         .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<Ingress>::all(client.clone()), owned())
         .owns(Api::<ConfigMap>::all(client.clone()), owned())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned())
         .owns(Api::<Secret>::all(client.clone()), owned())

@@ -1,5 +1,5 @@
-//! The operator's metrics (prometheus-client): reconciles by outcome, their durations, and
-//! failures by category — every label a bounded value.
+//! The operator's metrics (prometheus-client): reconciles by outcome, their durations, failures
+//! by category, and its requests to the Kubernetes API by verb — every label a bounded value.
 
 use std::time::Duration;
 
@@ -25,11 +25,19 @@ pub struct ControllerLabel {
     pub controller: &'static str,
 }
 
+/// Labels of a request to the Kubernetes API.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiVerb {
+    /// `get` (one object or a list), `watch`, `post`, `patch`, `put`, `delete` or `other`.
+    pub verb: &'static str,
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<Outcome, Counter>,
     durations: Family<ControllerLabel, Histogram>,
+    api_requests: Family<ApiVerb, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,10 +63,17 @@ impl Default for Metrics {
             "How long reconciles take",
             durations.clone(),
         );
+        let api_requests = Family::<ApiVerb, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests the operator made to the Kubernetes API, by verb",
+            api_requests.clone(),
+        );
         Self {
             registry,
             reconciles,
             durations,
+            api_requests,
         }
     }
 }
@@ -72,6 +87,21 @@ impl Metrics {
         self.durations
             .get_or_create(&ControllerLabel { controller })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one request to the Kubernetes API.
+    pub fn api_request(&self, method: &http::Method, query: Option<&str>) {
+        let watch = query.is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
+        let verb = match *method {
+            http::Method::GET if watch => "watch",
+            http::Method::GET => "get",
+            http::Method::POST => "post",
+            http::Method::PATCH => "patch",
+            http::Method::PUT => "put",
+            http::Method::DELETE => "delete",
+            _ => "other",
+        };
+        self.api_requests.get_or_create(&ApiVerb { verb }).inc();
     }
 
     /// The metrics in the Prometheus text format.

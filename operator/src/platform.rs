@@ -12,6 +12,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
         core::v1::{ConfigMap, Secret, Service},
+        networking::v1::Ingress,
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta},
@@ -19,7 +20,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -27,9 +28,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    api::{ComponentStatus, SipMba, SipMbaStatus},
+    api::{ComponentStatus, ExternalUrls, SipMba, SipMbaStatus},
     certs,
     desired::{self, Component},
+    exposure::{self, Exposer},
 };
 
 /// The field manager of every write.
@@ -50,9 +52,14 @@ pub struct Context {
 impl Context {
     /// A context around `client`.
     pub fn new(client: Client) -> Self {
+        Self::with_metrics(client, Arc::new(crate::metrics::Metrics::default()))
+    }
+
+    /// A context around `client`, recording into `metrics`.
+    pub fn with_metrics(client: Client, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self {
             client,
-            metrics: Arc::new(crate::metrics::Metrics::default()),
+            metrics,
             failures: crate::status::Failures::default(),
         }
     }
@@ -266,7 +273,12 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
             condition(&platform, "Progressing", false, "InvalidSpec", &problem),
             condition(&platform, "Degraded", true, "InvalidSpec", &problem),
         ];
-        write_status(&client, &platform, conditions, Vec::new()).await?;
+        let status = SipMbaStatus {
+            observed_generation: platform.metadata.generation,
+            conditions,
+            ..SipMbaStatus::default()
+        };
+        write_status(&client, &platform, status).await?;
         return Ok(Action::await_change());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -279,8 +291,9 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
         Ok(secret(&platform, clients.clone(), generated))
     })
     .await?;
+    let exposed = expose(&platform, &client, &ns).await?;
     if platform.spec.tls.enabled.unwrap_or(true) {
-        certificates(&platform, &secrets).await?;
+        certificates(&platform, &secrets, &exposed.hosts).await?;
     }
     let security = log_security(&platform.spec.queue, &secrets).await?;
     crate::topics::ensure(&platform.spec.queue, &ns, security, Duration::from_secs(20))
@@ -362,7 +375,26 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
             ),
         ]
     };
-    write_status(&client, &platform, conditions, components).await?;
+    let mut conditions = conditions;
+    if platform.spec.exposure.is_some() {
+        conditions.push(match &exposed.pending {
+            None => condition(
+                &platform,
+                "Exposed",
+                true,
+                "AddressesKnown",
+                "agents outside the cluster are given status.external",
+            ),
+            Some(pending) => condition(&platform, "Exposed", false, "AddressPending", pending),
+        });
+    }
+    let status = SipMbaStatus {
+        observed_generation: platform.metadata.generation,
+        conditions,
+        components,
+        external: exposed.urls,
+    };
+    write_status(&client, &platform, status).await?;
     succeeded(&ctx, &platform);
     // Certificates are renewed when a third of their life is left: look again well before.
     Ok(Action::requeue(if all_ready {
@@ -372,9 +404,116 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
     }))
 }
 
-/// The platform CA (created once) and each service's certificate (renewed when due or when
-/// the CA changed).
-async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Error> {
+/// What exposing the platform outside the cluster found.
+struct Exposed {
+    /// The external URLs (none when nothing is exposed).
+    urls: Option<ExternalUrls>,
+    /// The external host of each exposed service, for its certificate.
+    hosts: Vec<(Component, String)>,
+    /// Why some address is not known yet.
+    pending: Option<String>,
+}
+
+/// Applies what `spec.exposure` asks (a Service of type LoadBalancer or NodePort, or an
+/// Ingress, per exposed service), removes what it no longer asks, and reads back the addresses.
+/// A platform that is not exposed, and was not when its status was last written, costs no
+/// request.
+async fn expose(platform: &SipMba, client: &Client, ns: &str) -> Result<Exposed, Error> {
+    let mut exposed = Exposed {
+        urls: None,
+        hosts: Vec::new(),
+        pending: None,
+    };
+    let was_exposed = platform
+        .status
+        .as_ref()
+        .is_some_and(|s| s.external.is_some());
+    if platform.spec.exposure.is_none() && !was_exposed {
+        return Ok(exposed);
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    let mut urls = ExternalUrls::default();
+    let mut pending = Vec::new();
+    for component in exposure::EXPOSABLE {
+        let service_name = exposure::service_name(platform, component);
+        let ingress_name = exposure::ingress_name(platform, component);
+        let live = match exposure::exposer(platform, component) {
+            Exposer::Service(service) => {
+                remove_managed(&ingresses, &ingress_name, platform).await?;
+                Some(ensure(&services, *service).await?)
+            }
+            Exposer::Ingress(ingress) => {
+                remove_managed(&services, &service_name, platform).await?;
+                ensure(&ingresses, *ingress).await?;
+                None
+            }
+            Exposer::Nothing => {
+                remove_managed(&services, &service_name, platform).await?;
+                remove_managed(&ingresses, &ingress_name, platform).await?;
+                None
+            }
+        };
+        if let Some(spec) = exposure::exposed(platform, component)
+            && let Some(host) = exposure::host(spec, live.as_ref())
+        {
+            exposed.hosts.push((component, host));
+        }
+        let url = match exposure::url(platform, component, live.as_ref()) {
+            None => None,
+            Some(Ok(url)) => Some(url),
+            Some(Err(why)) => {
+                pending.push(why.to_string());
+                None
+            }
+        };
+        match component {
+            Component::Collect => urls.collect = url,
+            _ => urls.sso = url,
+        }
+    }
+    if platform.spec.exposure.is_some() {
+        exposed.urls = Some(urls);
+    }
+    exposed.pending = Some(pending.join("; ")).filter(|p| !p.is_empty());
+    Ok(exposed)
+}
+
+/// Deletes `name` if it exists and this platform owns it.
+async fn remove_managed<K>(api: &Api<K>, name: &str, platform: &SipMba) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = live
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == platform.metadata.uid.as_ref());
+    if !ours {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            tracing::info!(object = %name, "removed what spec.exposure no longer asks for");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The platform CA (created once) and each service's certificate (renewed when due, when the
+/// CA changed, or when the names it must carry changed: `external` adds a service's host
+/// outside the cluster).
+async fn certificates(
+    platform: &SipMba,
+    secrets: &Api<Secret>,
+    external: &[(Component, String)],
+) -> Result<(), Error> {
     let ca_name = format!("{}-ca", platform.name_any());
     let ca = create_once(secrets, &ca_name, || {
         let common_name = format!(
@@ -400,27 +539,30 @@ async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Er
     let now = Timestamp::now();
     for component in Component::ALL {
         let name = desired::tls_secret_name(platform, component);
+        let host = desired::name(platform, component);
+        let ns = platform.namespace().unwrap_or_default();
+        // The Service's names, `localhost` for a client through `kubectl port-forward` (the CLI
+        // on an operator's machine) that trusts the platform CA, and the address outside the
+        // cluster where the service is exposed.
+        let mut names = vec![
+            host.clone(),
+            format!("{host}.{ns}"),
+            format!("{host}.{ns}.svc"),
+            format!("{host}.{ns}.svc.cluster.local"),
+            "localhost".to_owned(),
+        ];
+        names.extend(
+            external
+                .iter()
+                .filter(|(c, _)| *c == component)
+                .map(|(_, h)| h.clone()),
+        );
         if let Some(live) = secrets.get_opt(&name).await?
-            && !certs::renewal_due(&live, &ca, now)
+            && !certs::renewal_due(&live, &ca, &names, now)
         {
             continue;
         }
-        let host = desired::name(platform, component);
-        let ns = platform.namespace().unwrap_or_default();
-        // The Service's names, and `localhost` for a client through `kubectl port-forward` (the
-        // CLI on an operator's machine) that trusts the platform CA.
-        let issued = ca
-            .issue(
-                &[
-                    host.clone(),
-                    format!("{host}.{ns}"),
-                    format!("{host}.{ns}.svc"),
-                    format!("{host}.{ns}.svc.cluster.local"),
-                    "localhost".to_owned(),
-                ],
-                days,
-            )
-            .map_err(Error::Certificates)?;
+        let issued = ca.issue(&names, days).map_err(Error::Certificates)?;
         let mut tls = secret(
             platform,
             name.clone(),
@@ -431,7 +573,7 @@ async fn certificates(platform: &SipMba, secrets: &Api<Secret>) -> Result<(), Er
             ]),
         );
         tls.type_ = Some("kubernetes.io/tls".into());
-        tls.metadata.annotations = Some(certs::annotations(&ca, issued.not_after, days));
+        tls.metadata.annotations = Some(certs::annotations(&ca, issued.not_after, days, &names));
         let params = PatchParams::apply(MANAGER).force();
         secrets.patch(&name, &params, &Patch::Apply(&tls)).await?;
         tracing::info!(secret = %name, "issued a service certificate");
@@ -464,14 +606,8 @@ fn condition(
 async fn write_status(
     client: &Client,
     platform: &SipMba,
-    conditions: Vec<Condition>,
-    components: Vec<ComponentStatus>,
+    status: SipMbaStatus,
 ) -> Result<(), Error> {
-    let status = SipMbaStatus {
-        observed_generation: platform.metadata.generation,
-        conditions,
-        components,
-    };
     if platform.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -344,13 +344,10 @@ pub async fn deliver(
 ) -> Result<pb::ProvisionResponse, ProvisionError> {
     request.enrollment_proof =
         enrollment::hmac_proof(enrollment_secret, &enrollment::provision_message(&request));
-    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, Duration::from_secs(10), ca)
+    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, AGENT_TIMEOUT, ca)
         .map_err(ProvisionError::Config)?;
-    let answer = pb::edge_service_client::EdgeServiceClient::new(channel)
-        .provision(request)
-        .await
-        .map_err(|s| ProvisionError::call("delivering to the agent", &s))?
-        .into_inner();
+    let mut agent = pb::edge_service_client::EdgeServiceClient::new(channel);
+    let answer = within_agent_timeout("delivering to the agent", agent.provision(request)).await?;
     Ok(answer)
 }
 
@@ -366,11 +363,28 @@ pub async fn agent_status(
     };
     request.enrollment_proof =
         enrollment::hmac_proof(enrollment_secret, &enrollment::status_message(&request));
-    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, Duration::from_secs(10), ca)
+    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, AGENT_TIMEOUT, ca)
         .map_err(ProvisionError::Config)?;
-    Ok(pb::edge_service_client::EdgeServiceClient::new(channel)
-        .get_status(request)
-        .await
-        .map_err(|s| ProvisionError::call("reading the agent's status", &s))?
-        .into_inner())
+    let mut agent = pb::edge_service_client::EdgeServiceClient::new(channel);
+    within_agent_timeout("reading the agent's status", agent.get_status(request)).await
+}
+
+/// Longest a call to an agent may take, connection and TLS and HTTP/2 handshakes included: an
+/// agent on a LAN that is off, or an address that swallows packets, costs its Thing this and
+/// no more (Things are reconciled concurrently, each failure backs off on its own).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn within_agent_timeout<T>(
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ProvisionError> {
+    match tokio::time::timeout(AGENT_TIMEOUT, call).await {
+        Ok(Ok(answer)) => Ok(answer.into_inner()),
+        Ok(Err(status)) => Err(ProvisionError::call(what, &status)),
+        Err(_) => Err(ProvisionError::Call {
+            what,
+            message: format!("no answer within {} s", AGENT_TIMEOUT.as_secs()),
+            transient: true,
+        }),
+    }
 }

@@ -9,7 +9,8 @@
 //! stays registered until deleted by hand).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -53,11 +54,16 @@ pub struct ThingContext {
     pub client: Client,
     /// How platforms are reached.
     pub resolve: Resolver,
-    /// Where agents reach Collect and sso (default: the in-cluster URLs).
-    pub agent_urls: AgentUrls,
+    /// Where every agent reaches Collect and sso, overriding the choice by the agent's
+    /// network ([`agent_urls`]).
+    pub agent_urls: Option<AgentUrls>,
     /// The operator's metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
     failures: crate::status::Failures,
+    /// The operator's session on each platform (`namespace/name`), kept while the platform's
+    /// addresses, CA and the operator's secret stay as they were: its channels and its one
+    /// token from sso serve every Thing of the platform.
+    operators: std::sync::Mutex<HashMap<String, (u64, Operator)>>,
 }
 
 impl ThingContext {
@@ -66,21 +72,41 @@ impl ThingContext {
         Self {
             client,
             resolve: Arc::new(in_cluster),
-            agent_urls: Arc::new(|p: &SipMba| {
-                (
-                    desired::url(p, Component::Collect),
-                    desired::url(p, Component::Sso),
-                )
-            }),
+            agent_urls: None,
             metrics,
             failures: crate::status::Failures::default(),
+            operators: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The operator on `platform` (`key`), reused while `access` and `secret` are unchanged.
+    fn operator(
+        &self,
+        key: String,
+        access: &PlatformAccess,
+        secret: &str,
+    ) -> Result<Operator, ProvisionError> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (&access.sso_url, &access.objects_url, &access.ca, secret).hash(&mut hasher);
+        let fingerprint = hasher.finish();
+        let mut operators = self
+            .operators
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((known, operator)) = operators.get(&key)
+            && *known == fingerprint
+        {
+            return Ok(operator.clone());
+        }
+        let operator = Operator::new(access, secret)?;
+        operators.insert(key, (fingerprint, operator.clone()));
+        Ok(operator)
     }
 
     /// Reaching platforms (and telling agents to reach them) at other addresses.
     pub fn with_resolver(mut self, resolve: Resolver, agent_urls: AgentUrls) -> Self {
         self.resolve = resolve;
-        self.agent_urls = agent_urls;
+        self.agent_urls = Some(agent_urls);
         self
     }
 }
@@ -92,6 +118,62 @@ pub fn in_cluster(platform: &SipMba) -> PlatformAccess {
         objects_url: desired::url(platform, Component::Objects),
         ca: None,
     }
+}
+
+/// Whether the thing's agent runs outside the cluster: `spec.agent.network`, or else its
+/// endpoint's host is not a Service name (one without a dot, or one under `.svc`).
+pub fn agent_outside(thing: &Thing) -> bool {
+    match thing.spec.agent.network.as_deref() {
+        Some(network) => network == "External",
+        None => {
+            let host = thing
+                .spec
+                .agent
+                .endpoint
+                .parse::<tonic::codegen::http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_default();
+            let service = !host.contains('.') || host.ends_with(".svc") || host.contains(".svc.");
+            !service
+        }
+    }
+}
+
+/// Where the thing's agent reaches Collect and sso, `(collect, sso)`: the in-cluster URLs for
+/// an agent in the cluster; for one outside, the platform's external URLs (`status.external`),
+/// or why there are none.
+pub fn agent_urls(thing: &Thing, platform: &SipMba) -> Result<(String, String), String> {
+    if !agent_outside(thing) {
+        return Ok((
+            desired::url(platform, Component::Collect),
+            desired::url(platform, Component::Sso),
+        ));
+    }
+    let external = platform.status.as_ref().and_then(|s| s.external.as_ref());
+    let known = |component: Component, url: Option<&String>| -> Result<String, String> {
+        let name = component.name();
+        let platform_name = platform.name_any();
+        match (crate::exposure::exposed(platform, component).is_some(), url) {
+            (_, Some(url)) => Ok(url.clone()),
+            (false, None) => Err(format!(
+                "the agent at {} is outside the cluster, and SipMba {platform_name} does not \
+                 expose {name} (spec.exposure.{name}): it could not reach the in-cluster address",
+                thing.spec.agent.endpoint
+            )),
+            (true, None) => Err(format!(
+                "the agent is outside the cluster, and the address of SipMba {platform_name}'s \
+                 {name} outside it is not known yet (see the SipMba's Exposed condition)"
+            )),
+        }
+    };
+    Ok((
+        known(
+            Component::Collect,
+            external.and_then(|e| e.collect.as_ref()),
+        )?,
+        known(Component::Sso, external.and_then(|e| e.sso.as_ref()))?,
+    ))
 }
 
 /// Why a Thing reconcile failed.
@@ -253,7 +335,7 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
     };
     let mut access = (ctx.resolve)(&platform);
     access.ca = access.ca.or_else(|| ca.clone());
-    let operator = Operator::new(&access, &secret)?;
+    let operator = ctx.operator(format!("{ns}/{}", platform.name_any()), &access, &secret)?;
     Ok(Reach::Ready {
         platform: Box::new(platform),
         operator,
@@ -262,10 +344,20 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
 }
 
 /// When a token issued at `issued` and expiring at `expires` is replaced: once a fifth of its
-/// life is left, its life counted as at most `cap` seconds (`spec.tokenSeconds`).
-fn renew_at(issued: i64, expires: i64, cap: Option<i64>) -> i64 {
+/// life is left, and up to a tenth earlier by `spread` (0 to 999 per mille, fixed per thing),
+/// so that Things created together do not all renew together; its life counted as at most
+/// `cap` seconds (`spec.tokenSeconds`).
+fn renew_at(issued: i64, expires: i64, cap: Option<i64>, spread: u16) -> i64 {
     let expires = cap.map_or(expires, |cap| expires.min(issued + cap));
-    expires - (expires - issued) / 5
+    let life = expires - issued;
+    expires - life / 5 - life * i64::from(spread.min(999)) / 10_000
+}
+
+/// The thing's fixed place in the renewal spread: a digest of its uid, 0 to 999.
+fn spread(thing: &Thing) -> u16 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(thing.uid().unwrap_or_default().as_bytes());
+    u16::from_be_bytes([digest[0], digest[1]]) % 1000
 }
 
 async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> {
@@ -340,7 +432,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
     let expires = stored("expires").and_then(|v| v.parse::<i64>().ok());
     let token = match (stored("access_token"), issued, expires) {
         (Some(token), Some(issued), Some(expires))
-            if now < renew_at(issued, expires, thing.spec.token_seconds) =>
+            if now < renew_at(issued, expires, thing.spec.token_seconds, spread(thing)) =>
         {
             (token, issued, expires)
         }
@@ -396,17 +488,25 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
             .any(|c| c.type_ == "Delivered" && c.status == "True");
     let mut delivery = Ok(());
     if !delivered_already {
-        delivery = deliver(
-            thing,
-            ctx,
-            &platform,
-            ca.as_deref(),
-            id,
-            &client_id,
-            &client_secret,
-            &token,
-        )
-        .await;
+        let urls = match &ctx.agent_urls {
+            Some(urls) => Ok(urls(&platform)),
+            None => agent_urls(thing, &platform),
+        };
+        delivery = match urls {
+            Err(why) => Err(Undelivered::NoExternalAddress(why)),
+            Ok(urls) => deliver(
+                thing,
+                ctx,
+                &platform,
+                ca.as_deref(),
+                urls,
+                id,
+                (&client_id, &client_secret),
+                &token,
+            )
+            .await
+            .map_err(Undelivered::Failed),
+        };
         if delivery.is_ok() {
             status.last_delivery = Some(Time(Timestamp::now()));
         }
@@ -435,7 +535,10 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
                 "Delivered",
                 "the agent has the current token",
             ),
-            Err(e) => condition(
+            Err(Undelivered::NoExternalAddress(why)) => {
+                condition(thing, "Delivered", false, "NoExternalAddress", why)
+            }
+            Err(Undelivered::Failed(e)) => condition(
                 thing,
                 "Delivered",
                 false,
@@ -445,8 +548,16 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
         },
     ];
     write_status(&ctx.client, thing, status).await?;
-    delivery?;
-    let renewal = renew_at(token.1, token.2, thing.spec.token_seconds);
+    match delivery {
+        Ok(()) => {}
+        // Looked at again when the platform may have its addresses (its status is not
+        // watched from here).
+        Err(Undelivered::NoExternalAddress(_)) => {
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        Err(Undelivered::Failed(e)) => return Err(e),
+    }
+    let renewal = renew_at(token.1, token.2, thing.spec.token_seconds, spread(thing));
     let wait = u64::try_from(renewal - now).unwrap_or(0).max(30);
     Ok(Action::requeue(Duration::from_secs(wait)))
 }
@@ -455,31 +566,71 @@ fn output_until(expires: i64) -> String {
     Timestamp::from_second(expires).map_or_else(|_| expires.to_string(), |t| t.to_string())
 }
 
+/// Why the agent does not have the current token.
+enum Undelivered {
+    /// The agent is outside the cluster and the platform has no address there.
+    NoExternalAddress(String),
+    /// Reading what to deliver, or the delivery itself, failed.
+    Failed(ThingError),
+}
+
+/// The text under `reference`, or a configuration error naming what is missing.
+async fn secret_text(
+    secrets: &Api<Secret>,
+    reference: &crate::api::SecretKeyRef,
+    what: &str,
+) -> Result<String, ThingError> {
+    Ok(secrets
+        .get_opt(&reference.name)
+        .await?
+        .and_then(|s| crate::certs::secret_value(&s, &reference.key))
+        .ok_or_else(|| {
+            ProvisionError::Config(format!(
+                "{what} {}/{} is missing",
+                reference.name, reference.key
+            ))
+        })?)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     thing: &Thing,
     ctx: &ThingContext,
     platform: &SipMba,
     ca: Option<&[u8]>,
+    (collect, sso): (String, String),
     id: Uuid,
-    client_id: &str,
-    client_secret: &str,
+    (client_id, client_secret): (&str, &str),
     token: &(String, i64, i64),
 ) -> Result<(), ThingError> {
     let ns = thing.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let reference = &thing.spec.agent.enrollment_secret_ref;
-    let enrollment = secrets
-        .get_opt(&reference.name)
-        .await?
-        .and_then(|s| crate::certs::secret_value(&s, &reference.key))
-        .ok_or_else(|| {
-            ProvisionError::Config(format!(
-                "the enrollment secret {}/{} is missing",
-                reference.name, reference.key
-            ))
-        })?;
-    let (collect, sso) = (ctx.agent_urls)(platform);
+    let enrollment = secret_text(
+        &secrets,
+        &thing.spec.agent.enrollment_secret_ref,
+        "the enrollment secret",
+    )
+    .await?;
+    // The agent verifies the platform's certificates with the platform CA, and, outside the
+    // cluster, with the CA of whatever ends TLS at the exposed address.
+    let mut bundle = ca.map(|c| String::from_utf8_lossy(c).into_owned());
+    if agent_outside(thing) {
+        for component in crate::exposure::EXPOSABLE {
+            if let Some(reference) =
+                crate::exposure::exposed(platform, component).and_then(|e| e.ca_secret_ref.as_ref())
+            {
+                let pem = secret_text(&secrets, reference, "the exposure's CA").await?;
+                let bundle = bundle.get_or_insert_with(String::new);
+                if !bundle.contains(pem.trim()) {
+                    if !bundle.is_empty() && !bundle.ends_with('\n') {
+                        bundle.push('\n');
+                    }
+                    bundle.push_str(pem.trim());
+                    bundle.push('\n');
+                }
+            }
+        }
+    }
     let request = pb::ProvisionRequest {
         thing: Some(pb::ThingId {
             value: id.to_string(),
@@ -490,7 +641,7 @@ async fn deliver(
             nanos: 0,
         }),
         collect_endpoint: collect,
-        ca_certificate_pem: ca.map(|c| String::from_utf8_lossy(c).into_owned()),
+        ca_certificate_pem: bundle,
         client_id: client_id.to_owned(),
         // The agent renews its own token between deliveries.
         client_secret: Some(client_secret.to_owned()),
@@ -504,15 +655,14 @@ async fn deliver(
         request,
     )
     .await?;
-    if !answer.accepted {
-        return Err(ProvisionError::Call {
-            what: "delivering to the agent",
-            message: "the agent did not accept the credentials".into(),
-            transient: true,
-        }
-        .into());
-    }
-    tracing::info!(thing = %id, at = ?SystemTime::now(), "delivered the thing's credentials");
+    // Not accepted: the agent held exactly these already (a delivery whose status write was
+    // lost); it has the current token all the same.
+    tracing::info!(
+        thing = %id,
+        at = ?SystemTime::now(),
+        new = answer.accepted,
+        "delivered the thing's credentials"
+    );
     Ok(())
 }
 
@@ -568,16 +718,138 @@ fn failure_key(thing: &Thing) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::renew_at;
+    use super::{agent_outside, agent_urls, renew_at};
+    use crate::api::{ExposedService, ExposureSpec, ExternalUrls, SipMba, SipMbaStatus, Thing};
+
+    fn thing(endpoint: &str, network: Option<&str>) -> Thing {
+        let mut thing: Thing =
+            serde_yaml::from_str(include_str!("../../charts/sipmba/examples/thing.yaml"))
+                .expect("the example thing");
+        thing.spec.agent.endpoint = endpoint.into();
+        thing.spec.agent.network = network.map(Into::into);
+        thing
+    }
+
+    fn platform() -> SipMba {
+        let mut platform: SipMba =
+            serde_yaml::from_str(include_str!("../../charts/sipmba/examples/sipmba.yaml"))
+                .expect("the example platform");
+        platform.metadata.namespace = Some("iot".into());
+        platform.spec.exposure = None;
+        platform
+    }
+
+    #[test]
+    fn an_agent_is_outside_unless_its_endpoint_names_a_service() {
+        for inside in [
+            "http://e2e-agent:7443",
+            "http://e2e-agent.iot.svc:7443",
+            "https://e2e-agent.iot.svc.cluster.local:7443",
+        ] {
+            assert!(!agent_outside(&thing(inside, None)), "{inside}");
+        }
+        for outside in [
+            "https://greenhouse-7.local:7443",
+            "https://192.168.1.20:7443",
+            "http://pi.example.com:7443",
+        ] {
+            assert!(agent_outside(&thing(outside, None)), "{outside}");
+        }
+        assert!(!agent_outside(&thing(
+            "https://192.168.1.20:7443",
+            Some("Cluster")
+        )));
+        assert!(agent_outside(&thing(
+            "http://e2e-agent:7443",
+            Some("External")
+        )));
+    }
+
+    #[test]
+    fn an_agent_outside_gets_the_external_urls_or_a_plain_reason() {
+        let mut p = platform();
+        let inside = thing("http://e2e-agent.iot.svc:7443", None);
+        assert_eq!(
+            agent_urls(&inside, &p),
+            Ok((
+                "https://demo-collect.iot.svc:7400".into(),
+                "https://demo-sso.iot.svc:7400".into()
+            ))
+        );
+        let pi = thing("https://192.168.1.20:7443", None);
+        let why = agent_urls(&pi, &p).expect_err("no exposure");
+        assert!(
+            why.contains("outside the cluster") && why.contains("spec.exposure.collect"),
+            "{why}"
+        );
+
+        let node_port = |host: &str| ExposedService {
+            type_: "NodePort".into(),
+            host: Some(host.into()),
+            port: None,
+            annotations: Default::default(),
+            ingress_class_name: None,
+            tls_secret_name: None,
+            ca_secret_ref: None,
+        };
+        p.spec.exposure = Some(ExposureSpec {
+            collect: Some(node_port("203.0.113.5")),
+            sso: Some(node_port("203.0.113.5")),
+        });
+        let why = agent_urls(&pi, &p).expect_err("the node ports are not known yet");
+        assert!(why.contains("not known yet"), "{why}");
+        p.status = Some(SipMbaStatus {
+            external: Some(ExternalUrls {
+                collect: Some("https://203.0.113.5:31001".into()),
+                sso: Some("https://203.0.113.5:31002".into()),
+            }),
+            ..SipMbaStatus::default()
+        });
+        assert_eq!(
+            agent_urls(&pi, &p),
+            Ok((
+                "https://203.0.113.5:31001".into(),
+                "https://203.0.113.5:31002".into()
+            ))
+        );
+        assert_eq!(
+            agent_urls(&inside, &p).map(|u| u.0),
+            Ok("https://demo-collect.iot.svc:7400".into()),
+            "an agent in the cluster keeps the in-cluster address"
+        );
+    }
 
     #[test]
     fn a_token_is_renewed_when_a_fifth_of_its_life_is_left_capped_by_token_seconds() {
-        assert_eq!(renew_at(1_000, 4_600, None), 3_880);
-        assert_eq!(renew_at(1_000, 4_600, Some(600)), 1_480);
+        assert_eq!(renew_at(1_000, 4_600, None, 0), 3_880);
+        assert_eq!(renew_at(1_000, 4_600, Some(600), 0), 1_480);
         assert_eq!(
-            renew_at(1_000, 4_600, Some(86_400)),
+            renew_at(1_000, 4_600, Some(86_400), 0),
             3_880,
             "a cap above the lifetime changes nothing"
         );
+        // Spread over a tenth of the life before that: 3,600 s of life, up to 360 s earlier.
+        assert_eq!(renew_at(1_000, 4_600, None, 500), 3_700);
+        assert_eq!(renew_at(1_000, 4_600, None, 999), 3_521);
+    }
+
+    #[test]
+    fn things_created_together_renew_spread_over_a_tenth_of_the_life() {
+        let mut places = std::collections::BTreeSet::new();
+        for n in 0..1000 {
+            let mut t = thing("https://192.168.1.20:7443", None);
+            t.metadata.uid = Some(format!("7d1f0a52-3b44-4c55-9d66-{n:012}"));
+            let place = super::spread(&t);
+            assert!(place < 1000);
+            assert_eq!(place, super::spread(&t), "fixed per thing");
+            places.insert(renew_at(0, 3_600, None, place));
+        }
+        // 1,000 things issued at once renew over 360 s, no second taking more than a few.
+        assert!(
+            places.len() > 250,
+            "{} distinct renewal seconds",
+            places.len()
+        );
+        assert!(*places.first().unwrap() >= 2_880 - 360 && *places.last().unwrap() <= 2_880);
     }
 }

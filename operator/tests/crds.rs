@@ -60,10 +60,13 @@ fn the_checked_in_crds_are_what_the_types_generate() {
 fn the_sample_resources_are_valid() {
     let platform = sample("sipmba.yaml");
     assert_eq!(problems::<SipMba>(&platform, None), Vec::<String>::new());
+    let exposed = sample("sipmba-exposed.yaml");
+    assert_eq!(problems::<SipMba>(&exposed, None), Vec::<String>::new());
     let thing = sample("thing.yaml");
     assert_eq!(problems::<Thing>(&thing, None), Vec::<String>::new());
     // They are what the operator reads.
     let _: SipMba = serde_json::from_value(platform).unwrap();
+    let _: SipMba = serde_json::from_value(exposed).unwrap();
     let _: Thing = serde_json::from_value(thing).unwrap();
 }
 
@@ -126,6 +129,53 @@ fn broken_resources_are_refused_with_a_message_naming_the_field() {
         found
             .iter()
             .any(|p| p.contains("mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")),
+        "{found:?}"
+    );
+
+    // Exposure: a known type, a host where the operator cannot learn one, the Ingress settings
+    // only on an Ingress, and never without TLS.
+    let refused = |change: &dyn Fn(&mut Value), message: &str| {
+        let mut platform = sample("sipmba-exposed.yaml");
+        change(&mut platform);
+        let found = problems::<SipMba>(&platform, None);
+        assert!(
+            found.iter().any(|p| p.contains(message)),
+            "{message:?} in {found:?}"
+        );
+    };
+    refused(
+        &|p| p["spec"]["exposure"]["collect"]["type"] = json!("ClusterIP"),
+        "type must be LoadBalancer, NodePort, Ingress or External",
+    );
+    refused(
+        &|p| p["spec"]["exposure"]["sso"] = json!({"type": "NodePort"}),
+        "host is required for NodePort, Ingress and External",
+    );
+    refused(
+        &|p| p["spec"]["exposure"]["collect"]["ingressClassName"] = json!("nginx"),
+        "ingressClassName and tlsSecretName apply to type Ingress only",
+    );
+    refused(
+        &|p| p["spec"]["exposure"]["collect"]["host"] = json!("https://collect.example.com/"),
+        "host is a DNS name or an IP address",
+    );
+    refused(
+        &|p| p["spec"]["tls"]["enabled"] = json!(false),
+        "exposure needs tls.enabled",
+    );
+    let mut platform = sample("sipmba-exposed.yaml");
+    platform["spec"]["exposure"]["collect"] = json!({"type": "LoadBalancer"});
+    platform["spec"]["exposure"]["sso"] =
+        json!({"type": "Ingress", "host": "sso.iot.example.com", "ingressClassName": "nginx"});
+    assert_eq!(problems::<SipMba>(&platform, None), Vec::<String>::new());
+
+    let mut thing = sample("thing.yaml");
+    thing["spec"]["agent"]["network"] = json!("LAN");
+    let found = problems::<Thing>(&thing, None);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("network must be Cluster or External")),
         "{found:?}"
     );
 }

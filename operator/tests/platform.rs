@@ -137,6 +137,7 @@ fn ready_status(p: &SipMba) -> SipMbaStatus {
                 ready_replicas: desired::replicas(p, *c),
             })
             .collect(),
+        external: None,
     }
 }
 
@@ -429,11 +430,20 @@ async fn tls_gets_a_ca_once_and_a_certificate_per_service_renewed_when_due() {
             data["ca.crt"], ca.cert_pem,
             "each service gets the CA to trust its peers"
         );
-        assert!(!certs::renewal_due(secret, &ca, now), "fresh");
+        assert!(
+            !certs::renewal_due(secret, &ca, &names(secret), now),
+            "fresh"
+        );
     }
-    // 90 days: renewed after 60, or at once when another CA signed it.
+    // 90 days: renewed after 60, at once when another CA signed it, or when it must name
+    // another host (the platform exposed outside the cluster).
     let later = now + k8s_openapi::jiff::SignedDuration::from_hours(61 * 24);
-    assert!(certs::renewal_due(&issued[0], &ca, later));
+    let first = names(&issued[0]);
+    assert!(first.contains(&"localhost".to_owned()));
+    assert!(certs::renewal_due(&issued[0], &ca, &first, later));
+    let mut exposed = first.clone();
+    exposed.push("collect.example.com".into());
+    assert!(certs::renewal_due(&issued[0], &ca, &exposed, now));
     let other = certs::new_ca("another").unwrap();
     let mut other_secret = ca_secret.clone();
     other_secret.string_data = Some(
@@ -444,7 +454,7 @@ async fn tls_gets_a_ca_once_and_a_certificate_per_service_renewed_when_due() {
         .into(),
     );
     let other = certs::Ca::from_secret(&other_secret).unwrap();
-    assert!(certs::renewal_due(&issued[0], &other, now));
+    assert!(certs::renewal_due(&issued[0], &other, &first, now));
     // The certificate verifies against the CA for the service's cluster name.
     let sso = issued
         .iter()
@@ -482,4 +492,12 @@ fn chains(cert: &str, ca: &str, name: &str) -> bool {
             UnixTime::now(),
         )
         .is_ok()
+}
+
+/// The names a certificate's Secret says it carries.
+fn names(secret: &Secret) -> Vec<String> {
+    secret.metadata.annotations.as_ref().unwrap()[certs::NAMES]
+        .split(',')
+        .map(str::to_owned)
+        .collect()
 }

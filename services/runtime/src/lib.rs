@@ -11,6 +11,7 @@ pub mod objects;
 pub mod ratelimit;
 pub mod retry;
 pub mod server;
+pub mod tls;
 
 pub use config::{
     AuthConfig, CollectSettings, Config, ConfigArgs, ConfigError, ControlSettings, Defaults,

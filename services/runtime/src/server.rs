@@ -3,8 +3,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -14,11 +12,9 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use futures::FutureExt;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use sea_orm::DatabaseConnection;
 use sipmba_auth::{AccessPolicy, AuthLayer, Verifier};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     body::Body,
     server::NamedService,
@@ -311,13 +307,19 @@ impl Server {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(Routes::from(app));
         let stop = shutdown.clone().wait();
+        let reload_until = shutdown.clone();
         let serve = async move {
             match tls {
                 Some(files) => {
-                    let acceptor = tls_acceptor(files)?;
+                    let cert = Arc::new(crate::tls::ReloadingCert::load(files)?);
+                    let acceptor = crate::tls::acceptor(cert.clone())?;
+                    tokio::spawn(cert.watch(reload_until));
                     tracing::info!(addr = ?local, tls = true, "serving");
                     builder
-                        .serve_with_incoming_shutdown(tls_incoming(listener, acceptor), stop)
+                        .serve_with_incoming_shutdown(
+                            crate::tls::incoming(listener, acceptor),
+                            stop,
+                        )
                         .await?;
                 }
                 None => {
@@ -431,77 +433,4 @@ async fn watch_readiness(
             () = shutdown.clone().wait() => {}
         }
     }
-}
-
-fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
-    let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
-        ServeError::Tls(format!(
-            "{}: no usable private key: {e}",
-            files.key.display()
-        ))
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            ServeError::Tls(format!("certificate and key do not form an identity: {e}"))
-        })?;
-    // gRPC needs h2; HTTP/1.1 serves /metrics and probes for clients without HTTP/2.
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(ServeError::Tls(format!(
-            "{}: no certificate found",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
-/// Accepts TCP connections and completes TLS handshakes off the accept loop, so that a slow or
-/// silent client cannot hold up others.
-fn tls_incoming(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-) -> ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = tx.closed() => return,
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

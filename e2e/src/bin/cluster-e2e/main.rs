@@ -12,22 +12,33 @@
 //!    the operator by its full cluster DNS name: Registered, TokenIssued, Delivered.
 //! 5. The `sipmba` CLI, through port-forwards: logs in as the thing's owner, reads its readings,
 //!    sends `agent.ping` and waits until it is ACKED.
-//! 6. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
+//! 6. A thing outside the cluster (its agent a process on this host, as a Raspberry Pi on a LAN
+//!    is): while the platform is not exposed its Thing says so (NoExternalAddress); once
+//!    `spec.exposure` names NodePorts on the node's address, the certificates are re-issued
+//!    naming it and served by the running pods, the agent is delivered the external URLs and
+//!    streams through them (TLS verified against the delivered CA), an `agent.ping` is ACKED,
+//!    and deleting the Thing revokes it. A Thing whose agent accepts connections but never
+//!    answers fails on its own, holding nothing up.
+//! 7. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
 //!    resources rolls collect alone.
-//! 7. The operator pod killed in the middle of a new platform's first reconcile: after its
+//! 8. The operator pod killed in the middle of a new platform's first reconcile: after its
 //!    restart the platform converges, and what is made once (its client secrets, its CA) was not
 //!    made twice.
-//! 8. `kubectl delete thing`: the finalizer revokes and deregisters, collect refuses the agent's
+//! 9. `kubectl delete thing`: the finalizer revokes and deregisters, collect refuses the agent's
 //!    token. `kubectl delete sipmba`: the garbage collector removes every child.
-//! 9. `helm uninstall` removes the operator and leaves the CRDs.
+//! 10. `helm uninstall` removes the operator and leaves the CRDs.
 //!
 //! The platform's PostgreSQL and log: with `SIPMBA_E2E_DATABASE` (`ip:port`),
 //! `SIPMBA_E2E_DATABASE_URL` (naming the host `postgresql`) and `SIPMBA_E2E_KAFKA` (`ip:port`),
 //! servers outside the cluster, named to the platform as Services without selectors; without
 //! them, the chart's trial PostgreSQL and Redpanda (images pulled from their registries). Other
 //! settings: `SIPMBA_E2E_HELM` (default `helm`), `SIPMBA_E2E_CLI` (default
-//! `target/release/sipmba`), `SIPMBA_E2E_IMAGE_TAG` (default `e2e`), `SIPMBA_E2E_CHART` (default
-//! `charts/sipmba`).
+//! `target/release/sipmba`), `SIPMBA_E2E_EDGE` (default `target/release/sipmba-edge`),
+//! `SIPMBA_E2E_HOST_ADDRESS` (an address of this host that pods reach; default the node's),
+//! `SIPMBA_E2E_IMAGE_TAG` (default `e2e`), `SIPMBA_E2E_CHART` (default `charts/sipmba`).
+//!
+//! `cluster-e2e --bench-things N` runs steps 1 and 2, then the Thing-scale benchmark
+//! (`scale.rs`), then removes the platform and the chart.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::{
@@ -54,7 +65,9 @@ use sipmba_proto::v1 as pb;
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+mod outside;
 mod platform;
+mod scale;
 mod support;
 mod things;
 
@@ -89,6 +102,8 @@ struct Suite {
     client: Client,
     helm: String,
     cli: String,
+    /// The `sipmba-edge` agent run on this host, as on a device outside the cluster.
+    edge: String,
     chart: String,
     tag: String,
     external: Option<External>,
@@ -97,11 +112,28 @@ struct Suite {
     operator_ns: String,
     started: Instant,
     step: std::cell::Cell<usize>,
+    /// `--bench-things N`: the Thing-scale benchmark instead of the functional steps.
+    bench_things: Option<usize>,
 }
 
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let bench_things = match args.as_slice() {
+        [] => None,
+        [flag, n] if flag == "--bench-things" => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("--bench-things takes a number of Things, not {n:?}");
+                std::process::exit(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: cluster-e2e [--bench-things N]");
+            std::process::exit(2);
+        }
+    };
     let client = match Client::try_default().await {
         Ok(client) => client,
         Err(e) => {
@@ -129,6 +161,7 @@ async fn main() {
         client,
         helm: env("SIPMBA_E2E_HELM", "helm"),
         cli: env("SIPMBA_E2E_CLI", "target/release/sipmba"),
+        edge: env("SIPMBA_E2E_EDGE", "target/release/sipmba-edge"),
         chart: env("SIPMBA_E2E_CHART", "charts/sipmba"),
         tag: env("SIPMBA_E2E_IMAGE_TAG", "e2e"),
         operator_ns: if external.is_some() {
@@ -139,6 +172,7 @@ async fn main() {
         external,
         started: Instant::now(),
         step: std::cell::Cell::new(0),
+        bench_things,
     };
     match suite.run().await {
         Ok(()) => println!(
@@ -289,6 +323,27 @@ impl Suite {
             self.platform(),
         )
         .await?;
+        if let Some(count) = self.bench_things {
+            self.step(
+                &format!("the Thing controller with {count} Things (benchmark)"),
+                limit(7200),
+                self.thing_scale(count),
+            )
+            .await?;
+            self.step(
+                "kubectl delete sipmba: the garbage collector removes every child",
+                limit(240),
+                self.delete_platforms(&["demo"]),
+            )
+            .await?;
+            return self
+                .step(
+                    "helm uninstall: the operator goes, the CRDs stay",
+                    limit(180),
+                    self.uninstall(),
+                )
+                .await;
+        }
         self.step(
             "an invalid SipMba and an immutable change are refused with the CEL messages",
             limit(60),
@@ -315,6 +370,33 @@ impl Suite {
             self.cli_command(&cli, &thing),
         )
         .await?;
+        let agent = self
+            .step(
+                "a Thing whose agent runs outside the cluster, the platform not exposed: NoExternalAddress",
+                limit(150),
+                self.outside_unexposed(&thing),
+            )
+            .await?;
+        self.step(
+            "spec.exposure NodePort: status.external, certificates naming the node's address, served without a restart",
+            limit(420),
+            self.expose(&thing.ca),
+        )
+        .await?;
+        let pi = self
+            .step(
+                "the agent outside gets the external URLs and streams through them; a silent agent holds nothing up",
+                limit(360),
+                self.outside_delivered(&thing, &agent, &cli),
+            )
+            .await?;
+        self.step(
+            "a command reaches the agent outside: ACKED; deleting its Thing revokes its token; exposure removed",
+            limit(300),
+            self.outside_command_and_delete(&cli, &pi, &agent),
+        )
+        .await?;
+        drop(agent);
         self.step(
             "helm upgrade with a changed setting rolls the operator alone",
             limit(300),
@@ -342,7 +424,7 @@ impl Suite {
         self.step(
             "kubectl delete sipmba: the garbage collector removes every child",
             limit(240),
-            self.delete_platforms(),
+            self.delete_platforms(&["demo", "second"]),
         )
         .await?;
         self.step(

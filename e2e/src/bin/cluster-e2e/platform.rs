@@ -75,6 +75,9 @@ impl Suite {
             ("create", "statefulsets.apps"),
             ("patch", "secrets"),
             ("create", "poddisruptionbudgets.policy"),
+            // The exposure a SipMba no longer asks for is deleted.
+            ("delete", "services"),
+            ("create", "ingresses.networking.k8s.io"),
         ];
         let refused = [
             ("create", "pods"),
@@ -537,10 +540,10 @@ impl Suite {
         Ok(())
     }
 
-    pub(super) async fn delete_platforms(&self) -> anyhow::Result<()> {
+    pub(super) async fn delete_platforms(&self, names: &[&'static str]) -> anyhow::Result<()> {
         let sipmbas = dynamic(&self.client, NS, "sipmba.io", "v1alpha1", "SipMba").await?;
         let mut uids = Vec::new();
-        for name in ["demo", "second"] {
+        for &name in names {
             uids.push((name, sipmbas.get(name).await?.uid().unwrap_or_default()));
             sipmbas.delete(name, &DeleteParams::default()).await?;
         }

@@ -2,8 +2,18 @@
 
 use super::*;
 
+/// A user registered in the platform, to own things.
+pub(super) struct Owner {
+    pub(super) id: String,
+    pub(super) username: String,
+    pub(super) password: String,
+    /// The platform CA.
+    pub(super) ca: String,
+}
+
 impl Suite {
-    pub(super) async fn thing(&self) -> anyhow::Result<ThingUnderTest> {
+    /// Registers a user (as the operator's service client, through a port-forward to sso).
+    pub(super) async fn owner(&self) -> anyhow::Result<Owner> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
         let ca =
             secret_value(&secrets.get("demo-ca").await?, "ca.crt").context("the platform CA")?;
@@ -38,6 +48,21 @@ impl Suite {
             .user
             .context("registered user id")?
             .value;
+        Ok(Owner {
+            id: owner,
+            username,
+            password,
+            ca,
+        })
+    }
+
+    pub(super) async fn thing(&self) -> anyhow::Result<ThingUnderTest> {
+        let Owner {
+            id: owner,
+            username,
+            password,
+            ca,
+        } = self.owner().await?;
 
         // The agent, as a pod with its provisioning endpoint.
         let enrollment = uuid::Uuid::new_v4().simple().to_string();
@@ -148,6 +173,7 @@ impl Suite {
         println!("  thing {id}");
         Ok(ThingUnderTest {
             id,
+            owner,
             username,
             password,
             ca,
@@ -223,12 +249,17 @@ impl Suite {
         cli: &Cli,
         thing: &ThingUnderTest,
     ) -> anyhow::Result<()> {
+        self.send_ping(cli, &thing.id).await
+    }
+
+    /// `sipmba commands send <thing> agent.ping --wait`, which must end ACKED.
+    pub(super) async fn send_ping(&self, cli: &Cli, thing: &str) -> anyhow::Result<()> {
         let out = cli
             .run(
                 &[
                     "commands",
                     "send",
-                    &thing.id,
+                    thing,
                     "agent.ping",
                     "--wait",
                     "--timeout",
@@ -287,10 +318,12 @@ impl Suite {
 }
 
 pub(super) struct ThingUnderTest {
-    id: String,
+    pub(super) id: String,
+    /// Its owner's user id.
+    pub(super) owner: String,
     username: String,
     password: String,
-    ca: String,
+    pub(super) ca: String,
 }
 
 /// The `sipmba` CLI, logged in through port-forwards.
