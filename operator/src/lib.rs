@@ -5,6 +5,7 @@ pub mod api;
 pub mod certs;
 pub mod crdgen;
 pub mod desired;
+pub mod events;
 pub mod exposure;
 pub mod metrics;
 pub mod platform;
@@ -39,7 +40,10 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
         .with_layer(&count)
         .build();
-    let ctx = Arc::new(platform::Context::with_metrics(client.clone(), metrics));
+    let events = events::Events::new(client.clone());
+    let ctx = Arc::new(
+        platform::Context::with_metrics(client.clone(), metrics).with_events(events.clone()),
+    );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let served = ctx.clone();
     let http = axum::Router::new()
@@ -66,22 +70,26 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     });
     tracing::info!(%listen, "serving /metrics and /healthz");
     let platforms: Api<api::SipMba> = Api::all(client.clone());
-    // Children are selected by the label every one of them carries.
-    let owned =
-        || watcher::Config::default().labels("app.kubernetes.io/managed-by=sipmba-operator");
+    // Children are selected by the labels each controller's children carry, so that neither
+    // caches the other's (a fleet's credentials Secrets are most of them).
+    let owned = || {
+        watcher::Config::default()
+            .labels("app.kubernetes.io/managed-by=sipmba-operator,app.kubernetes.io/name=sipmba")
+    };
+    let credentials = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by=sipmba-operator,app.kubernetes.io/component={}",
+        thing::CREDENTIALS_COMPONENT
+    ));
     let things = Controller::new(
         Api::<api::Thing>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Secret>::all(client.clone()), owned())
+    .owns(Api::<Secret>::all(client.clone()), credentials)
     .shutdown_on_signal()
     .run(
         thing::reconcile,
         thing::error_policy,
-        Arc::new(thing::ThingContext::new(
-            client.clone(),
-            ctx.metrics.clone(),
-        )),
+        Arc::new(thing::ThingContext::new(client.clone(), ctx.metrics.clone()).with_events(events)),
     )
     .for_each(|result| async move {
         if let Err(e) = result {

@@ -31,6 +31,7 @@ use crate::{
     api::{ComponentStatus, ExternalUrls, SipMba, SipMbaStatus},
     certs,
     desired::{self, Component},
+    events::{EventType, reason},
     exposure::{self, Exposer},
 };
 
@@ -47,6 +48,8 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failures per platform, for the backoff.
     failures: crate::status::Failures,
+    /// The Events published about platforms (none: nothing is published).
+    pub events: Option<crate::events::Events>,
 }
 
 impl Context {
@@ -61,7 +64,14 @@ impl Context {
             client,
             metrics,
             failures: crate::status::Failures::default(),
+            events: None,
         }
+    }
+
+    /// Publishing Events about platforms.
+    pub fn with_events(mut self, events: crate::events::Events) -> Self {
+        self.events = Some(events);
+        self
     }
 }
 
@@ -139,19 +149,30 @@ pub fn as_applied<K: Resource + Serialize>(mut desired: K) -> K {
     desired
 }
 
+/// What a reconcile created and changed (`Kind/name`), for its Events.
+#[derive(Debug, Default)]
+struct Changes {
+    created: Vec<String>,
+    updated: Vec<String>,
+}
+
 /// Applies `desired` unless the live object already carries its digest; returns the live
-/// object (from the read, or from the apply).
-async fn ensure<K>(api: &Api<K>, desired: K) -> Result<K, Error>
+/// object (from the read, or from the apply), and notes in `changes` what it created or
+/// changed.
+async fn ensure<K>(api: &Api<K>, desired: K, changes: &mut Changes) -> Result<K, Error>
 where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     let desired = as_applied(desired);
     let live = api.get_opt(&name).await?;
-    if let Some(live) = live
-        && applied_digest(live.meta()) == applied_digest(desired.meta())
-    {
-        return Ok(live);
+    let what = format!("{}/{name}", K::kind(&()));
+    match &live {
+        Some(live) if applied_digest(live.meta()) == applied_digest(desired.meta()) => {
+            return Ok(live.clone());
+        }
+        Some(_) => changes.updated.push(what),
+        None => changes.created.push(what),
     }
     let params = PatchParams::apply(MANAGER).force();
     Ok(api.patch(&name, &params, &Patch::Apply(&desired)).await?)
@@ -279,6 +300,15 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
             ..SipMbaStatus::default()
         };
         write_status(&client, &platform, status).await?;
+        let events = ctx.events.as_ref();
+        crate::events::maybe(
+            events,
+            EventType::Warning,
+            &*platform,
+            reason::INVALID_SPEC,
+            &problem,
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -291,22 +321,68 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
         Ok(secret(&platform, clients.clone(), generated))
     })
     .await?;
-    let exposed = expose(&platform, &client, &ns).await?;
+    let events = ctx.events.as_ref();
+    let mut changes = Changes::default();
+    let exposed = expose(&platform, &client, &ns, &mut changes).await?;
     if platform.spec.tls.enabled.unwrap_or(true) {
-        certificates(&platform, &secrets, &exposed.hosts).await?;
+        for (secret, renewed, names) in certificates(&platform, &secrets, &exposed.hosts).await? {
+            let (reason, verb) = if renewed {
+                (reason::CERTIFICATE_RENEWED, "renewed")
+            } else {
+                (reason::CERTIFICATE_ISSUED, "issued")
+            };
+            let note = format!("{secret}: {verb}, naming {}", names.join(", "));
+            crate::events::maybe(events, EventType::Normal, &*platform, reason, &note).await;
+        }
     }
     let security = log_security(&platform.spec.queue, &secrets).await?;
-    crate::topics::ensure(&platform.spec.queue, &ns, security, Duration::from_secs(20))
-        .await
-        .map_err(Error::Topics)?;
+    let topics =
+        crate::topics::ensure(&platform.spec.queue, &ns, security, Duration::from_secs(20))
+            .await
+            .map_err(Error::Topics)?;
+    for topic in &topics {
+        match topic.before {
+            None => {
+                let note = format!("{} with {} partitions", topic.name, topic.partitions);
+                crate::events::maybe(
+                    events,
+                    EventType::Normal,
+                    &*platform,
+                    reason::TOPIC_CREATED,
+                    &note,
+                )
+                .await;
+            }
+            Some(before) if before < topic.partitions => {
+                let note = format!(
+                    "{}: {before} -> {} partitions",
+                    topic.name, topic.partitions
+                );
+                crate::events::maybe(
+                    events,
+                    EventType::Normal,
+                    &*platform,
+                    reason::TOPIC_GROWN,
+                    &note,
+                )
+                .await;
+            }
+            Some(_) => {}
+        }
+    }
 
     let mut components = Vec::new();
     for component in Component::ALL {
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        ensure(&config_maps, desired::config_map(&platform, component)).await?;
+        ensure(
+            &config_maps,
+            desired::config_map(&platform, component),
+            &mut changes,
+        )
+        .await?;
         let (replicas, ready) = if component == Component::Processing {
             let api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-            let set = ensure(&api, desired::stateful_set(&platform)).await?;
+            let set = ensure(&api, desired::stateful_set(&platform), &mut changes).await?;
             let status = set.status.unwrap_or_default();
             (
                 desired::replicas(&platform, component),
@@ -314,7 +390,12 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
             )
         } else {
             let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-            let deployment = ensure(&api, desired::deployment(&platform, component)).await?;
+            let deployment = ensure(
+                &api,
+                desired::deployment(&platform, component),
+                &mut changes,
+            )
+            .await?;
             let status = deployment.status.unwrap_or_default();
             (
                 desired::replicas(&platform, component),
@@ -322,9 +403,19 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
             )
         };
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        ensure(&services, desired::service(&platform, component)).await?;
+        ensure(
+            &services,
+            desired::service(&platform, component),
+            &mut changes,
+        )
+        .await?;
         let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-        ensure(&budgets, desired::disruption_budget(&platform, component)).await?;
+        ensure(
+            &budgets,
+            desired::disruption_budget(&platform, component),
+            &mut changes,
+        )
+        .await?;
         components.push(ComponentStatus {
             name: component.name().into(),
             replicas,
@@ -394,6 +485,7 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
         components,
         external: exposed.urls,
     };
+    publish_transitions(events, &platform, &status, &changes).await;
     write_status(&client, &platform, status).await?;
     succeeded(&ctx, &platform);
     // Certificates are renewed when a third of their life is left: look again well before.
@@ -402,6 +494,64 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
     } else {
         Duration::from_secs(15)
     }))
+}
+
+/// The Events of a reconcile that ends with `status`: what it created and changed, services
+/// scaled, external URLs learnt, and readiness reached.
+async fn publish_transitions(
+    events: Option<&crate::events::Events>,
+    platform: &SipMba,
+    status: &SipMbaStatus,
+    changes: &Changes,
+) {
+    let Some(events) = events else {
+        return;
+    };
+    if !changes.created.is_empty() {
+        let note = format!("created {}", changes.created.join(", "));
+        events.normal(platform, reason::CREATED, &note).await;
+    }
+    if !changes.updated.is_empty() {
+        let note = format!("updated {}", changes.updated.join(", "));
+        events.normal(platform, reason::UPDATED, &note).await;
+    }
+    let previous = platform.status.as_ref();
+    for component in &status.components {
+        let before = previous
+            .and_then(|s| s.components.iter().find(|c| c.name == component.name))
+            .map(|c| c.replicas);
+        if let Some(before) = before
+            && before != component.replicas
+        {
+            let note = format!(
+                "{}: {before} -> {} replicas",
+                component.name, component.replicas
+            );
+            events.normal(platform, reason::SCALED, &note).await;
+        }
+    }
+    if let Some(external) = &status.external
+        && previous.and_then(|s| s.external.as_ref()) != Some(external)
+        && (external.collect.is_some() || external.sso.is_some())
+    {
+        let url = |u: &Option<String>| u.clone().unwrap_or_else(|| "not exposed".into());
+        let note = format!(
+            "agents outside the cluster are given collect {}, sso {}",
+            url(&external.collect),
+            url(&external.sso)
+        );
+        events.normal(platform, reason::EXPOSED, &note).await;
+    }
+    let ready = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    };
+    if ready(&status.conditions) && !previous.is_some_and(|s| ready(&s.conditions)) {
+        events
+            .normal(platform, reason::READY, "every service is ready")
+            .await;
+    }
 }
 
 /// What exposing the platform outside the cluster found.
@@ -418,7 +568,12 @@ struct Exposed {
 /// Ingress, per exposed service), removes what it no longer asks, and reads back the addresses.
 /// A platform that is not exposed, and was not when its status was last written, costs no
 /// request.
-async fn expose(platform: &SipMba, client: &Client, ns: &str) -> Result<Exposed, Error> {
+async fn expose(
+    platform: &SipMba,
+    client: &Client,
+    ns: &str,
+    changes: &mut Changes,
+) -> Result<Exposed, Error> {
     let mut exposed = Exposed {
         urls: None,
         hosts: Vec::new(),
@@ -441,11 +596,11 @@ async fn expose(platform: &SipMba, client: &Client, ns: &str) -> Result<Exposed,
         let live = match exposure::exposer(platform, component) {
             Exposer::Service(service) => {
                 remove_managed(&ingresses, &ingress_name, platform).await?;
-                Some(ensure(&services, *service).await?)
+                Some(ensure(&services, *service, changes).await?)
             }
             Exposer::Ingress(ingress) => {
                 remove_managed(&services, &service_name, platform).await?;
-                ensure(&ingresses, *ingress).await?;
+                ensure(&ingresses, *ingress, changes).await?;
                 None
             }
             Exposer::Nothing => {
@@ -509,11 +664,13 @@ where
 /// The platform CA (created once) and each service's certificate (renewed when due, when the
 /// CA changed, or when the names it must carry changed: `external` adds a service's host
 /// outside the cluster).
+/// Returns the certificates it issued: `(Secret, renewed, names)`.
 async fn certificates(
     platform: &SipMba,
     secrets: &Api<Secret>,
     external: &[(Component, String)],
-) -> Result<(), Error> {
+) -> Result<Vec<(String, bool, Vec<String>)>, Error> {
+    let mut issued_now = Vec::new();
     let ca_name = format!("{}-ca", platform.name_any());
     let ca = create_once(secrets, &ca_name, || {
         let common_name = format!(
@@ -557,8 +714,9 @@ async fn certificates(
                 .filter(|(c, _)| *c == component)
                 .map(|(_, h)| h.clone()),
         );
-        if let Some(live) = secrets.get_opt(&name).await?
-            && !certs::renewal_due(&live, &ca, &names, now)
+        let live = secrets.get_opt(&name).await?;
+        if let Some(live) = &live
+            && !certs::renewal_due(live, &ca, &names, now)
         {
             continue;
         }
@@ -577,8 +735,9 @@ async fn certificates(
         let params = PatchParams::apply(MANAGER).force();
         secrets.patch(&name, &params, &Patch::Apply(&tls)).await?;
         tracing::info!(secret = %name, "issued a service certificate");
+        issued_now.push((name, live.is_some(), names));
     }
-    Ok(())
+    Ok(issued_now)
 }
 
 fn condition(
@@ -636,6 +795,14 @@ fn key(platform: &SipMba) -> String {
 pub fn error_policy(platform: Arc<SipMba>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.failures.failed(key(&platform));
     tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "reconcile failed");
+    if let Some(events) = ctx.events.clone() {
+        let note = format!("{error} (trying again in {} s)", delay.as_secs());
+        tokio::spawn(async move {
+            events
+                .warning(&*platform, reason::RECONCILE_FAILED, &note)
+                .await;
+        });
+    }
     Action::requeue(delay)
 }
 

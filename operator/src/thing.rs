@@ -35,9 +35,14 @@ use uuid::Uuid;
 use crate::{
     api::{SipMba, Thing, ThingStatus},
     desired::{self, Component},
+    events::{EventType, reason as event},
     platform::MANAGER,
     provisioning::{self, Operator, PlatformAccess, ProvisionError},
 };
+
+/// The `app.kubernetes.io/component` label of a thing's credentials Secret (the Thing
+/// controller watches these Secrets, and no others).
+pub const CREDENTIALS_COMPONENT: &str = "thing-credentials";
 
 /// The finalizer of a registered thing.
 pub const FINALIZER: &str = "sipmba.io/thing-cleanup";
@@ -64,6 +69,8 @@ pub struct ThingContext {
     /// addresses, CA and the operator's secret stay as they were: its channels and its one
     /// token from sso serve every Thing of the platform.
     operators: std::sync::Mutex<HashMap<String, (u64, Operator)>>,
+    /// The Events published about Things (none: nothing is published).
+    pub events: Option<crate::events::Events>,
 }
 
 impl ThingContext {
@@ -76,7 +83,14 @@ impl ThingContext {
             metrics,
             failures: crate::status::Failures::default(),
             operators: std::sync::Mutex::new(HashMap::new()),
+            events: None,
         }
+    }
+
+    /// Publishing Events about Things.
+    pub fn with_events(mut self, events: crate::events::Events) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The operator on `platform` (`key`), reused while `access` and `secret` are unchanged.
@@ -188,6 +202,10 @@ pub enum ThingError {
     /// The finalizer could not be added or removed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The delivery to the agent failed (its Thing's status and an AgentUnreachable Event say
+    /// so already).
+    #[error("{0}")]
+    Delivery(Box<ThingError>),
 }
 
 impl ThingError {
@@ -199,6 +217,7 @@ impl ThingError {
             ThingError::Provision(e) if e.is_transient() => "platform_unavailable",
             ThingError::Provision(_) => "platform_refused",
             ThingError::Finalizer(_) => "finalizer",
+            ThingError::Delivery(inner) => inner.category(),
         }
     }
 }
@@ -299,7 +318,7 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
     let platforms: Api<SipMba> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(platform) = platforms.get_opt(&thing.spec.platform_ref).await? else {
         return Ok(Reach::Missing(
-            "PlatformNotFound",
+            event::PLATFORM_NOT_FOUND,
             format!("no SipMba {:?} in namespace {ns}", thing.spec.platform_ref),
         ));
     };
@@ -311,7 +330,7 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
         .and_then(|s| crate::certs::secret_value(&s, "operator"))
     else {
         return Ok(Reach::Missing(
-            "PlatformStarting",
+            event::PLATFORM_STARTING,
             format!("the platform's Secret {clients} has no operator credential yet"),
         ));
     };
@@ -325,7 +344,7 @@ async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
             Some(ca) => Some(ca.into_bytes()),
             None => {
                 return Ok(Reach::Missing(
-                    "PlatformStarting",
+                    event::PLATFORM_STARTING,
                     format!("the platform's CA ({name}) is not issued yet"),
                 ));
             }
@@ -378,6 +397,12 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
                 ],
             );
             write_status(&ctx.client, thing, status).await?;
+            let kind = if reason == event::PLATFORM_NOT_FOUND {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            crate::events::maybe(ctx.events.as_ref(), kind, thing, reason, &message).await;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };
@@ -411,7 +436,19 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
                 .display_name
                 .clone()
                 .unwrap_or_else(|| thing.name_any());
-            operator.register(owner, &name, &thing.spec.labels).await?
+            let id = operator.register(owner, &name, &thing.spec.labels).await?;
+            if current.thing_id.is_none() {
+                let note = format!("thing {id} ({name:?}) in Objects");
+                crate::events::maybe(
+                    ctx.events.as_ref(),
+                    EventType::Normal,
+                    thing,
+                    event::REGISTERED,
+                    &note,
+                )
+                .await;
+            }
+            id
         }
     };
 
@@ -444,10 +481,16 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
                     name: Some(name.clone()),
                     namespace: Some(ns.clone()),
                     owner_references: Some(vec![owner_reference(thing)]),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "sipmba-operator".to_owned(),
-                    )])),
+                    labels: Some(BTreeMap::from([
+                        (
+                            "app.kubernetes.io/managed-by".to_owned(),
+                            "sipmba-operator".to_owned(),
+                        ),
+                        (
+                            "app.kubernetes.io/component".to_owned(),
+                            CREDENTIALS_COMPONENT.to_owned(),
+                        ),
+                    ])),
                     ..ObjectMeta::default()
                 },
                 string_data: Some(BTreeMap::from([
@@ -492,6 +535,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
             Some(urls) => Ok(urls(&platform)),
             None => agent_urls(thing, &platform),
         };
+        let collect_url = urls.as_ref().map(|u| u.0.clone()).unwrap_or_default();
         delivery = match urls {
             Err(why) => Err(Undelivered::NoExternalAddress(why)),
             Ok(urls) => deliver(
@@ -509,6 +553,43 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
         };
         if delivery.is_ok() {
             status.last_delivery = Some(Time(Timestamp::now()));
+        }
+        let events = ctx.events.as_ref();
+        match &delivery {
+            Ok(()) => {
+                let (reason, what) = if current.last_delivery.is_some() {
+                    (event::TOKEN_RENEWED, "a renewed token")
+                } else {
+                    (event::TOKEN_DELIVERED, "its token")
+                };
+                let note = format!(
+                    "the agent at {} has {what}, valid until {}, and streams to {collect_url}",
+                    thing.spec.agent.endpoint,
+                    output_until(token.2)
+                );
+                crate::events::maybe(events, EventType::Normal, thing, reason, &note).await;
+            }
+            Err(Undelivered::NoExternalAddress(why)) => {
+                crate::events::maybe(
+                    events,
+                    EventType::Warning,
+                    thing,
+                    event::NO_EXTERNAL_ADDRESS,
+                    why,
+                )
+                .await;
+            }
+            Err(Undelivered::Failed(e)) => {
+                let note = e.to_string();
+                crate::events::maybe(
+                    events,
+                    EventType::Warning,
+                    thing,
+                    event::AGENT_UNREACHABLE,
+                    &note,
+                )
+                .await;
+            }
         }
     }
     let until = output_until(token.2);
@@ -555,7 +636,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
         Err(Undelivered::NoExternalAddress(_)) => {
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
-        Err(Undelivered::Failed(e)) => return Err(e),
+        Err(Undelivered::Failed(e)) => return Err(ThingError::Delivery(Box::new(e))),
     }
     let renewal = renew_at(token.1, token.2, thing.spec.token_seconds, spread(thing));
     let wait = u64::try_from(renewal - now).unwrap_or(0).max(30);
@@ -693,6 +774,15 @@ async fn cleanup(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError
             operator.revoke(id).await?;
             operator.deregister(id).await?;
             tracing::info!(thing = %id, "revoked and deregistered");
+            let note = format!("thing {id}: its tokens revoked, deregistered from Objects");
+            crate::events::maybe(
+                ctx.events.as_ref(),
+                EventType::Normal,
+                thing,
+                event::CLEANED_UP,
+                &note,
+            )
+            .await;
         }
         Reach::Missing(reason, message) => {
             tracing::warn!(thing = %id, reason, %message, "the platform is gone: nothing to clean up");
@@ -705,6 +795,16 @@ async fn cleanup(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError
 pub fn error_policy(thing: Arc<Thing>, error: &ThingError, ctx: Arc<ThingContext>) -> Action {
     let delay = ctx.failures.failed(failure_key(&thing));
     tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "thing reconcile failed");
+    if let Some(events) = ctx.events.clone()
+        && !matches!(error, ThingError::Delivery(_))
+    {
+        let note = format!("{error} (trying again in {} s)", delay.as_secs());
+        tokio::spawn(async move {
+            events
+                .warning(&*thing, event::RECONCILE_FAILED, &note)
+                .await;
+        });
+    }
     Action::requeue(delay)
 }
 

@@ -27,6 +27,8 @@ pub struct TopicState {
     pub wanted: i32,
     /// Partitions it has (more than wanted when the spec asked for fewer later).
     pub partitions: i32,
+    /// Partitions it had before (none: it was created now).
+    pub before: Option<i32>,
 }
 
 const HOUR: u64 = 3600;
@@ -106,6 +108,11 @@ pub async fn ensure(
             .with_retention(&retention);
         let mut states = Vec::with_capacity(all.len());
         for topic in &all {
+            let before = match queue.partition_count(topic.name).await {
+                Ok(n) => Some(n),
+                Err(sipmba_queue::QueueError::MissingTopic(_)) => None,
+                Err(e) => return Err(format!("topic {}: {e}", queue.topic(topic.name))),
+            };
             let partitions = queue
                 .ensure_partitions(topic.name, topic.partitions)
                 .await
@@ -122,6 +129,7 @@ pub async fn ensure(
                 name: queue.topic(topic.name),
                 wanted: topic.partitions,
                 partitions,
+                before,
             });
         }
         Ok(states)

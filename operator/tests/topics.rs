@@ -46,13 +46,18 @@ async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
         configs.contains(&("retention.ms".to_owned(), (24 * 3_600_000u64).to_string())),
         "{configs:?}"
     );
-    // Again: the topics exist, which is success.
-    assert_eq!(
-        topics::ensure(&spec, "", Default::default(), WAIT)
-            .await
-            .unwrap(),
-        states
+    assert!(
+        states.iter().all(|s| s.before.is_none()),
+        "each was created: {states:?}"
     );
+    // Again: the topics exist, which is success, and they had what they have.
+    let again = topics::ensure(&spec, "", Default::default(), WAIT)
+        .await
+        .unwrap();
+    for (now, first) in again.iter().zip(&states) {
+        assert_eq!((&now.name, now.partitions), (&first.name, first.partitions));
+        assert_eq!(now.before, Some(first.partitions));
+    }
     // Fewer partitions asked for: the topic keeps its six.
     spec.telemetry_partitions = Some(3);
     let again = topics::ensure(&spec, "", Default::default(), WAIT)
@@ -62,7 +67,10 @@ async fn topics_are_created_once_with_their_partitions_and_never_shrink() {
     // More asked for: Kafka adds them (tansu cannot, and says so).
     spec.telemetry_partitions = Some(8);
     match topics::ensure(&spec, "", Default::default(), WAIT).await {
-        Ok(grown) => assert_eq!((grown[0].wanted, grown[0].partitions), (8, 8)),
+        Ok(grown) => assert_eq!(
+            (grown[0].wanted, grown[0].before, grown[0].partitions),
+            (8, Some(6), 8)
+        ),
         Err(e) => {
             assert_eq!(broker.flavour, sipmba_testkit::Flavour::Tansu, "{e}");
             assert!(e.contains("cannot add any"), "{e}");

@@ -18,7 +18,8 @@
 //!    naming it and served by the running pods, the agent is delivered the external URLs and
 //!    streams through them (TLS verified against the delivered CA), an `agent.ping` is ACKED,
 //!    and deleting the Thing revokes it. A Thing whose agent accepts connections but never
-//!    answers fails on its own, holding nothing up.
+//!    answers fails on its own, holding nothing up. The platform's and the Things' Events tell
+//!    it all (`kubectl describe`).
 //! 7. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
 //!    resources rolls collect alone.
 //! 8. The operator pod killed in the middle of a new platform's first reconcile: after its
@@ -397,6 +398,12 @@ impl Suite {
         )
         .await?;
         drop(agent);
+        self.step(
+            "kubectl describe tells the story: the platform's and the Things' Events",
+            limit(90),
+            self.events(),
+        )
+        .await?;
         self.step(
             "helm upgrade with a changed setting rolls the operator alone",
             limit(300),

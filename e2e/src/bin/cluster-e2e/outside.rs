@@ -261,7 +261,7 @@ impl Suite {
                                 .check(tonic_health::pb::HealthCheckRequest::default())
                                 .await
                             {
-                                Ok(answer) => Ok(answer.into_inner().status),
+                                Ok(answer) => Ok(answer.into_inner().status().as_str_name()),
                                 Err(status) => Err(format!("health: {status}")),
                             }
                         }
@@ -448,6 +448,99 @@ impl Suite {
         )
         .await?;
         println!("  spec.exposure removed: its Services deleted, status.external gone");
+        Ok(())
+    }
+}
+
+impl Suite {
+    /// The Events about `kind`/`name` in the suite's namespace: `(type, reason, note)`.
+    async fn events_of(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> anyhow::Result<Vec<(String, String, String)>> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), NS);
+        let selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
+        Ok(events
+            .list(&ListParams::default().fields(&selector))
+            .await?
+            .items
+            .into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    /// `kubectl describe` tells what the operator did: the platform's and the Things' Events.
+    pub(super) async fn events(&self) -> anyhow::Result<()> {
+        let expected: [(&str, &str, &[&str]); 4] = [
+            (
+                "SipMba",
+                "demo",
+                &[
+                    "Created",
+                    "CertificateIssued",
+                    "TopicCreated",
+                    "Ready",
+                    "Exposed",
+                    "CertificateRenewed",
+                ],
+            ),
+            ("Thing", "e2e-thing", &["Registered", "TokenDelivered"]),
+            (
+                "Thing",
+                PI,
+                &[
+                    "NoExternalAddress",
+                    "Registered",
+                    "TokenDelivered",
+                    "CleanedUp",
+                ],
+            ),
+            ("Thing", SILENT, &["AgentUnreachable", "CleanedUp"]),
+        ];
+        for (kind, name, reasons) in expected {
+            let found = wait_for(
+                &format!("the Events of {kind} {name}"),
+                Duration::from_secs(30),
+                || async {
+                    let events = self.events_of(kind, name).await?;
+                    let missing: Vec<&&str> = reasons
+                        .iter()
+                        .filter(|r| !events.iter().any(|e| e.1 == **r))
+                        .collect();
+                    Ok(if missing.is_empty() {
+                        Ok(events)
+                    } else {
+                        Err(format!("missing {missing:?} among {events:?}"))
+                    })
+                },
+            )
+            .await?;
+            for (kind, reason, note) in found.iter().filter(|e| reasons.contains(&e.1.as_str())) {
+                println!("  {name}: {kind} {reason}: {note}");
+            }
+        }
+        // A delivery failure is told once, as AgentUnreachable, not again as ReconcileFailed.
+        let silent = self.events_of("Thing", SILENT).await?;
+        if silent.iter().any(|e| e.1 == "ReconcileFailed") {
+            bail!("the silent agent's failure was told twice: {silent:?}");
+        }
+        let described = self
+            .kubectl(&["describe", "sipmba", "demo", "-n", NS])
+            .await?;
+        for reason in ["CertificateRenewed", "Exposed", "Ready"] {
+            if !described.contains(reason) {
+                bail!("`kubectl describe sipmba demo` does not show {reason}:\n{described}");
+            }
+        }
+        println!("  kubectl describe sipmba demo shows them");
         Ok(())
     }
 }

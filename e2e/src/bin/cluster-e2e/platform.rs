@@ -78,6 +78,7 @@ impl Suite {
             // The exposure a SipMba no longer asks for is deleted.
             ("delete", "services"),
             ("create", "ingresses.networking.k8s.io"),
+            ("create", "events.events.k8s.io"),
         ];
         let refused = [
             ("create", "pods"),
