@@ -344,7 +344,7 @@ pub async fn deliver(
 ) -> Result<pb::ProvisionResponse, ProvisionError> {
     request.enrollment_proof =
         enrollment::hmac_proof(enrollment_secret, &enrollment::provision_message(&request));
-    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, AGENT_TIMEOUT, ca)
+    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, CHANNEL_TIMEOUT, ca)
         .map_err(ProvisionError::Config)?;
     let mut agent = pb::edge_service_client::EdgeServiceClient::new(channel);
     let answer = within_agent_timeout("delivering to the agent", agent.provision(request)).await?;
@@ -363,11 +363,15 @@ pub async fn agent_status(
     };
     request.enrollment_proof =
         enrollment::hmac_proof(enrollment_secret, &enrollment::status_message(&request));
-    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, AGENT_TIMEOUT, ca)
+    let channel = sipmba_auth::peer_tls::channel_trusting(endpoint, CHANNEL_TIMEOUT, ca)
         .map_err(ProvisionError::Config)?;
     let mut agent = pb::edge_service_client::EdgeServiceClient::new(channel);
     within_agent_timeout("reading the agent's status", agent.get_status(request)).await
 }
+
+/// The channel's own request timeout, beyond [`AGENT_TIMEOUT`] so that the bound every call
+/// gets, and its message, is that one.
+const CHANNEL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest a call to an agent may take, connection and TLS and HTTP/2 handshakes included: an
 /// agent on a LAN that is off, or an address that swallows packets, costs its Thing this and

@@ -8,7 +8,8 @@
 //! - the operator's Kubernetes API requests per Thing (its `sipmba_operator_api_requests_total`);
 //! - the operator container's memory (the kubelet's working set) per Thing;
 //! - a restart of the operator with every Thing delivered: how long until it has looked at
-//!   all of them, and how many deliveries that caused (none should: tokens stay valid);
+//!   all of them, its API requests per Thing, how many deliveries that caused (none should:
+//!   tokens stay valid), and its memory then;
 //! - token renewals (the Things ask for `tokenSeconds: 300`): how they spread over time, as
 //!   the most renewals in any one second.
 
