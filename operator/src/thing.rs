@@ -287,10 +287,17 @@ pub async fn reconcile(thing: Arc<Thing>, ctx: Arc<ThingContext>) -> Result<Acti
         }
     })
     .await
-    .map_err(|e| match e {
+    .or_else(|e| match e {
+        // The Thing is gone already: this reconcile ran on a stale copy (a retry queued before
+        // the cleanup that released it), and its cleanup is done.
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status))
+            if status.code == 404 =>
+        {
+            Ok(Action::await_change())
+        }
         kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => ThingError::Finalizer(other.to_string()),
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
+        other => Err(ThingError::Finalizer(other.to_string())),
     });
     let outcome = match &result {
         Ok(_) => {
