@@ -35,19 +35,36 @@ impl Suite {
             .access_token;
         let password = format!("e2e-{}", uuid::Uuid::new_v4().simple());
         let username = format!("e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let owner = pb::account_service_client::AccountServiceClient::new(sso.clone())
-            .register_user(sipmba_testkit::with_token(
-                &admin,
-                pb::RegisterUserRequest {
-                    username: username.clone(),
-                    password: password.clone(),
-                },
-            ))
-            .await?
-            .into_inner()
-            .user
-            .context("registered user id")?
-            .value;
+        // Right after the pods are Ready, sso may not reach Objects through its Service yet (the
+        // node's proxy rules follow the endpoints a moment later): it answers UNAVAILABLE, and
+        // a client tries again, as this one does.
+        let owner = wait_for(
+            "sso registering the owner",
+            Duration::from_secs(60),
+            || async {
+                let registered = pb::account_service_client::AccountServiceClient::new(sso.clone())
+                    .register_user(sipmba_testkit::with_token(
+                        &admin,
+                        pb::RegisterUserRequest {
+                            username: username.clone(),
+                            password: password.clone(),
+                        },
+                    ))
+                    .await;
+                match registered {
+                    Ok(answer) => Ok(Ok(answer
+                        .into_inner()
+                        .user
+                        .context("registered user id")?
+                        .value)),
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        Ok(Err(status.to_string()))
+                    }
+                    Err(status) => Err(status.into()),
+                }
+            },
+        )
+        .await?;
         Ok(Owner {
             id: owner,
             username,
