@@ -24,8 +24,9 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api,
-    runtime::{Controller, watcher},
+    Api, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{Controller, WatchStreamExt, reflector, watcher},
 };
 
 /// Runs the SipMba and Thing controllers until SIGTERM, serving `/metrics` and `/healthz` on `listen`.
@@ -80,22 +81,38 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         "app.kubernetes.io/managed-by=sipmba-operator,app.kubernetes.io/component={}",
         thing::CREDENTIALS_COMPONENT
     ));
-    let things = Controller::new(
+    // A fleet's Things are held without their managed fields (nothing here reads them), and
+    // their credentials Secrets are watched by metadata only (their data is read when needed).
+    let (things_store, things_writer) = reflector::store();
+    let things_stream = watcher(
         Api::<api::Thing>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Secret>::all(client.clone()), credentials)
-    .shutdown_on_signal()
-    .run(
-        thing::reconcile,
-        thing::error_policy,
-        Arc::new(thing::ThingContext::new(client.clone(), ctx.metrics.clone()).with_events(events)),
+    .default_backoff()
+    .modify(|thing| thing.managed_fields_mut().clear())
+    .reflect(things_writer)
+    .applied_objects();
+    let credentials_stream = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        credentials,
     )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "thing reconcile ended with an error");
-        }
-    });
+    .default_backoff()
+    .touched_objects();
+    let things = Controller::for_stream(things_stream, things_store)
+        .owns_stream(credentials_stream)
+        .shutdown_on_signal()
+        .run(
+            thing::reconcile,
+            thing::error_policy,
+            Arc::new(
+                thing::ThingContext::new(client.clone(), ctx.metrics.clone()).with_events(events),
+            ),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "thing reconcile ended with an error");
+            }
+        });
     let platforms = Controller::new(platforms, watcher::Config::default())
         .owns(Api::<Deployment>::all(client.clone()), owned())
         .owns(Api::<StatefulSet>::all(client.clone()), owned())
