@@ -334,32 +334,9 @@ impl Suite {
         )
         .await?;
         println!("  {SILENT}: Delivered False, {reason}: {message}");
-        let latest = wait_for(
-            "a reading of the thing outside",
-            Duration::from_secs(150),
-            || async {
-                let out = cli
-                    .run(
-                        &[
-                            "telemetry",
-                            "latest",
-                            &id,
-                            "-m",
-                            "temperature",
-                            "-o",
-                            "json",
-                        ],
-                        None,
-                    )
-                    .await?;
-                Ok(if out.contains("temperature") {
-                    Ok(out)
-                } else {
-                    Err(out)
-                })
-            },
-        )
-        .await?;
+        let latest = cli
+            .latest_temperature(&id, Duration::from_secs(150))
+            .await?;
         println!(
             "  its reading, streamed through the NodePort: {}",
             latest.trim()

@@ -85,8 +85,9 @@ impl Suite {
             .context("no ready operator pod")
     }
 
-    /// The operator's Kubernetes API requests so far (through the API server's pod proxy).
-    async fn operator_api_requests(&self) -> anyhow::Result<f64> {
+    /// The sum of the operator's samples whose line starts with `prefix` (its `/metrics`,
+    /// through the API server's pod proxy).
+    async fn operator_metric(&self, prefix: &str) -> anyhow::Result<f64> {
         let pod = self.operator_pod().await?.name_any();
         let text = self
             .client
@@ -100,9 +101,15 @@ impl Suite {
             .await?;
         Ok(text
             .lines()
-            .filter(|l| l.starts_with("sipmba_operator_api_requests_total"))
+            .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    /// The operator's Kubernetes API requests so far.
+    async fn operator_api_requests(&self) -> anyhow::Result<f64> {
+        self.operator_metric("sipmba_operator_api_requests_total")
+            .await
     }
 
     /// The operator container's working set, from the kubelet's summary.
@@ -270,24 +277,9 @@ impl Suite {
             "the restarted operator looking at every Thing",
             Duration::from_secs(600),
             || async {
-                let pod = self.operator_pod().await?.name_any();
-                let text = self
-                    .client
-                    .request_text(
-                        http::Request::get(format!(
-                            "/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics",
-                            self.operator_ns
-                        ))
-                        .body(Vec::new())?,
-                    )
+                let reconciled = self
+                    .operator_metric("sipmba_operator_reconciles_total{controller=\"thing\"")
                     .await?;
-                let reconciled: f64 = text
-                    .lines()
-                    .filter(|l| {
-                        l.starts_with("sipmba_operator_reconciles_total{controller=\"thing\"")
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum();
                 Ok(if reconciled >= all as f64 {
                     Ok(restarted.elapsed().as_secs_f64())
                 } else {

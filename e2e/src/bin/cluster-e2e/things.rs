@@ -231,32 +231,9 @@ impl Suite {
             bail!("`things list` does not show {}: {listed}", thing.id);
         }
         println!("  sipmba things list: {}", listed.trim());
-        let latest = wait_for(
-            "a temperature reading",
-            Duration::from_secs(200),
-            || async {
-                let out = cli
-                    .run(
-                        &[
-                            "telemetry",
-                            "latest",
-                            &thing.id,
-                            "-m",
-                            "temperature",
-                            "-o",
-                            "json",
-                        ],
-                        None,
-                    )
-                    .await?;
-                Ok(if out.contains("temperature") {
-                    Ok(out)
-                } else {
-                    Err(out)
-                })
-            },
-        )
-        .await?;
+        let latest = cli
+            .latest_temperature(&thing.id, Duration::from_secs(200))
+            .await?;
         println!("  sipmba telemetry latest: {}", latest.trim());
         Ok(cli)
     }
@@ -355,5 +332,36 @@ impl Cli {
         let mut all: Vec<&str> = self.global.iter().map(String::as_str).collect();
         all.extend(args);
         run(&self.program, &all, input).await
+    }
+
+    /// `sipmba telemetry latest <thing> -m temperature`, once it shows a reading (within
+    /// `limit`).
+    pub(super) async fn latest_temperature(
+        &self,
+        thing: &str,
+        limit: Duration,
+    ) -> anyhow::Result<String> {
+        wait_for("a temperature reading", limit, || async {
+            let out = self
+                .run(
+                    &[
+                        "telemetry",
+                        "latest",
+                        thing,
+                        "-m",
+                        "temperature",
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .await?;
+            Ok(if out.contains("temperature") {
+                Ok(out)
+            } else {
+                Err(out)
+            })
+        })
+        .await
     }
 }
