@@ -163,7 +163,8 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 50").message("replicas must be 0 to 50"))]
     pub replicas: Option<i32>,
-    /// CPU and memory requests and limits of the service's container.
+    /// CPU and memory requests and limits of the service's container, taken whole. Without
+    /// them, requests measured for each service and a memory limit (no CPU limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }

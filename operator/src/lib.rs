@@ -7,6 +7,7 @@ pub mod crdgen;
 pub mod desired;
 pub mod events;
 pub mod exposure;
+pub mod leader;
 pub mod metrics;
 pub mod platform;
 pub mod provisioning;
@@ -29,8 +30,13 @@ use kube::{
     runtime::{Controller, WatchStreamExt, reflector, watcher},
 };
 
-/// Runs the SipMba and Thing controllers until SIGTERM, serving `/metrics` and `/healthz` on `listen`.
-pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+/// Serves `/metrics` and `/healthz` on `listen`, waits to hold the `election`'s Lease, then runs
+/// the SipMba and Thing controllers until SIGTERM (releasing the Lease) or until the Lease is lost
+/// (an error: the process exits, and restarts as a standby).
+pub async fn run(
+    listen: std::net::SocketAddr,
+    mut election: leader::Election,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let counted = metrics.clone();
     let count =
@@ -38,7 +44,11 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
             counted.api_request(request.method(), request.uri().query());
             request
         });
-    let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?
+    let config = kube::Config::infer().await?;
+    election
+        .namespace
+        .get_or_insert_with(|| config.default_namespace.clone());
+    let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
         .build();
     let events = events::Events::new(client.clone());
@@ -70,6 +80,28 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         }
     });
     tracing::info!(%listen, "serving /metrics and /healthz");
+    let Some(mut leadership) = leader::acquire(client.clone(), &election).await? else {
+        tracing::info!("stopped while standing by");
+        return Ok(());
+    };
+    ctx.metrics.set_leader(true);
+    let lost = tokio::select! {
+        () = controllers(client, ctx, events) => false,
+        () = leadership.lost() => true,
+    };
+    if lost {
+        anyhow::bail!(
+            "lost the lease {}/{}: another replica reconciles now",
+            election.namespace(),
+            election.lease
+        );
+    }
+    leadership.release().await;
+    Ok(())
+}
+
+/// The SipMba and Thing controllers, until SIGTERM.
+async fn controllers(client: kube::Client, ctx: Arc<platform::Context>, events: events::Events) {
     let platforms: Api<api::SipMba> = Api::all(client.clone());
     // Children are selected by the labels each controller's children carry, so that neither
     // caches the other's (a fleet's credentials Secrets are most of them).
@@ -129,5 +161,4 @@ pub async fn run(listen: std::net::SocketAddr) -> anyhow::Result<()> {
             }
         });
     futures::join!(platforms, things);
-    Ok(())
 }

@@ -21,6 +21,22 @@ enum Command {
         /// Where `/metrics` and `/healthz` answer.
         #[arg(long, env = "SIPMBA_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
+        /// The namespace of the Lease the replicas elect their leader on (default: the
+        /// client's namespace, in a pod its own).
+        #[arg(long, env = "SIPMBA_OPERATOR_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// The Lease's name.
+        #[arg(long, env = "SIPMBA_OPERATOR_LEASE", default_value = "sipmba-operator")]
+        lease: String,
+        /// How long the leader's term lasts without a renewal, in seconds: a standby takes
+        /// over at most this long after the leader stops renewing.
+        #[arg(long, env = "SIPMBA_OPERATOR_LEASE_SECONDS", default_value_t = 15,
+              value_parser = clap::value_parser!(u64).range(3..=300))]
+        lease_seconds: u64,
+        /// This replica's identity in the Lease (default: the pod's name from POD_NAME, else
+        /// the host name and process id).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
     /// Prints the CRDs as YAML, or writes them to a directory, or checks a directory holds them.
     Crd {
@@ -35,7 +51,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let (out, check) = match Cli::parse().command {
-        Command::Run { listen } => return run(listen),
+        Command::Run {
+            listen,
+            lease_namespace,
+            lease,
+            lease_seconds,
+            identity,
+        } => {
+            return run(
+                listen,
+                lease_namespace,
+                lease,
+                lease_seconds,
+                identity.unwrap_or_else(default_identity),
+            );
+        }
         Command::Crd { out, check } => (out, check),
     };
     let result = match (out, check) {
@@ -69,7 +99,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(listen: std::net::SocketAddr) -> ExitCode {
+/// The host's name and this process's id: unique among replicas outside a pod.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sipmba-operator".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn run(
+    listen: std::net::SocketAddr,
+    lease_namespace: Option<String>,
+    lease: String,
+    lease_seconds: u64,
+    identity: String,
+) -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -88,7 +132,13 @@ fn run(listen: std::net::SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sipmba_operator::run(listen)) {
+    let election = sipmba_operator::leader::Election {
+        namespace: lease_namespace,
+        lease,
+        identity,
+        lease_seconds,
+    };
+    match runtime.block_on(sipmba_operator::run(listen, election)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,11 +1,12 @@
 //! The operator's metrics (prometheus-client): reconciles by outcome, their durations, failures
-//! by category, and its requests to the Kubernetes API by verb — every label a bounded value.
+//! by category, its requests to the Kubernetes API by verb, and whether it leads — every label a
+//! bounded value.
 
 use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -38,6 +39,7 @@ pub struct Metrics {
     reconciles: Family<Outcome, Counter>,
     durations: Family<ControllerLabel, Histogram>,
     api_requests: Family<ApiVerb, Counter>,
+    leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,11 +71,18 @@ impl Default for Metrics {
             "Requests the operator made to the Kubernetes API, by verb",
             api_requests.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             durations,
             api_requests,
+            leader,
         }
     }
 }
@@ -102,6 +111,11 @@ impl Metrics {
             _ => "other",
         };
         self.api_requests.get_or_create(&ApiVerb { verb }).inc();
+    }
+
+    /// Whether this replica holds the Lease.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// The metrics in the Prometheus text format.

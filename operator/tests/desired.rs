@@ -364,6 +364,31 @@ fn workloads_run_each_service_non_root_with_its_config_secrets_and_probes() {
         service.selector.unwrap()["app.kubernetes.io/component"],
         "sso"
     );
+    // Without resources in the spec, each service gets requests and a memory limit, no CPU
+    // limit; resources in the spec are taken whole.
+    let defaults = desired::resources(&p, Component::Collect);
+    let requests = defaults.requests.unwrap();
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+    let limits = defaults.limits.unwrap();
+    assert_eq!(limits.keys().collect::<Vec<_>>(), ["memory"]);
+    assert_eq!(
+        container.resources.as_ref().unwrap().limits.as_ref(),
+        Some(&limits)
+    );
+    let mut given = p.clone();
+    let only = k8s_openapi::api::core::v1::ResourceRequirements {
+        requests: Some(
+            [(
+                "cpu".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".to_owned()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    given.spec.services.collect.resources = Some(only.clone());
+    assert_eq!(desired::resources(&given, Component::Collect), only);
+
     let budget = desired::disruption_budget(&p, Component::Sso).spec.unwrap();
     assert_eq!(
         budget.max_unavailable,

@@ -3,8 +3,9 @@
 //! fails, the suite prints `kubectl describe` of what it made, the events and the logs, and exits
 //! 1. Without a reachable cluster it says so and exits 77 ("not run"), never 0.
 //!
-//! 1. `helm install` (the real helm) with `--wait`: the operator runs as its pod, under the
-//!    chart's ServiceAccount, which may do what the operator does and nothing broader.
+//! 1. `helm install` (the real helm) with `--wait`: the operator runs as two pods, one holding
+//!    its Lease, under the chart's ServiceAccount, which may do what the operator does and
+//!    nothing broader; the namespace enforces the restricted Pod Security Standard.
 //! 2. A `SipMba` applied: Ready, every component's pods Ready, its topics on the log.
 //! 3. An invalid `SipMba` and a change to an immutable field are refused by the API server with
 //!    the CEL rules' messages.
@@ -12,7 +13,10 @@
 //!    the operator by its full cluster DNS name: Registered, TokenIssued, Delivered.
 //! 5. The `sipmba` CLI, through port-forwards: logs in as the thing's owner, reads its readings,
 //!    sends `agent.ping` and waits until it is ACKED.
-//! 6. A thing outside the cluster (its agent a process on this host, as a Raspberry Pi on a LAN
+//! 6. A collect rollout (`kubectl rollout restart`) while the agent pod streams: a new pod Ready
+//!    before an old one goes, the agent reconnects, and every reading Collect acknowledged is
+//!    stored once.
+//! 7. A thing outside the cluster (its agent a process on this host, as a Raspberry Pi on a LAN
 //!    is): while the platform is not exposed its Thing says so (NoExternalAddress); once
 //!    `spec.exposure` names NodePorts on the node's address, the certificates are re-issued
 //!    naming it and served by the running pods, the agent is delivered the external URLs and
@@ -20,14 +24,20 @@
 //!    and deleting the Thing revokes it. A Thing whose agent accepts connections but never
 //!    answers fails on its own, holding nothing up. The platform's and the Things' Events tell
 //!    it all (`kubectl describe`).
-//! 7. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
+//! 8. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
 //!    resources rolls collect alone.
-//! 8. The operator pod killed in the middle of a new platform's first reconcile: after its
+//! 9. The operator pod killed in the middle of a new platform's first reconcile: after its
 //!    restart the platform converges, and what is made once (its client secrets, its CA) was not
 //!    made twice.
-//! 9. `kubectl delete thing`: the finalizer revokes and deregisters, collect refuses the agent's
-//!    token. `kubectl delete sipmba`: the garbage collector removes every child.
-//! 10. `helm uninstall` removes the operator and leaves the CRDs.
+//! 10. A standby operator: the leader's pod deleted, then the leader frozen (SIGSTOP, as when
+//!     its node stops); each time its successor takes the Lease, makes a deleted child again and
+//!     renews a token that fell due meanwhile, within a bound; nothing is made twice, and a frozen
+//!     leader that wakes steps down.
+//! 11. What every pod uses (the kubelet's summary) beside its requests and limits: the
+//!     operator's and the platform's containers have them, and stay under their memory limit.
+//! 12. `kubectl delete thing`: the finalizer revokes and deregisters, collect refuses the agent's
+//!     token. `kubectl delete sipmba`: the garbage collector removes every child.
+//! 13. `helm uninstall` removes the operator and leaves the CRDs.
 //!
 //! The platform's PostgreSQL and log: with `SIPMBA_E2E_DATABASE` (`ip:port`),
 //! `SIPMBA_E2E_DATABASE_URL` (naming the host `postgresql`) and `SIPMBA_E2E_KAFKA` (`ip:port`),
@@ -68,13 +78,17 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 mod outside;
 mod platform;
+mod rollout;
 mod scale;
+mod standby;
 mod support;
 mod things;
+mod upgrade;
+mod usage;
 
 use support::{
-    apply, condition, converged, dynamic, forward, grpc, owned_by, pod_ready, run, secret_value,
-    wait_for, workload,
+    apply, condition, converged, dynamic, forward, forward_to, grpc, owned_by, pod_ready, run,
+    secret_value, wait_for, workload,
 };
 
 /// Where the platform and its things live.
@@ -115,6 +129,8 @@ struct Suite {
     step: std::cell::Cell<usize>,
     /// `--bench-things N`: the Thing-scale benchmark instead of the functional steps.
     bench_things: Option<usize>,
+    /// The release the upgrade steps start from.
+    previous: Option<upgrade::Previous>,
 }
 
 #[tokio::main]
@@ -174,6 +190,12 @@ async fn main() {
         started: Instant::now(),
         step: std::cell::Cell::new(0),
         bench_things,
+        previous: std::env::var("SIPMBA_E2E_PREVIOUS_CHART")
+            .ok()
+            .map(|chart| upgrade::Previous {
+                chart,
+                tag: env("SIPMBA_E2E_PREVIOUS_TAG", "previous"),
+            }),
     };
     match suite.run().await {
         Ok(()) => println!(
@@ -299,15 +321,20 @@ impl Suite {
                 .patch(
                     ns,
                     &PatchParams::apply(MANAGER),
-                    &Patch::Apply(
-                        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-                    ),
+                    // Every pod in them meets the restricted Pod Security Standard.
+                    &Patch::Apply(json!({
+                        "apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": ns, "labels": {
+                            "pod-security.kubernetes.io/enforce": "restricted",
+                            "pod-security.kubernetes.io/enforce-version": "latest"
+                        }}
+                    })),
                 )
                 .await?;
         }
         let limit = Duration::from_secs;
         self.step(
-            "helm install --wait: the operator runs as its pod",
+            "helm install --wait: the operator runs as two pods, one leading",
             limit(360),
             self.install(),
         )
@@ -371,6 +398,12 @@ impl Suite {
             self.cli_command(&cli, &thing),
         )
         .await?;
+        self.step(
+            "kubectl rollout restart of collect while the agent streams: one pod at a time, nothing lost or stored twice",
+            limit(360),
+            self.rollout_collect(&cli, &thing.id),
+        )
+        .await?;
         let agent = self
             .step(
                 "a Thing whose agent runs outside the cluster, the platform not exposed: NoExternalAddress",
@@ -423,6 +456,18 @@ impl Suite {
         )
         .await?;
         self.step(
+            "a standby operator takes over: the leader's pod deleted, then the leader frozen",
+            limit(300),
+            self.standby(),
+        )
+        .await?;
+        self.step(
+            "what the pods use, beside their requests and limits",
+            limit(60),
+            self.usage(),
+        )
+        .await?;
+        self.step(
             "kubectl delete thing: finalizer released, collect refuses its token",
             limit(180),
             self.delete_thing(),
@@ -438,6 +483,33 @@ impl Suite {
             "helm uninstall: the operator goes, the CRDs stay",
             limit(180),
             self.uninstall(),
+        )
+        .await?;
+        let Some(previous) = &self.previous else {
+            println!("upgrade steps not run: SIPMBA_E2E_PREVIOUS_CHART is not set (.ci/previous)");
+            return Ok(());
+        };
+        let (thing, cli) = self
+            .step(
+                "the previous release: its chart and images, a SipMba written for its CRD, an agent pod streaming",
+                limit(900),
+                self.install_previous(previous),
+            )
+            .await?;
+        self.step(
+            "helm upgrade to this release, then its image: one pod at a time, nothing acknowledged lost or stored twice",
+            limit(900),
+            self.upgrade_release(previous, &thing, cli),
+        )
+        .await?;
+        self.step(
+            "the upgraded platform removed: its Thing, the SipMba, the release",
+            limit(480),
+            async {
+                self.delete_thing().await?;
+                self.delete_platforms(&["demo"]).await?;
+                self.uninstall().await
+            },
         )
         .await?;
         Ok(())

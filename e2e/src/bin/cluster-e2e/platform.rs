@@ -20,8 +20,44 @@ impl Suite {
         .await
     }
 
+    /// The values the suite installs and upgrades the chart with: its images, the trial
+    /// database and log when there are no external ones, and the NetworkPolicies for the
+    /// platform's namespace with the egress to its database and log (the bridge CNI here does not
+    /// enforce them: the API server checks them, and they are in place where a CNI plugin does).
+    pub(super) fn chart_values(&self) -> Vec<String> {
+        let mut args = vec![
+            "--set".to_owned(),
+            format!("operator.image.tag={}", self.tag),
+            "--set".into(),
+            "operator.image.pullPolicy=IfNotPresent".into(),
+        ];
+        if self.external.is_none() {
+            args.extend(
+                ["--set", "trial.enabled=true", "--set", "trial.storage=1Gi"].map(String::from),
+            );
+        }
+        let ports: Vec<u16> = match &self.external {
+            Some(e) => [&e.database, &e.kafka]
+                .iter()
+                .filter_map(|a| a.rsplit_once(':')?.1.parse().ok())
+                .collect(),
+            None => vec![5432, 9092],
+        };
+        let egress = json!([{"ports": ports.iter()
+            .map(|p| json!({"port": p, "protocol": "TCP"})).collect::<Vec<_>>()}]);
+        args.extend([
+            "--set".into(),
+            "networkPolicy.enabled=true".into(),
+            "--set".into(),
+            format!("networkPolicy.namespaces={{{NS}}}"),
+            "--set-json".into(),
+            format!("networkPolicy.egress={egress}"),
+        ]);
+        args
+    }
+
     pub(super) async fn install(&self) -> anyhow::Result<()> {
-        let tag = format!("operator.image.tag={}", self.tag);
+        let values = self.chart_values();
         let mut args = vec![
             "install",
             RELEASE,
@@ -31,37 +67,77 @@ impl Suite {
             "--wait",
             "--timeout",
             "5m",
-            "--set",
-            &tag,
-            "--set",
-            "operator.image.pullPolicy=IfNotPresent",
         ];
-        if self.external.is_none() {
-            args.extend(["--set", "trial.enabled=true", "--set", "trial.storage=1Gi"]);
-        }
+        args.extend(values.iter().map(String::as_str));
         self.helm(&args).await?;
+        let policies = dynamic(&self.client, NS, "networking.k8s.io", "v1", "NetworkPolicy")
+            .await?
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len();
+        if policies < 3 {
+            bail!("{policies} NetworkPolicies in {NS}, not the chart's 3");
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
         let operator = pods
             .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
             .await?
             .items;
-        let [pod] = operator.as_slice() else {
-            bail!("{} operator pods, not 1", operator.len());
-        };
-        let spec = pod.spec.clone().unwrap_or_default();
-        if spec.service_account_name.as_deref() != Some(OPERATOR) {
-            bail!(
-                "the operator runs as {:?}, not {OPERATOR}",
-                spec.service_account_name
-            );
+        // The chart's default: two replicas, one leading.
+        if operator.len() != 2 {
+            bail!("{} operator pods, not 2", operator.len());
         }
-        if !pod_ready(pod) {
-            bail!("the operator pod {} is not Ready", pod.name_any());
+        for pod in &operator {
+            let spec = pod.spec.clone().unwrap_or_default();
+            if spec.service_account_name.as_deref() != Some(OPERATOR) {
+                bail!(
+                    "the operator runs as {:?}, not {OPERATOR}",
+                    spec.service_account_name
+                );
+            }
+            if !pod_ready(pod) {
+                bail!("the operator pod {} is not Ready", pod.name_any());
+            }
         }
+        let leader = wait_for(
+            "a replica holding the lease",
+            Duration::from_secs(60),
+            || async {
+                Ok(match self.leader().await? {
+                    Some(leader) => Ok(leader),
+                    None => Err("no holder".to_owned()),
+                })
+            },
+        )
+        .await?;
         println!(
-            "  operator pod {} Ready, ServiceAccount {OPERATOR}",
-            pod.name_any()
+            "  operator pods {:?} Ready, ServiceAccount {OPERATOR}; {leader} holds the lease",
+            operator
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect::<Vec<_>>()
         );
+        // They were admitted under the restricted Pod Security Standard, which is enforced.
+        let probe: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "e2e-privileged"},
+            "spec": {"containers": [{"name": "probe", "image": "probe",
+                                     "securityContext": {"privileged": true}}]}
+        }))?;
+        let dry_run = kube::api::PostParams {
+            dry_run: true,
+            ..kube::api::PostParams::default()
+        };
+        match pods.create(&dry_run, &probe).await {
+            Err(kube::Error::Api(e)) if e.message.contains("violates PodSecurity") => {
+                println!("  {}: {}", self.operator_ns, e.message);
+            }
+            other => bail!(
+                "a privileged pod was not refused in {} (restricted Pod Security): {other:?}",
+                self.operator_ns
+            ),
+        }
         Ok(())
     }
 
@@ -79,6 +155,9 @@ impl Suite {
             ("delete", "services"),
             ("create", "ingresses.networking.k8s.io"),
             ("create", "events.events.k8s.io"),
+            // The owner references of children block their owner's deletion: allowed where
+            // OwnerReferencesPermissionEnforcement is on only with this.
+            ("update", "sipmbas.sipmba.io/finalizers"),
         ];
         let refused = [
             ("create", "pods"),
@@ -107,6 +186,46 @@ impl Suite {
                 );
             }
             println!("  {verb} {resource}: {}", if answer { "yes" } else { "no" });
+        }
+        // Everything it may do, as `kubectl auth can-i --list` says: the chart's rules and the
+        // few every authenticated client has, nothing more. In its own namespace, the Lease too.
+        let mut namespaces = vec![(self.operator_ns.as_str(), &OPERATOR_NS_RULES[..])];
+        if self.operator_ns != NS {
+            namespaces.push((NS, &[][..]));
+        }
+        for (ns, extra) in namespaces {
+            let listed = run(
+                "kubectl",
+                &["auth", "can-i", "--list", "-n", ns, &who],
+                None,
+            )
+            .await?;
+            let mut rules: Vec<String> = listed
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|l| !l.is_empty())
+                .collect();
+            rules.sort();
+            let mut expected: Vec<String> = OPERATOR_RULES
+                .iter()
+                .chain(&EVERYONE_RULES)
+                .chain(extra)
+                .map(|r| (*r).to_owned())
+                .collect();
+            expected.sort();
+            if rules != expected {
+                let more: Vec<_> = rules.iter().filter(|r| !expected.contains(r)).collect();
+                let less: Vec<_> = expected.iter().filter(|r| !rules.contains(r)).collect();
+                bail!(
+                    "kubectl auth can-i --list -n {ns}: beyond what it uses {more:?}; missing \
+                     {less:?}\n{listed}"
+                );
+            }
+            println!("  kubectl auth can-i --list -n {ns} {who}: exactly what it uses");
+            for line in listed.lines() {
+                println!("    {line}");
+            }
         }
         Ok(())
     }
@@ -340,15 +459,17 @@ impl Suite {
         ])
         .await?;
         let operator_after = wait_for(
-            "the old operator pod to go",
+            "the old operator pods to go",
             Duration::from_secs(120),
             || async {
                 let pods = self.operator_pods().await?;
-                Ok(if pods.len() == 1 && !operator_before.contains(&pods[0]) {
-                    Ok(pods)
-                } else {
-                    Err(format!("{pods:?}"))
-                })
+                Ok(
+                    if pods.len() == 2 && pods.iter().all(|p| !operator_before.contains(p)) {
+                        Ok(pods)
+                    } else {
+                        Err(format!("{pods:?}"))
+                    },
+                )
             },
         )
         .await?;
@@ -368,7 +489,7 @@ impl Suite {
         let before = self.platform_workloads().await?;
         let mut spec = self.platform_spec("", 1);
         spec["services"]["collect"]["resources"] =
-            json!({"requests": {"cpu": "20m", "memory": "40Mi"}});
+            json!({"requests": {"cpu": "20m", "memory": "40Mi"}, "limits": {"memory": "200Mi"}});
         self.apply_platform("demo", spec).await?;
         let after = wait_for(
             "collect rolled and Ready",
@@ -601,3 +722,56 @@ impl Suite {
         Ok(())
     }
 }
+
+/// `kubectl auth can-i --list` for the operator in a platform's namespace, each line with its
+/// spaces collapsed: the chart's ClusterRole ...
+const OPERATOR_RULES: [&str; 14] = [
+    "configmaps [] [] [get list watch create patch]",
+    "deployments.apps [] [] [get list watch create patch]",
+    "events.events.k8s.io [] [] [create patch]",
+    "ingresses.networking.k8s.io [] [] [get list watch create patch delete]",
+    "poddisruptionbudgets.policy [] [] [get list watch create patch]",
+    "secrets [] [] [get list watch create patch]",
+    "services [] [] [get list watch create patch delete]",
+    "sipmbas.sipmba.io [] [] [get list watch patch]",
+    "sipmbas.sipmba.io/finalizers [] [] [update]",
+    "sipmbas.sipmba.io/status [] [] [get patch]",
+    "statefulsets.apps [] [] [get list watch create patch]",
+    "things.sipmba.io [] [] [get list watch patch]",
+    "things.sipmba.io/finalizers [] [] [update]",
+    "things.sipmba.io/status [] [] [get patch]",
+];
+
+/// ... and what every authenticated client may do (discovery, health, the issuer's keys, asking
+/// what it may do itself): Kubernetes' default ClusterRoles.
+const EVERYONE_RULES: [&str; 23] = [
+    "[/.well-known/openid-configuration/] [] [get]",
+    "[/.well-known/openid-configuration] [] [get]",
+    "[/api/*] [] [get]",
+    "[/api] [] [get]",
+    "[/apis/*] [] [get]",
+    "[/apis] [] [get]",
+    "[/healthz] [] [get]",
+    "[/healthz] [] [get]",
+    "[/livez] [] [get]",
+    "[/livez] [] [get]",
+    "[/openapi/*] [] [get]",
+    "[/openapi] [] [get]",
+    "[/openid/v1/jwks/] [] [get]",
+    "[/openid/v1/jwks] [] [get]",
+    "[/readyz] [] [get]",
+    "[/readyz] [] [get]",
+    "[/version/] [] [get]",
+    "[/version/] [] [get]",
+    "[/version] [] [get]",
+    "[/version] [] [get]",
+    "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
+    "selfsubjectreviews.authentication.k8s.io [] [] [create]",
+    "selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
+];
+
+/// What it may do in its own namespace beyond these: the Lease, created and then only its own.
+const OPERATOR_NS_RULES: [&str; 2] = [
+    "leases.coordination.k8s.io [] [] [create]",
+    "leases.coordination.k8s.io [] [sipmba-operator] [get patch]",
+];

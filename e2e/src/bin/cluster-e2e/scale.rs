@@ -7,9 +7,9 @@
 //! - the time from the first apply until every Thing is Delivered, and Things per second;
 //! - the operator's Kubernetes API requests per Thing (its `sipmba_operator_api_requests_total`);
 //! - the operator container's memory (the kubelet's working set) per Thing;
-//! - a restart of the operator with every Thing delivered: how long until it has looked at
-//!   all of them, its API requests per Thing, how many deliveries that caused (none should:
-//!   tokens stay valid), and its memory then;
+//! - the leader's pod deleted with every Thing delivered: how long until its successor (the
+//!   standby, or a new pod) has looked at all of them, its API requests per Thing, how many
+//!   deliveries that caused (none should: tokens stay valid), and its memory then;
 //! - token renewals (the Things ask for `tokenSeconds: 300`): how they spread over time, as
 //!   the most renewals in any one second.
 
@@ -74,36 +74,20 @@ struct Round {
 }
 
 impl Suite {
-    /// The operator's pod.
+    /// The pod of the operator's leader: the replica that reconciles.
     async fn operator_pod(&self) -> anyhow::Result<Pod> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
-        pods.list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        let leader = self
+            .leader()
             .await?
-            .items
-            .into_iter()
-            .find(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-            .context("no ready operator pod")
+            .context("no operator holds the lease")?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
+        pods.get(&leader).await.context("the leader's pod")
     }
 
-    /// The sum of the operator's samples whose line starts with `prefix` (its `/metrics`,
-    /// through the API server's pod proxy).
+    /// The sum of the leader's samples whose line starts with `prefix`.
     async fn operator_metric(&self, prefix: &str) -> anyhow::Result<f64> {
         let pod = self.operator_pod().await?.name_any();
-        let text = self
-            .client
-            .request_text(
-                http::Request::get(format!(
-                    "/api/v1/namespaces/{}/pods/{pod}:8080/proxy/metrics",
-                    self.operator_ns
-                ))
-                .body(Vec::new())?,
-            )
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        self.pod_metric(&pod, prefix).await
     }
 
     /// The operator's Kubernetes API requests so far.
@@ -260,13 +244,14 @@ impl Suite {
             .await?;
         let all = baseline.things + fleet.things;
 
-        // A restart with every Thing delivered: it looks at each again, delivers nothing.
+        // The leader deleted with every Thing delivered: its successor looks at each again and
+        // delivers nothing.
         let delivered_before = deliveries.seen.lock().map(|s| s.len()).unwrap_or(0);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator_ns);
         let old = self.operator_pod().await?.name_any();
         let restarted = Instant::now();
         pods.delete(&old, &DeleteParams::default()).await?;
-        wait_for("a new operator pod", Duration::from_secs(180), || async {
+        wait_for("the next leader", Duration::from_secs(180), || async {
             Ok(match self.operator_pod().await {
                 Ok(pod) if pod.name_any() != old => Ok(()),
                 _ => Err("waiting".to_owned()),
@@ -274,7 +259,7 @@ impl Suite {
         })
         .await?;
         let looked = wait_for(
-            "the restarted operator looking at every Thing",
+            "the next leader looking at every Thing",
             Duration::from_secs(600),
             || async {
                 let reconciled = self
@@ -351,7 +336,7 @@ impl Suite {
         }
         println!();
         println!(
-            "operator idle: {idle:.1} MiB; after a restart with {all} Things: looked at all in \
+            "operator idle: {idle:.1} MiB; the leader deleted with {all} Things: its successor looked at all in \
              {looked:.1} s, {:.1} API requests per Thing, {redelivered} deliveries, memory \
              {restarted_memory:.1} MiB ({:.1} KiB per Thing over idle)",
             restart_requests / all as f64,

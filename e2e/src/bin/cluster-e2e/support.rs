@@ -212,11 +212,20 @@ pub(super) async fn owned_by(client: &Client, uid: &str) -> anyhow::Result<Vec<S
 /// A local port forwarded to port 7400 of a running pod of `component` (kube's port-forward,
 /// one per connection, as `kubectl port-forward` does).
 pub(super) async fn forward(client: &Client, component: &str) -> anyhow::Result<u16> {
+    forward_to(
+        client,
+        &format!("app.kubernetes.io/instance=demo,app.kubernetes.io/component={component}"),
+        7400,
+    )
+    .await
+}
+
+/// A local port forwarded to `port` of a running pod in the platform's namespace that
+/// `selector` picks.
+pub(super) async fn forward_to(client: &Client, selector: &str, port: u16) -> anyhow::Result<u16> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let pod = pods
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/instance=demo,app.kubernetes.io/component={component}"
-        )))
+        .list(&ListParams::default().labels(selector))
         .await?
         .items
         .into_iter()
@@ -227,24 +236,24 @@ pub(super) async fn forward(client: &Client, component: &str) -> anyhow::Result<
                     .and_then(|s| s.phase.as_deref())
                     .is_some_and(|phase| phase == "Running")
         })
-        .with_context(|| format!("no running {component} pod"))?
+        .with_context(|| format!("no running pod of {selector}"))?
         .name_any();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
+    let local = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (pods, pod) = (pods.clone(), pod.clone());
             tokio::spawn(async move {
-                let Ok(mut forwarder) = pods.portforward(&pod, &[7400]).await else {
+                let Ok(mut forwarder) = pods.portforward(&pod, &[port]).await else {
                     return;
                 };
-                if let Some(mut upstream) = forwarder.take_stream(7400) {
+                if let Some(mut upstream) = forwarder.take_stream(port) {
                     let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
                 }
             });
         }
     });
-    Ok(port)
+    Ok(local)
 }
 
 pub(super) async fn grpc(port: u16, ca: &str) -> anyhow::Result<Channel> {

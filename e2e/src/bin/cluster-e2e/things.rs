@@ -97,7 +97,7 @@ impl Suite {
         apply(client, NS, json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "e2e-agent", "namespace": NS},
-            "data": {"config.toml": "state_dir = \"/var/lib/sipmba-edge\"\nsample_interval_secs = 2\nupload_interval_secs = 3\n\n[provisioning]\nlisten = \"0.0.0.0:7443\"\nenrollment_secret_file = \"/etc/sipmba-edge/enrollment/secret\"\n\n[[sensors]]\nkind = \"simulated\"\nmetric = \"temperature\"\nunit = \"Cel\"\nmin = 18.0\nmax = 28.0\n"}
+            "data": {"config.toml": "state_dir = \"/var/lib/sipmba-edge\"\nsample_interval_secs = 1\nupload_interval_secs = 1\n\n[provisioning]\nlisten = \"0.0.0.0:7443\"\nenrollment_secret_file = \"/etc/sipmba-edge/enrollment/secret\"\n\n[[sensors]]\nkind = \"simulated\"\nmetric = \"temperature\"\nunit = \"Cel\"\nmin = 18.0\nmax = 28.0\n"}
         }))
         .await?;
         apply(client, NS, json!({
@@ -109,12 +109,19 @@ impl Suite {
                 "template": {
                     "metadata": {"labels": {"app": "e2e-agent"}},
                     "spec": {
-                        "securityContext": {"runAsNonRoot": true, "fsGroup": 65532},
+                        // The restricted Pod Security Standard, as the namespace enforces.
+                        "securityContext": {"runAsNonRoot": true, "fsGroup": 65532,
+                                            "seccompProfile": {"type": "RuntimeDefault"}},
                         "containers": [{
                             "name": "agent",
                             "image": format!("ghcr.io/sipmba/sipmba-edge:{}", self.tag),
                             "imagePullPolicy": "IfNotPresent",
+                            "securityContext": {"allowPrivilegeEscalation": false,
+                                                "readOnlyRootFilesystem": true,
+                                                "capabilities": {"drop": ["ALL"]}},
                             "args": ["run", "--config", "/etc/sipmba-edge/config/config.toml"],
+                            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                                          "limits": {"memory": "64Mi"}},
                             "env": [{"name": "RUST_LOG", "value": "info"}],
                             "ports": [{"containerPort": 7443, "name": "provisioning"}],
                             "volumeMounts": [
