@@ -27,15 +27,17 @@ use k8s_openapi::api::{
 use kube::{
     Api, ResourceExt,
     core::PartialObjectMeta,
-    runtime::{Controller, WatchStreamExt, reflector, watcher},
+    runtime::{Controller, WatchStreamExt, controller, reflector, watcher},
 };
 
 /// Serves `/metrics` and `/healthz` on `listen`, waits to hold the `election`'s Lease, then runs
-/// the SipMba and Thing controllers until SIGTERM (releasing the Lease) or until the Lease is lost
-/// (an error: the process exits, and restarts as a standby).
+/// the SipMba and Thing controllers (at most `thing_concurrency` Things reconciled at once) until
+/// SIGTERM (releasing the Lease) or until the Lease is lost (an error: the process exits, and
+/// restarts as a standby).
 pub async fn run(
     listen: std::net::SocketAddr,
     mut election: leader::Election,
+    thing_concurrency: u16,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let counted = metrics.clone();
@@ -86,7 +88,7 @@ pub async fn run(
     };
     ctx.metrics.set_leader(true);
     let lost = tokio::select! {
-        () = controllers(client, ctx, events) => false,
+        () = controllers(client, ctx, events, thing_concurrency) => false,
         () = leadership.lost() => true,
     };
     if lost {
@@ -101,7 +103,12 @@ pub async fn run(
 }
 
 /// The SipMba and Thing controllers, until SIGTERM.
-async fn controllers(client: kube::Client, ctx: Arc<platform::Context>, events: events::Events) {
+async fn controllers(
+    client: kube::Client,
+    ctx: Arc<platform::Context>,
+    events: events::Events,
+    thing_concurrency: u16,
+) {
     let platforms: Api<api::SipMba> = Api::all(client.clone());
     // Children are selected by the labels each controller's children carry, so that neither
     // caches the other's (a fleet's credentials Secrets are most of them).
@@ -131,6 +138,7 @@ async fn controllers(client: kube::Client, ctx: Arc<platform::Context>, events: 
     .default_backoff()
     .touched_objects();
     let things = Controller::for_stream(things_stream, things_store)
+        .with_config(controller::Config::default().concurrency(thing_concurrency))
         .owns_stream(credentials_stream)
         .shutdown_on_signal()
         .run(

@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, env = "SIPMBA_OPERATOR_LEASE_SECONDS", default_value_t = 15,
               value_parser = clap::value_parser!(u64).range(3..=300))]
         lease_seconds: u64,
+        /// How many Things are reconciled at once (1-1000). Each holds a slot until its
+        /// reconcile ends (a call to an agent that does not answer, 10 s), so the bound caps
+        /// both the operator's memory when a fleet wakes together (after a restart, one
+        /// `kubectl apply` of many Things) and the load it puts on the API server and sso.
+        #[arg(long, env = "SIPMBA_OPERATOR_THING_CONCURRENCY", default_value_t = 64,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        thing_concurrency: u16,
         /// This replica's identity in the Lease (default: the pod's name from POD_NAME, else
         /// the host name and process id).
         #[arg(long, env = "POD_NAME")]
@@ -56,15 +63,16 @@ fn main() -> ExitCode {
             lease_namespace,
             lease,
             lease_seconds,
+            thing_concurrency,
             identity,
         } => {
-            return run(
-                listen,
-                lease_namespace,
+            let election = sipmba_operator::leader::Election {
+                namespace: lease_namespace,
                 lease,
+                identity: identity.unwrap_or_else(default_identity),
                 lease_seconds,
-                identity.unwrap_or_else(default_identity),
-            );
+            };
+            return run(listen, election, thing_concurrency);
         }
         Command::Crd { out, check } => (out, check),
     };
@@ -109,10 +117,8 @@ fn default_identity() -> String {
 
 fn run(
     listen: std::net::SocketAddr,
-    lease_namespace: Option<String>,
-    lease: String,
-    lease_seconds: u64,
-    identity: String,
+    election: sipmba_operator::leader::Election,
+    thing_concurrency: u16,
 ) -> ExitCode {
     tracing_subscriber::fmt()
         .json()
@@ -132,13 +138,7 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let election = sipmba_operator::leader::Election {
-        namespace: lease_namespace,
-        lease,
-        identity,
-        lease_seconds,
-    };
-    match runtime.block_on(sipmba_operator::run(listen, election)) {
+    match runtime.block_on(sipmba_operator::run(listen, election, thing_concurrency)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

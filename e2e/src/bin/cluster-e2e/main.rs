@@ -192,6 +192,7 @@ async fn main() {
         bench_things,
         previous: std::env::var("SIPMBA_E2E_PREVIOUS_CHART")
             .ok()
+            .filter(|chart| !chart.is_empty())
             .map(|chart| upgrade::Previous {
                 chart,
                 tag: env("SIPMBA_E2E_PREVIOUS_TAG", "previous"),
