@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+/// `msg` as a gRPC request carrying `authorization: Bearer <token>` (a token that is not a valid
+/// header value is left out, and the call is refused as unauthenticated).
+pub fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -60,8 +70,8 @@ impl std::fmt::Debug for ServiceCredentials {
 const MARGIN: Duration = Duration::from_secs(60);
 
 impl ServiceCredentials {
-    /// Credentials for `token_url` (sso's `/oauth2/token`); `scope` may be empty (all the
-    /// client's scopes).
+    /// Credentials for `token_url` (sso's `/oauth2/token`: plaintext, or certified by a public
+    /// CA); `scope` may be empty (all the client's scopes).
     pub fn new(
         token_url: &str,
         client_id: &str,
@@ -71,8 +81,7 @@ impl ServiceCredentials {
         Self::trusting(token_url, client_id, secret, scope, None)
     }
 
-    /// As [`ServiceCredentials::new`], trusting `ca` for an `https://` token endpoint (else the
-    /// process's platform CA).
+    /// As [`ServiceCredentials::new`], trusting `ca` as well for an `https://` token endpoint.
     pub fn trusting(
         token_url: &str,
         client_id: &str,
@@ -80,11 +89,8 @@ impl ServiceCredentials {
         scope: &str,
         ca: Option<&[u8]>,
     ) -> Result<Self, CredentialsError> {
-        let http = match ca {
-            Some(ca) => crate::peer_tls::http_client_trusting(Duration::from_secs(10), Some(ca)),
-            None => crate::peer_tls::http_client(Duration::from_secs(10)),
-        }
-        .map_err(CredentialsError::Unreachable)?;
+        let http = crate::peer_tls::http_client_trusting(Duration::from_secs(10), ca)
+            .map_err(CredentialsError::Unreachable)?;
         Ok(Self {
             token_url: token_url.to_owned(),
             client_id: client_id.to_owned(),

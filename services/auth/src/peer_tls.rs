@@ -1,27 +1,57 @@
 //! Calls to other services of the platform over `https://`: they present certificates of the
-//! platform's own CA (issued by the operator), which this process trusts once it is told
-//! (`server.peer_ca_file`). One process serves one platform, so the trust is process-wide and
-//! every client built here — gRPC channels to Objects, Control and sso, the HTTP clients for
-//! sso's token endpoint and JWKS — uses it.
+//! platform's own CA (issued by the operator). A [`PeerCa`] holds that CA (`server.peer_ca_file`)
+//! and is handed to every client a service builds to call another — gRPC channels to Objects,
+//! Control and sso, the HTTP clients for sso's token endpoint and JWKS. Without one, an
+//! `https://` peer is refused when the client is built, naming the setting.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-static PEER_CA: OnceLock<Vec<u8>> = OnceLock::new();
+/// The CA certificate(s), PEM, the other services' certificates are checked against; none when
+/// the platform's services talk plaintext.
+#[derive(Clone, Default)]
+pub struct PeerCa(Option<Arc<[u8]>>);
 
-/// Trusts the CA certificate(s) in `pem` for calls to other services; false when a CA was
-/// trusted already (the first one stays).
-pub fn trust(pem: Vec<u8>) -> bool {
-    PEER_CA.set(pem).is_ok()
+impl std::fmt::Debug for PeerCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "PeerCa(configured)"
+        } else {
+            "PeerCa(none)"
+        })
+    }
 }
 
-/// A lazily connecting channel to `url`: TLS verified against the platform CA for `https://`.
-pub fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
-    channel_trusting(url, timeout, PEER_CA.get().map(Vec::as_slice))
+impl PeerCa {
+    /// Trusts the CA certificate(s) in `pem`.
+    pub fn new(pem: Vec<u8>) -> Self {
+        Self(Some(pem.into()))
+    }
+
+    /// No CA: plaintext peers only.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// The CA's PEM, when there is one.
+    pub fn pem(&self) -> Option<&[u8]> {
+        self.0.as_deref()
+    }
+
+    /// A lazily connecting channel to `url`: TLS verified against this CA for `https://`.
+    pub fn channel(&self, url: &str, timeout: Duration) -> Result<Channel, String> {
+        channel_trusting(url, timeout, self.pem())
+    }
+
+    /// An HTTP client that trusts this CA (as well as the public ones).
+    pub fn http_client(&self, timeout: Duration) -> Result<reqwest::Client, String> {
+        http_client_trusting(timeout, self.pem())
+    }
 }
 
-/// As [`channel`], trusting `ca` (a process serving several platforms, as the operator does).
+/// A lazily connecting channel to `url`, TLS verified against `ca` for `https://` (the operator
+/// calls several platforms and devices, each with a CA of its own).
 pub fn channel_trusting(
     url: &str,
     timeout: Duration,
@@ -42,12 +72,7 @@ pub fn channel_trusting(
     Ok(endpoint.connect_lazy())
 }
 
-/// An HTTP client that trusts the platform CA (when one is configured).
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    http_client_trusting(timeout, PEER_CA.get().map(Vec::as_slice))
-}
-
-/// As [`http_client`], trusting `ca`.
+/// An HTTP client that trusts `ca` (when given) as well as the public CAs.
 pub fn http_client_trusting(
     timeout: Duration,
     ca: Option<&[u8]>,

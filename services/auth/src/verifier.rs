@@ -98,6 +98,8 @@ pub struct VerifierConfig {
     pub min_refresh_interval: Duration,
     /// Age after which the key set is refetched on the next verification.
     pub max_key_age: Duration,
+    /// What an `https://` JWKS URL's certificate is checked against besides the public CAs.
+    pub peer_ca: crate::peer_tls::PeerCa,
 }
 
 impl VerifierConfig {
@@ -110,6 +112,7 @@ impl VerifierConfig {
             leeway: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(10),
             max_key_age: Duration::from_secs(300),
+            peer_ca: crate::peer_tls::PeerCa::none(),
         }
     }
 }
@@ -198,7 +201,9 @@ impl Verifier {
 
         let (http, keys) = match &config.jwks {
             JwksSource::Url(_) => {
-                let client = crate::peer_tls::http_client(Duration::from_secs(5))
+                let client = config
+                    .peer_ca
+                    .http_client(Duration::from_secs(5))
                     .map_err(AuthError::Jwks)?;
                 (Some(client), HashMap::new())
             }

@@ -84,7 +84,12 @@ impl Harness {
             Store::new(conn.clone()),
             &queue,
             PARTITIONS,
-            ObjectsAccess::new(&objects_url, ServiceToken::Fixed(service_token)).unwrap(),
+            ObjectsAccess::new(
+                &objects_url,
+                ServiceToken::Fixed(service_token),
+                &sipmba_auth::peer_tls::PeerCa::none(),
+            )
+            .unwrap(),
             verifier.clone(),
             limits,
             shutdown.clone(),

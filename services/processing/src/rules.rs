@@ -17,6 +17,7 @@ use sea_orm::{
     sea_query::{Expr, OnConflict},
 };
 use sea_orm_migration::{async_trait, prelude::*};
+use sipmba_auth::peer_tls::PeerCa;
 use sipmba_proto::v1 as pb;
 use sipmba_runtime::{
     ServiceError, ServiceResult, Shutdown,
@@ -459,9 +460,10 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// Control at `url` (connects lazily).
-    pub fn new(url: &str, token: ServiceToken) -> ServiceResult<Self> {
-        let channel = sipmba_auth::peer_tls::channel(url, Duration::from_secs(10))
+    /// Control at `url` (connects lazily; an `https://` one verified against `ca`).
+    pub fn new(url: &str, token: ServiceToken, ca: &PeerCa) -> ServiceResult<Self> {
+        let channel = ca
+            .channel(url, Duration::from_secs(10))
             .map_err(|e| ServiceError::Internal(format!("control: {e}")))?;
         Ok(Self { channel, token })
     }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use prost::Message;
-use sipmba_auth::{Kind, Verifier, scopes};
+use sipmba_auth::{Kind, Verifier, peer_tls::PeerCa, scopes};
 use sipmba_processing::{
     Consumer, Ownership,
     grpc::Queries,
@@ -95,6 +95,7 @@ impl Harness {
             ObjectsAccess::new(
                 &objects_url,
                 ServiceToken::Fixed(Self::service_token(&issuer)),
+                &PeerCa::none(),
             )
             .unwrap(),
             verifier.clone(),
@@ -142,11 +143,12 @@ impl Harness {
     async fn start_processing(&mut self) {
         let (trigger, shutdown) = Shutdown::new();
         let token = ServiceToken::Fixed(Self::service_token(&self.issuer));
-        let objects = ObjectsAccess::new(&self.objects_url, token.clone()).unwrap();
+        let objects =
+            ObjectsAccess::new(&self.objects_url, token.clone(), &PeerCa::none()).unwrap();
         let rules = Rules::start(
             self.conn.clone(),
             objects.clone(),
-            ControlClient::new(&self.control_url, token).unwrap(),
+            ControlClient::new(&self.control_url, token, &PeerCa::none()).unwrap(),
             Ownership::default(),
             Duration::from_secs(1),
             shutdown.clone(),

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{ServiceError, ServiceResult};
-use sipmba_auth::client::ServiceCredentials;
+use sipmba_auth::{client::ServiceCredentials, peer_tls::PeerCa};
 use sipmba_proto::v1 as pb;
 use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
@@ -78,9 +78,10 @@ fn unavailable(status: &tonic::Status) -> ServiceError {
 }
 
 impl ObjectsAccess {
-    /// Objects at `url` (connects lazily).
-    pub fn new(url: &str, token: ServiceToken) -> ServiceResult<Self> {
-        let channel = sipmba_auth::peer_tls::channel(url, Duration::from_secs(10))
+    /// Objects at `url` (connects lazily; an `https://` one verified against `ca`).
+    pub fn new(url: &str, token: ServiceToken, ca: &PeerCa) -> ServiceResult<Self> {
+        let channel = ca
+            .channel(url, Duration::from_secs(10))
             .map_err(|e| ServiceError::Internal(format!("objects: {e}")))?;
         Ok(Self { channel, token })
     }

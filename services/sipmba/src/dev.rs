@@ -1,6 +1,8 @@
-//! What `sipmba server --dev` adds to the services: an admin user whose password is printed once,
-//! a demo thing with a simulated edge agent streaming into the platform, and the banner saying
-//! where everything is and what to try next.
+//! `sipmba server --dev`: the server's steps ([`crate::server`]) on embedded defaults, with what
+//! development adds between them: a supervised tansu broker when no other is given, an admin user
+//! whose password is printed once, a demo thing with a simulated edge agent streaming into the
+//! platform (with the `demo-agent` feature, on by default), and the banner saying where
+//! everything is and what to try next.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,14 +10,75 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use sipmba_auth::client::bearer;
 use sipmba_proto::v1 as pb;
+use sipmba_runtime::Defaults;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use crate::{
-    cli::session::{bearer, write_private},
-    server::Failure,
+    local_io::{out, write_private},
+    server::{Failure, Plan, Platform, ServerArgs, Target},
 };
+
+#[cfg(feature = "demo-agent")]
+mod demo;
+
+/// Runs every service on embedded defaults until SIGTERM/SIGINT: SQLite in the data directory,
+/// plaintext on 127.0.0.1:7400, one partition per topic, and tansu on the port after the
+/// server's unless `--brokers` names a log.
+pub async fn run(args: ServerArgs) -> Result<(), Failure> {
+    if args.target != Target::All {
+        return Err(Failure::Usage(format!(
+            "--dev runs every service; drop --target {}",
+            args.target.name()
+        )));
+    }
+    let defaults = Defaults {
+        listen: Some("127.0.0.1:7400".into()),
+        plaintext: true,
+        database_url: Some(format!(
+            "sqlite://{}?mode=rwc",
+            args.data_dir.join("sipmba.db").display()
+        )),
+        own_keys: true,
+        // One process needs no parallel partitions, and each partition is a follower polling
+        // the broker.
+        partitions: Some(1),
+    };
+    let plan = Plan::validate(Target::All, &args.config, &defaults)?;
+    let mut platform = Platform::open(plan, true).await?;
+    // --dev brings its own broker (tansu, which `.ci/dev` installs), or refuses to start.
+    let embedded_broker = platform.config().queue.brokers.is_empty();
+    if embedded_broker {
+        let broker = crate::dev_broker::start(
+            &args.data_dir,
+            platform.config().listen,
+            platform.shutdown(),
+            platform.readiness_recheck(),
+        )
+        .await
+        .map_err(Failure::Usage)?;
+        platform.use_brokers(vec![broker.addr.clone()], broker.up());
+    }
+    platform.start().await?;
+    let sso = platform
+        .sso()
+        .cloned()
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("--dev runs sso")))?;
+    let token = write_dev_token(&args.data_dir, &sso).await?;
+    let broker = platform.config().queue.brokers.first().cloned();
+    let shutdown = platform.shutdown();
+    let bound = platform.bind().await?;
+    let dev = Dev {
+        data_dir: args.data_dir.clone(),
+        url: bound.own_url(),
+        broker,
+        embedded_broker,
+    };
+    tokio::spawn(dev.bootstrap(sso, token, shutdown));
+    bound.serve().await
+}
 
 /// The admin user's name.
 pub const ADMIN: &str = "admin";
@@ -34,20 +97,20 @@ struct DevState {
 
 /// Where the platform runs, for the banner and the bootstrap.
 #[derive(Debug, Clone)]
-pub struct Dev {
+struct Dev {
     /// The data directory.
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
     /// `http://127.0.0.1:<port>`.
-    pub url: String,
+    url: String,
     /// The log's address, when there is one.
-    pub broker: Option<String>,
+    broker: Option<String>,
     /// Whether that is the embedded tansu of `--dev`.
-    pub embedded_broker: bool,
+    embedded_broker: bool,
 }
 
 /// An admin token for trying the platform with other gRPC clients, written to
 /// `<data-dir>/dev-admin.token` (never logged). Returned for the bootstrap.
-pub async fn write_dev_token(data_dir: &Path, sso: &sipmba_sso::Sso) -> Result<String, Failure> {
+async fn write_dev_token(data_dir: &Path, sso: &sipmba_sso::Sso) -> Result<String, Failure> {
     use sipmba_auth::scopes::*;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("creating {}: {e}", data_dir.display())))?;
@@ -88,7 +151,7 @@ impl Dev {
 
     /// Once the server answers: the admin user, the demo thing and its agent, then the banner.
     /// The agent runs until `shutdown`.
-    pub async fn bootstrap(
+    async fn bootstrap(
         self,
         sso: sipmba_sso::Sso,
         token: String,
@@ -101,12 +164,15 @@ impl Dev {
             wait_until_serving(&channel, &token).await?;
             let mut state = self.load();
             let password = self.admin(&sso, &mut state).await?;
+            #[cfg(feature = "demo-agent")]
             let agent = match (&self.broker, state.admin) {
                 (Some(_), Some(admin)) => {
-                    Some(self.demo_agent(&channel, &token, admin, &mut state).await?)
+                    Some(demo::agent(&self, &channel, &token, admin, &mut state).await?)
                 }
                 _ => None,
             };
+            #[cfg(not(feature = "demo-agent"))]
+            let agent = None::<std::convert::Infallible>;
             self.save(&state)?;
             Ok::<_, String>((password, agent, state))
         };
@@ -121,13 +187,12 @@ impl Dev {
             () = shutdown.clone().wait() => return,
         };
         self.banner(password.as_deref(), &state);
+        #[cfg(feature = "demo-agent")]
         if let Some(agent) = agent {
-            let sampler = tokio::spawn(agent.clone().sampler());
-            let uploader = tokio::spawn(agent.uploader());
-            shutdown.wait().await;
-            sampler.abort();
-            uploader.abort();
+            demo::run(agent, shutdown).await;
         }
+        #[cfg(not(feature = "demo-agent"))]
+        let _ = agent;
     }
 
     /// Registers the admin user at the first start; returns its password then, `None` later.
@@ -158,114 +223,6 @@ impl Dev {
         }
     }
 
-    /// The demo thing's simulated agent: created, given its client secret (it renews its own
-    /// tokens), and opened on its outbox in `<data-dir>/demo-thing`.
-    async fn demo_agent(
-        &self,
-        channel: &Channel,
-        token: &str,
-        admin: Uuid,
-        state: &mut DevState,
-    ) -> Result<sipmba_edge::agent::Agent, String> {
-        let dir = self.data_dir.join("demo-thing");
-        let config = format!(
-            r#"
-state_dir = {dir:?}
-sample_interval_secs = 2
-upload_interval_secs = 5
-max_backoff_secs = 10
-
-[[sensors]]
-kind = "simulated"
-metric = "temperature"
-unit = "Cel"
-min = 18.0
-max = 28.0
-
-[[sensors]]
-kind = "simulated"
-metric = "humidity"
-unit = "%RH"
-min = 30.0
-max = 60.0
-
-[[outputs]]
-name = "fan"
-"#,
-            dir = dir.display().to_string()
-        );
-        let config = sipmba_edge::config::Config::parse(&config).map_err(|e| e.to_string())?;
-        let outputs = sipmba_edge::agent::Outputs::open(&config);
-        let agent = sipmba_edge::agent::Agent::open(config, outputs)?;
-        if state.demo_thing.is_some() && agent.credentials.get().is_some() {
-            return Ok(agent);
-        }
-        let thing = match state.demo_thing {
-            Some(thing) => thing,
-            None => {
-                let created = pb::thing_service_client::ThingServiceClient::new(channel.clone())
-                    .create_thing(bearer(
-                        token,
-                        pb::CreateThingRequest {
-                            name: DEMO_THING.into(),
-                            owner: Some(pb::UserId {
-                                value: admin.to_string(),
-                            }),
-                            labels: [("kind".to_owned(), "simulated".to_owned())].into(),
-                        },
-                    ))
-                    .await
-                    .map_err(|e| format!("creating {DEMO_THING}: {}", e.message()))?
-                    .into_inner();
-                let id = created.id.map(|i| i.value).unwrap_or_default();
-                let id = Uuid::parse_str(&id).map_err(|e| e.to_string())?;
-                state.demo_thing = Some(id);
-                self.save(state)?;
-                id
-            }
-        };
-        let mut accounts = pb::account_service_client::AccountServiceClient::new(channel.clone());
-        let id = Some(pb::ThingId {
-            value: thing.to_string(),
-        });
-        let issued = accounts
-            .issue_thing_secret(bearer(
-                token,
-                pb::IssueThingSecretRequest { thing: id.clone() },
-            ))
-            .await;
-        let (client_id, secret) = match issued {
-            Ok(r) => {
-                let r = r.into_inner();
-                (r.client_id, r.client_secret)
-            }
-            // The agent's state was removed: give it a new secret.
-            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
-                let r = accounts
-                    .rotate_thing_secret(bearer(token, pb::RotateThingSecretRequest { thing: id }))
-                    .await
-                    .map_err(|e| format!("rotating the demo thing's secret: {}", e.message()))?
-                    .into_inner();
-                (r.client_id, r.client_secret)
-            }
-            Err(e) => return Err(format!("the demo thing's secret: {}", e.message())),
-        };
-        agent.credentials.replace(pb::ProvisionRequest {
-            thing: Some(pb::ThingId {
-                value: thing.to_string(),
-            }),
-            // Empty and expired: the agent gets its first token with its secret.
-            access_token: String::new(),
-            token_expires: None,
-            collect_endpoint: self.url.clone(),
-            client_id,
-            client_secret: Some(secret),
-            token_endpoint: Some(self.url.clone()),
-            ..Default::default()
-        })?;
-        Ok(agent)
-    }
-
     fn banner(&self, password: Option<&str>, state: &DevState) {
         let me = std::env::current_exe()
             .ok()
@@ -282,6 +239,9 @@ name = "fan"
             ),
         };
         let demo = match (&self.broker, state.demo_thing) {
+            _ if !cfg!(feature = "demo-agent") => {
+                "none: this build has no demo agent (built without the `demo-agent` feature)".into()
+            }
             (Some(_), Some(id)) => format!(
                 "{DEMO_THING} ({id}): a simulated agent reads temperature and humidity every 2 s and uploads every 5 s"
             ),
@@ -295,7 +255,7 @@ name = "fan"
             (Some(b), false) => b.to_owned(),
             (None, _) => "none: collect, control and processing do not run".into(),
         };
-        crate::cli::output::out(format_args!(
+        out(format_args!(
             "\nSIP-MBA is running (development mode; data in {dir})\n\n  \
              API          {url}  (gRPC with reflection; OAuth 2.0 at /oauth2/token; /metrics)\n  \
              broker       {broker}\n  \

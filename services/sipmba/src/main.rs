@@ -5,11 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-
-mod cli;
-mod dev;
-mod dev_broker;
-mod server;
+use sipmba::{cli, dev, server};
 
 /// SIP-MBA: a secure IoT platform with a brokerless device path and micro-services.
 #[derive(Debug, Parser)]
@@ -42,7 +38,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Server(args) => match runtime.block_on(server::run(args)) {
+        Command::Server(args) => match runtime.block_on(async {
+            if args.dev {
+                dev::run(args).await
+            } else {
+                server::run(args).await
+            }
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(server::Failure::Usage(message)) => {
                 eprintln!("error: {message}");

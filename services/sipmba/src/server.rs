@@ -1,4 +1,13 @@
-//! `sipmba server`.
+//! The server wiring, in the steps every start takes: the configuration validated for the
+//! services a process runs ([`Plan::validate`]), what they share opened ([`Platform::open`]: the
+//! database, the token verifier's revocation list), each service started
+//! ([`Platform::start_objects`], [`start_sso`](Platform::start_sso),
+//! [`start_collect`](Platform::start_collect), [`start_processing`](Platform::start_processing),
+//! [`start_control`](Platform::start_control), after [`connect_log`](Platform::connect_log)), the
+//! port bound ([`Platform::bind`]) and served ([`Bound::serve`]) until SIGTERM/SIGINT.
+//!
+//! `sipmba server` is [`run`]; `sipmba server --dev` ([`crate::dev`]) takes the same steps and adds
+//! its broker, its admin token and its demo thing between them.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,8 +18,11 @@ use std::{
 };
 
 use anyhow::Context;
-use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
-use sipmba_runtime::{Config, ConfigArgs, Defaults, Server, Shutdown};
+use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig, peer_tls::PeerCa};
+use sipmba_runtime::{
+    Config, ConfigArgs, Defaults, Server, ServiceIdentity, Shutdown, ShutdownTrigger,
+    objects::{ObjectsAccess, ServiceToken},
+};
 use sipmba_sso::SsoConfig;
 
 /// The micro-services of the binary.
@@ -31,7 +43,8 @@ pub enum Target {
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    /// The target's name on the command line.
+    pub fn name(self) -> &'static str {
         match self {
             Target::Sso => "sso",
             Target::Objects => "objects",
@@ -43,30 +56,21 @@ impl Target {
     }
 }
 
-/// Targets this build can serve.
-const AVAILABLE: &[Target] = &[
-    Target::Sso,
-    Target::Objects,
-    Target::Collect,
-    Target::Control,
-    Target::Processing,
-];
-
 /// Arguments of `sipmba server`.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
     /// Which micro-service to run.
     #[arg(long, value_enum, default_value = "all", env = "SIPMBA_TARGET")]
-    target: Target,
+    pub target: Target,
     /// Run every service on embedded defaults: SQLite in --data-dir, plaintext on
     /// 127.0.0.1:7400, and an admin token written to <data-dir>/dev-admin.token.
     #[arg(long)]
-    dev: bool,
+    pub dev: bool,
     /// Where --dev keeps its database and key.
     #[arg(long, default_value = ".sipmba", env = "SIPMBA_DATA_DIR")]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     #[command(flatten)]
-    config: ConfigArgs,
+    pub config: ConfigArgs,
 }
 
 /// How `sipmba server` failed.
@@ -84,350 +88,110 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT.
+/// `sipmba server` without `--dev`: every step, then serving until SIGTERM/SIGINT.
 pub async fn run(args: ServerArgs) -> Result<(), Failure> {
-    let runs = |t: Target| args.target == t || args.target == Target::All;
+    let runs_sso = matches!(args.target, Target::Sso | Target::All);
     let defaults = Defaults {
-        listen: args.dev.then(|| "127.0.0.1:7400".into()),
-        plaintext: args.dev,
-        database_url: args.dev.then(|| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                args.data_dir.join("sipmba.db").display()
-            )
-        }),
         // sso verifies with its own keys; so does every service running beside it.
-        own_keys: runs(Target::Sso),
-        partitions: args.dev.then_some(1),
+        own_keys: runs_sso,
+        ..Defaults::default()
     };
-    if args.dev && args.target != Target::All {
-        return Err(Failure::Usage(format!(
-            "--dev runs every service; drop --target {}",
-            args.target.name()
-        )));
-    }
-    if args.target != Target::All && !AVAILABLE.contains(&args.target) {
-        return Err(Failure::Usage(format!(
-            "target `{}` is not available in this build yet; available targets: {}",
-            args.target.name(),
-            available_names()
-        )));
-    }
-    let config =
-        Config::load(&args.config, &defaults).map_err(|e| Failure::Usage(e.to_string()))?;
-    if matches!(
-        args.target,
-        Target::Collect | Target::Control | Target::Processing
-    ) && config.queue.brokers.is_empty()
-    {
-        return Err(Failure::Usage(format!(
-            "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
-             is not set: {} works on the Kafka-protocol log",
-            args.target.name()
-        )));
-    }
-    for (target, identity) in [
-        (Target::Control, &config.control.identity),
-        (Target::Processing, &config.processing.identity),
-    ] {
-        if runs(target) {
-            check_identity(
-                identity,
-                runs(Target::Sso),
-                runs(Target::Objects),
-                config.tls.is_some(),
-            )?;
+    let plan = Plan::validate(args.target, &args.config, &defaults)?;
+    let mut platform = Platform::open(plan, false).await?;
+    platform.start().await?;
+    platform.bind().await?.serve().await
+}
+
+/// A configuration checked for the services one process runs: every setting valid, and every
+/// service able to reach the others it needs.
+#[derive(Debug)]
+pub struct Plan {
+    target: Target,
+    config: Config,
+}
+
+impl Plan {
+    /// Loads the configuration of `args` over `defaults` and checks it for `target`; the error
+    /// names the setting, its flag and its variable.
+    pub fn validate(
+        target: Target,
+        args: &ConfigArgs,
+        defaults: &Defaults,
+    ) -> Result<Self, Failure> {
+        let config = Config::load(args, defaults).map_err(|e| Failure::Usage(e.to_string()))?;
+        let plan = Plan { target, config };
+        let runs = |t| plan.runs(t);
+        let config = &plan.config;
+        if matches!(
+            target,
+            Target::Collect | Target::Control | Target::Processing
+        ) && config.queue.brokers.is_empty()
+        {
+            return Err(Failure::Usage(format!(
+                "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
+                 is not set: {} works on the Kafka-protocol log",
+                target.name()
+            )));
         }
-    }
-    if runs(Target::Processing)
-        && config.processing.control_url.is_none()
-        && (!runs(Target::Control) || config.tls.is_some())
-    {
-        return Err(Failure::Usage(
-            "invalid setting `processing.control_url`: is not set: processing's rules send \
-             their commands through Control; give its http:// address unless it runs in this \
-             process without TLS"
-                .into(),
-        ));
-    }
-    if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
-        return Err(Failure::Usage(
-            "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
-             is not set: sso needs Objects; give its http:// address"
-                .into(),
-        ));
-    }
-    if runs(Target::Sso)
-        && runs(Target::Objects)
-        && config.tls.is_some()
-        && config.sso.objects_url.is_none()
-    {
-        return Err(Failure::Usage(
-            "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
-             with TLS on, sso reaches Objects over a separate plaintext address only; run them as separate targets"
-                .into(),
-        ));
-    }
-    sipmba_runtime::init_tracing(config.log_format, args.dev);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Some(path) = &config.peer_ca {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading {} (server.peer_ca_file)", path.display()))?;
-        sipmba_auth::peer_tls::trust(pem);
-    }
-
-    let (trigger, shutdown) = Shutdown::new();
-    let mut server = Server::new();
-    let db = sipmba_runtime::db::connect(&config.database_url, config.database_max_connections)
-        .await
-        .context("opening the database (database.url)")?;
-    let revocations = Revocations::default();
-
-    if runs(Target::Objects) {
-        let migrated = Arc::new(AtomicBool::new(false));
-        tokio::spawn(migrate_until_done(
-            db.clone(),
-            migrated.clone(),
-            shutdown.clone(),
-        ));
-        server.requires(Arc::new(move || {
-            let migrated = migrated.clone();
-            Box::pin(async move { migrated.load(Ordering::Relaxed) })
-        }));
-        let store = sipmba_objects::Store::new(db.clone());
-        sipmba_objects::ObjectsService::new(store, shutdown.clone()).register(&mut server);
-    }
-
-    // --dev brings its own broker (tansu, which `.ci/dev` installs), or refuses to start.
-    let mut config = config;
-    let dev_broker = if args.dev && config.queue.brokers.is_empty() {
-        let broker = crate::dev_broker::start(
-            &args.data_dir,
-            config.listen,
-            shutdown.clone(),
-            server.readiness_recheck(),
-        )
-        .await
-        .map_err(Failure::Usage)?;
-        config.queue.brokers = vec![broker.addr.clone()];
-        Some(broker)
-    } else {
-        None
-    };
-    let queue = if config.queue.brokers.is_empty() {
-        tracing::warn!(
-            "queue.brokers is not set: revocations stay inside this process and collect does not run"
-        );
-        None
-    } else {
-        Some(connect_queue(&config, &shutdown).await?)
-    };
-    if let Some(queue) = &queue {
-        let ready = Arc::new(AtomicBool::new(false));
-        let stop = shutdown.clone();
-        let (queue, list, flag) = (queue.clone(), revocations.clone(), ready.clone());
-        tokio::spawn(async move {
-            if let Err(e) = sipmba_queue::revocations::follow(queue, list, flag, stop.wait()).await
-            {
-                tracing::error!(error = %e, "cannot follow the revocation topic");
+        for (service, identity) in [
+            (Target::Control, &config.control.identity),
+            (Target::Processing, &config.processing.identity),
+        ] {
+            if runs(service) {
+                check_identity(
+                    identity,
+                    runs(Target::Sso),
+                    runs(Target::Objects),
+                    config.tls.is_some(),
+                )?;
             }
-        });
-        // Serving before the known revocations are applied would accept revoked tokens.
-        server.requires(Arc::new(move || {
-            let ready = ready.clone();
-            Box::pin(async move { ready.load(Ordering::Relaxed) })
-        }));
+        }
+        if runs(Target::Processing)
+            && config.processing.control_url.is_none()
+            && (!runs(Target::Control) || config.tls.is_some())
+        {
+            return Err(Failure::Usage(
+                "invalid setting `processing.control_url`: is not set: processing's rules send \
+                 their commands through Control; give its http:// address unless it runs in this \
+                 process without TLS"
+                    .into(),
+            ));
+        }
+        if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
+            return Err(Failure::Usage(
+                "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
+                 is not set: sso needs Objects; give its http:// address"
+                    .into(),
+            ));
+        }
+        if runs(Target::Sso)
+            && runs(Target::Objects)
+            && config.tls.is_some()
+            && config.sso.objects_url.is_none()
+        {
+            return Err(Failure::Usage(
+                "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
+                 with TLS on, sso reaches Objects over a separate plaintext address only; run them as separate targets"
+                    .into(),
+            ));
+        }
+        Ok(plan)
     }
 
-    let mut sso_handle = None;
-    let mut dev_token = None;
-    let verifier = if runs(Target::Sso) {
-        let sso = start_sso(&db, &config, revocations.clone(), &shutdown).await?;
-        server.http(sipmba_sso::router(sso.clone()));
-        sso.register_grpc(&mut server);
-        sso.maintain_keys(shutdown.clone());
-        for client in &config.sso.service_clients {
-            let secret = std::fs::read_to_string(&client.secret_file)
-                .with_context(|| format!("reading {}", client.secret_file.display()))?;
-            let secret = secret.trim();
-            if secret.len() < 32 {
-                return Err(Failure::Usage(format!(
-                    "invalid setting `sso.service_clients`: the secret of client {:?} in {} is shorter than 32 characters",
-                    client.id,
-                    client.secret_file.display()
-                )));
-            }
-            let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
-            let subject = sso
-                .ensure_service_client(&client.id, secret, uuid::Uuid::new_v4(), &scopes)
-                .await
-                .map_err(|e| {
-                    Failure::Runtime(anyhow::anyhow!("service client {:?}: {e}", client.id))
-                })?;
-            tracing::info!(client = %client.id, %subject, "service client ready");
-        }
-        if let Some(queue) = &queue {
-            let publisher = sipmba_queue::revocations::RevocationPublisher::new(queue.clone())
-                .await
-                .context("creating the revocation topic")?;
-            sso.publish_revocations(publisher, shutdown.clone());
-        }
-        if !runs(Target::Objects) {
-            server.requires_database(db.clone());
-        }
-        if args.dev {
-            dev_token = Some(crate::dev::write_dev_token(&args.data_dir, &sso).await?);
-        }
-        let verifier = sso.verifier();
-        sso_handle = Some(sso);
-        verifier
-    } else {
-        let url = config
-            .auth
-            .jwks_url
-            .clone()
-            .ok_or_else(|| Failure::Usage("auth.jwks_url is not set".into()))?;
-        Verifier::new(verifier_config(JwksSource::Url(url), &config), revocations)
-            .context("building the token verifier")?
-    };
-    match &queue {
-        Some(queue) if runs(Target::Collect) => {
-            let producer = sipmba_queue::producer::Producer::new(
-                queue,
-                sipmba_collect::TELEMETRY_TOPIC,
-                config.collect.telemetry_partitions,
-                sipmba_collect::telemetry_batch_limits(),
-            )
-            .await
-            .context("creating the telemetry topic")?;
-            let start = || async { sipmba_collect::store::migrate(&db).await };
-            sipmba_runtime::retry::until_ok(
-                "cannot migrate the collect schema yet",
-                &shutdown,
-                start,
-            )
-            .await
-            .ok_or_else(|| {
-                Failure::Runtime(anyhow::anyhow!("stopped before collect could start"))
-            })?;
-            let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "collect".into());
-            let inbox = sipmba_collect::inbox::Inbox::start(
-                queue,
-                config.queue.command_partitions,
-                &instance,
-                shutdown.clone(),
-            )
-            .await
-            .context("following the command topics")?;
-            sipmba_collect::Collect::new(
-                producer,
-                sipmba_collect::store::AckStore::new(db.clone()),
-                verifier.clone(),
-                sipmba_collect::validate::Limits {
-                    max_batch_readings: config.collect.max_batch_readings,
-                    max_reading_bytes: config.collect.max_reading_bytes,
-                    readings_per_second: config.collect.readings_per_second,
-                    burst_readings: config.collect.burst_readings,
-                    max_sessions: config.collect.max_sessions,
-                    max_commands: config.collect.max_commands,
-                },
-                &instance,
-                shutdown.clone(),
-            )
-            .with_inbox(inbox)
-            .register(&mut server);
-        }
-        _ if args.target == Target::All => tracing::info!(
-            "collect, control and processing need queue.brokers; running without them"
-        ),
-        _ => {}
-    }
-    if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Processing)) {
-        let (queries, rules) = start_processing(
-            &db,
-            queue,
-            &config,
-            sso_handle.as_ref(),
-            &verifier,
-            &shutdown,
-        )
-        .await?;
-        queries.register(&mut server);
-        rules.register(&mut server);
-    }
-    if let Some(queue) = queue.as_ref().filter(|_| runs(Target::Control)) {
-        start_control(
-            &db,
-            queue,
-            &config,
-            sso_handle.as_ref(),
-            &verifier,
-            &shutdown,
-        )
-        .await?
-        .register(&mut server);
+    /// Whether this process runs `service`.
+    pub fn runs(&self, service: Target) -> bool {
+        self.target == service || self.target == Target::All
     }
 
-    // Collect and Control write to the log: they report NOT_SERVING while no broker answers
-    // (and, under --dev, while its broker is being restarted).
-    if let Some(queue) = &queue {
-        let queue = queue.clone();
-        let dev_up = dev_broker.as_ref().map(crate::dev_broker::DevBroker::up);
-        server.requires_for(
-            &[
-                sipmba_proto::v1::collect_service_server::SERVICE_NAME,
-                sipmba_proto::v1::control_service_server::SERVICE_NAME,
-            ],
-            Arc::new(move || {
-                let up =
-                    queue.answering() && dev_up.as_ref().is_none_or(|u| u.load(Ordering::Relaxed));
-                Box::pin(async move { up })
-            }),
-        );
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {} (server.listen)", config.listen))?;
-    tracing::info!(addr = %listener.local_addr().context("local address")?, target = args.target.name(), "listening");
-    // Objects may be this very process: follow its change feed once the port is open.
-    if let Some(sso) = &sso_handle {
-        sso.follow_objects(shutdown.clone());
-    }
-    if let (Some(sso), Some(token)) = (&sso_handle, dev_token) {
-        let dev = crate::dev::Dev {
-            data_dir: args.data_dir.clone(),
-            url: format!("http://{}", loopback(config.listen)),
-            broker: queue
-                .as_ref()
-                .and_then(|_| config.queue.brokers.first().cloned()),
-            embedded_broker: dev_broker.is_some(),
-        };
-        tokio::spawn(dev.bootstrap(sso.clone(), token, shutdown.clone()));
-    }
-    tokio::spawn(async move {
-        sipmba_runtime::termination_signal().await;
-        tracing::info!("shutting down");
-        trigger.trigger();
-    });
-    server
-        .run(
-            listener,
-            config.tls.as_ref(),
-            verifier,
-            shutdown,
-            config.shutdown_grace,
-        )
-        .await
-        .context("serving")?;
-    db.close().await.ok();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Refuses a configuration in which a service could not reach Objects and sso.
 fn check_identity(
-    identity: &sipmba_runtime::ServiceIdentity,
+    identity: &ServiceIdentity,
     with_sso: bool,
     with_objects: bool,
     tls: bool,
@@ -451,21 +215,506 @@ fn check_identity(
     Ok(())
 }
 
+/// The services of one process while they start: what they share, and the server they are
+/// registered with.
+pub struct Platform {
+    plan: Plan,
+    server: Server,
+    trigger: ShutdownTrigger,
+    shutdown: Shutdown,
+    db: sea_orm::DatabaseConnection,
+    /// What the other services' certificates are checked against (`server.peer_ca_file`).
+    peer_ca: PeerCa,
+    revocations: Revocations,
+    queue: Option<sipmba_queue::Queue>,
+    /// Conditions besides the brokers' answering under which Collect and Control serve.
+    log_up: Vec<Arc<AtomicBool>>,
+    sso: Option<sipmba_sso::Sso>,
+    verifier: Option<Verifier>,
+}
+
+impl Platform {
+    /// Logging (`dev`: to standard error, the demo agent quiet), the TLS provider, the peer CA,
+    /// and the database.
+    pub async fn open(plan: Plan, dev: bool) -> Result<Self, Failure> {
+        let config = &plan.config;
+        sipmba_runtime::init_tracing(config.log_format, dev);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let peer_ca = match &config.peer_ca {
+            Some(path) => PeerCa::new(
+                std::fs::read(path)
+                    .with_context(|| format!("reading {} (server.peer_ca_file)", path.display()))?,
+            ),
+            None => PeerCa::none(),
+        };
+        let (trigger, shutdown) = Shutdown::new();
+        let db = sipmba_runtime::db::connect(&config.database_url, config.database_max_connections)
+            .await
+            .context("opening the database (database.url)")?;
+        Ok(Platform {
+            plan,
+            server: Server::new(),
+            trigger,
+            shutdown,
+            db,
+            peer_ca,
+            revocations: Revocations::default(),
+            queue: None,
+            log_up: Vec::new(),
+            sso: None,
+            verifier: None,
+        })
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.plan.config
+    }
+
+    /// Triggered at SIGTERM/SIGINT, once serving has begun.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Notified when something readiness depends on changes (the health reports are made again).
+    pub fn readiness_recheck(&self) -> Arc<tokio::sync::Notify> {
+        self.server.readiness_recheck()
+    }
+
+    /// The log at `brokers` instead of `queue.brokers`; Collect and Control serve only while
+    /// `up` too (a broker this process supervises is running).
+    pub fn use_brokers(&mut self, brokers: Vec<String>, up: Arc<AtomicBool>) {
+        self.plan.config.queue.brokers = brokers;
+        self.log_up.push(up);
+    }
+
+    /// sso, once [`start_sso`](Self::start_sso) ran.
+    pub fn sso(&self) -> Option<&sipmba_sso::Sso> {
+        self.sso.as_ref()
+    }
+
+    /// Every step the plan asks for, in order: the log, Objects, sso, Collect, Processing,
+    /// Control.
+    pub async fn start(&mut self) -> Result<(), Failure> {
+        self.connect_log().await?;
+        if self.plan.runs(Target::Objects) {
+            self.start_objects();
+        }
+        if self.plan.runs(Target::Sso) {
+            self.start_sso().await?;
+        }
+        match self.queue.is_some() {
+            true => {
+                if self.plan.runs(Target::Collect) {
+                    self.start_collect().await?;
+                }
+                if self.plan.runs(Target::Processing) {
+                    self.start_processing().await?;
+                }
+                if self.plan.runs(Target::Control) {
+                    self.start_control().await?;
+                }
+            }
+            false if self.plan.target == Target::All => tracing::info!(
+                "collect, control and processing need queue.brokers; running without them"
+            ),
+            false => {}
+        }
+        Ok(())
+    }
+
+    /// Connects to the log (retrying while the brokers do not answer) and follows the
+    /// revocation topic; the services report NOT_SERVING until the known revocations are
+    /// applied. Without brokers, revocations stay inside this process.
+    pub async fn connect_log(&mut self) -> Result<(), Failure> {
+        if self.config().queue.brokers.is_empty() {
+            tracing::warn!(
+                "queue.brokers is not set: revocations stay inside this process and collect does not run"
+            );
+            return Ok(());
+        }
+        let queue = connect_queue(self.config(), &self.shutdown).await?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = self.shutdown.clone();
+        let (follow, list, flag) = (queue.clone(), self.revocations.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sipmba_queue::revocations::follow(follow, list, flag, stop.wait()).await
+            {
+                tracing::error!(error = %e, "cannot follow the revocation topic");
+            }
+        });
+        // Serving before the known revocations are applied would accept revoked tokens.
+        self.server.requires(Arc::new(move || {
+            let ready = ready.clone();
+            Box::pin(async move { ready.load(Ordering::Relaxed) })
+        }));
+        self.queue = Some(queue);
+        Ok(())
+    }
+
+    /// Objects: its schema migrated in the background (NOT_SERVING until it is), its service
+    /// registered.
+    pub fn start_objects(&mut self) {
+        let migrated = Arc::new(AtomicBool::new(false));
+        tokio::spawn(migrate_objects(
+            self.db.clone(),
+            migrated.clone(),
+            self.shutdown.clone(),
+        ));
+        self.server.requires(Arc::new(move || {
+            let migrated = migrated.clone();
+            Box::pin(async move { migrated.load(Ordering::Relaxed) })
+        }));
+        let store = sipmba_objects::Store::new(self.db.clone());
+        sipmba_objects::ObjectsService::new(store, self.shutdown.clone())
+            .register(&mut self.server);
+    }
+
+    /// sso: its schema and keys (retrying while the database does not answer), its HTTP and
+    /// gRPC endpoints, the service clients of `sso.service_clients`, and its revocations
+    /// published on the log.
+    pub async fn start_sso(&mut self) -> Result<(), Failure> {
+        let sso = start_sso(
+            &self.db,
+            self.config(),
+            &self.peer_ca,
+            self.revocations.clone(),
+            &self.shutdown,
+        )
+        .await?;
+        self.server.http(sipmba_sso::router(sso.clone()));
+        sso.register_grpc(&mut self.server);
+        sso.maintain_keys(self.shutdown.clone());
+        for client in &self.config().sso.service_clients {
+            let secret = std::fs::read_to_string(&client.secret_file)
+                .with_context(|| format!("reading {}", client.secret_file.display()))?;
+            let secret = secret.trim();
+            if secret.len() < 32 {
+                return Err(Failure::Usage(format!(
+                    "invalid setting `sso.service_clients`: the secret of client {:?} in {} is shorter than 32 characters",
+                    client.id,
+                    client.secret_file.display()
+                )));
+            }
+            let scopes: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
+            let subject = sso
+                .ensure_service_client(&client.id, secret, uuid::Uuid::new_v4(), &scopes)
+                .await
+                .map_err(|e| {
+                    Failure::Runtime(anyhow::anyhow!("service client {:?}: {e}", client.id))
+                })?;
+            tracing::info!(client = %client.id, %subject, "service client ready");
+        }
+        if let Some(queue) = &self.queue {
+            let publisher = sipmba_queue::revocations::RevocationPublisher::new(queue.clone())
+                .await
+                .context("creating the revocation topic")?;
+            sso.publish_revocations(publisher, self.shutdown.clone());
+        }
+        if !self.plan.runs(Target::Objects) {
+            self.server.requires_database(self.db.clone());
+        }
+        self.sso = Some(sso);
+        Ok(())
+    }
+
+    /// Collect: its schema, the telemetry topic, the command topics it delivers from.
+    pub async fn start_collect(&mut self) -> Result<(), Failure> {
+        let queue = self.log("collect")?;
+        let verifier = self.verifier()?;
+        let config = self.config();
+        let producer = sipmba_queue::producer::Producer::new(
+            &queue,
+            sipmba_collect::TELEMETRY_TOPIC,
+            config.collect.telemetry_partitions,
+            sipmba_collect::telemetry_batch_limits(),
+        )
+        .await
+        .context("creating the telemetry topic")?;
+        let db = &self.db;
+        retried("collect", "migrate its schema", &self.shutdown, || {
+            sipmba_collect::store::migrate(db)
+        })
+        .await?;
+        let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "collect".into());
+        let inbox = sipmba_collect::inbox::Inbox::start(
+            &queue,
+            config.queue.command_partitions,
+            &instance,
+            self.shutdown.clone(),
+        )
+        .await
+        .context("following the command topics")?;
+        let limits = sipmba_collect::validate::Limits {
+            max_batch_readings: config.collect.max_batch_readings,
+            max_reading_bytes: config.collect.max_reading_bytes,
+            readings_per_second: config.collect.readings_per_second,
+            burst_readings: config.collect.burst_readings,
+            max_sessions: config.collect.max_sessions,
+            max_commands: config.collect.max_commands,
+        };
+        let collect = sipmba_collect::Collect::new(
+            producer,
+            sipmba_collect::store::AckStore::new(self.db.clone()),
+            verifier,
+            limits,
+            &instance,
+            self.shutdown.clone(),
+        )
+        .with_inbox(inbox);
+        collect.register(&mut self.server);
+        Ok(())
+    }
+
+    /// Processing: its schema, its rules, consuming telemetry and answering queries.
+    pub async fn start_processing(&mut self) -> Result<(), Failure> {
+        let queue = self.log("processing")?;
+        let verifier = self.verifier()?;
+        let config = self.config();
+        let settings = &config.processing;
+        let (objects, token) = objects_access(
+            &settings.identity,
+            config,
+            &self.peer_ca,
+            self.sso.as_ref(),
+            &[sipmba_auth::scopes::COMMANDS_WRITE],
+        )
+        .await?;
+        let db = &self.db;
+        retried("processing", "migrate its schema", &self.shutdown, || {
+            sipmba_processing::migration::migrate(db)
+        })
+        .await?;
+        // Created here too, so that processing can start before collect has produced anything.
+        queue
+            .ensure_topic(
+                sipmba_queue::topics::TELEMETRY,
+                config.collect.telemetry_partitions,
+            )
+            .await
+            .context("creating the telemetry topic")?;
+        let store = sipmba_processing::store::Store::new(self.db.clone());
+        let ownership = sipmba_processing::Ownership {
+            replica: settings.replica,
+            replicas: settings.replicas,
+        };
+        let control_url = settings
+            .control_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", loopback(config.listen)));
+        let control =
+            sipmba_processing::rules::ControlClient::new(&control_url, token, &self.peer_ca)
+                .map_err(|e| {
+                    Failure::Usage(format!("invalid setting `processing.control_url`: {e}"))
+                })?;
+        let rules = sipmba_processing::rules::Rules::start(
+            self.db.clone(),
+            objects.clone(),
+            control,
+            ownership,
+            settings.selector_refresh,
+            self.shutdown.clone(),
+        )
+        .await
+        .ok_or_else(|| {
+            Failure::Runtime(anyhow::anyhow!("stopped before processing could start"))
+        })?;
+        let (live, _) = tokio::sync::broadcast::channel(1024);
+        sipmba_processing::Consumer::start(
+            store.clone(),
+            &queue,
+            ownership,
+            Some(rules.clone()),
+            live.clone(),
+            self.shutdown.clone(),
+        )
+        .await
+        .context("following the telemetry topic")?;
+        let queries = sipmba_processing::grpc::Queries::new(
+            store,
+            objects,
+            verifier,
+            live,
+            settings.online_window,
+            self.shutdown.clone(),
+        );
+        let rules =
+            sipmba_processing::rules_api::RulesApi::new(rules, settings.max_rules_per_owner);
+        queries.register(&mut self.server);
+        rules.register(&mut self.server);
+        Ok(())
+    }
+
+    /// Control: its service credentials, its schema, following the command topics.
+    pub async fn start_control(&mut self) -> Result<(), Failure> {
+        let queue = self.log("control")?;
+        let verifier = self.verifier()?;
+        let config = self.config();
+        let settings = &config.control;
+        let (objects, _) = objects_access(
+            &settings.identity,
+            config,
+            &self.peer_ca,
+            self.sso.as_ref(),
+            &[],
+        )
+        .await?;
+        let db = &self.db;
+        retried("control", "migrate its schema", &self.shutdown, || {
+            sipmba_control::store::migrate(db)
+        })
+        .await?;
+        let limits = sipmba_control::ControlLimits {
+            commands_per_second: settings.commands_per_second,
+            burst_commands: settings.burst_commands,
+            max_pending_per_thing: settings.max_pending_per_thing,
+            default_ttl: settings.default_ttl,
+            max_ttl: settings.max_ttl,
+        };
+        let control = sipmba_control::Control::start(
+            sipmba_control::store::Store::new(self.db.clone()),
+            &queue,
+            config.queue.command_partitions,
+            objects,
+            verifier,
+            limits,
+            self.shutdown.clone(),
+        )
+        .await
+        .context("creating the command topics")?;
+        control.register(&mut self.server);
+        Ok(())
+    }
+
+    /// The log, which `service` needs.
+    fn log(&self, service: &str) -> Result<sipmba_queue::Queue, Failure> {
+        self.queue.clone().ok_or_else(|| {
+            Failure::Usage(format!(
+                "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
+                 is not set: {service} works on the Kafka-protocol log"
+            ))
+        })
+    }
+
+    /// The token verifier: sso's own keys when sso runs here, else the JWKS at `auth.jwks_url`.
+    fn verifier(&mut self) -> Result<Verifier, Failure> {
+        if let Some(sso) = &self.sso {
+            return Ok(sso.verifier());
+        }
+        if let Some(verifier) = &self.verifier {
+            return Ok(verifier.clone());
+        }
+        let config = self.config();
+        let url = config
+            .auth
+            .jwks_url
+            .clone()
+            .ok_or_else(|| Failure::Usage("auth.jwks_url is not set".into()))?;
+        let mut verifier_config = VerifierConfig::new(
+            JwksSource::Url(url),
+            &config.auth.issuer,
+            &config.auth.audience,
+        );
+        verifier_config.leeway = config.auth.leeway;
+        verifier_config.peer_ca = self.peer_ca.clone();
+        let verifier = Verifier::new(verifier_config, self.revocations.clone())
+            .context("building the token verifier")?;
+        self.verifier = Some(verifier.clone());
+        Ok(verifier)
+    }
+
+    /// Binds `server.listen`; sso, when it runs here, follows Objects' change feed from then on
+    /// (Objects may be this very process).
+    pub async fn bind(mut self) -> Result<Bound, Failure> {
+        let verifier = self.verifier()?;
+        // Collect and Control write to the log: they report NOT_SERVING while no broker
+        // answers (and while a broker this process supervises is down).
+        if let Some(queue) = self.queue.clone() {
+            let up = std::mem::take(&mut self.log_up);
+            self.server.requires_for(
+                &[
+                    sipmba_proto::v1::collect_service_server::SERVICE_NAME,
+                    sipmba_proto::v1::control_service_server::SERVICE_NAME,
+                ],
+                Arc::new(move || {
+                    let answering =
+                        queue.answering() && up.iter().all(|up| up.load(Ordering::Relaxed));
+                    Box::pin(async move { answering })
+                }),
+            );
+        }
+        let listen = self.config().listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen} (server.listen)"))?;
+        let addr = listener.local_addr().context("local address")?;
+        tracing::info!(%addr, target = self.plan.target.name(), "listening");
+        if let Some(sso) = &self.sso {
+            sso.follow_objects(self.shutdown.clone());
+        }
+        Ok(Bound {
+            platform: self,
+            listener,
+            verifier,
+        })
+    }
+}
+
+/// A platform whose port is bound.
+pub struct Bound {
+    platform: Platform,
+    listener: tokio::net::TcpListener,
+    verifier: Verifier,
+}
+
+impl Bound {
+    /// `http://<address>` this process answers on, for calls to itself.
+    pub fn own_url(&self) -> String {
+        format!("http://{}", loopback(self.platform.config().listen))
+    }
+
+    /// Serves until SIGTERM/SIGINT, then lets in-flight calls finish for
+    /// `server.shutdown_grace_secs`.
+    pub async fn serve(self) -> Result<(), Failure> {
+        let Bound {
+            platform,
+            listener,
+            verifier,
+        } = self;
+        let trigger = platform.trigger;
+        tokio::spawn(async move {
+            sipmba_runtime::termination_signal().await;
+            tracing::info!("shutting down");
+            trigger.trigger();
+        });
+        let config = &platform.plan.config;
+        platform
+            .server
+            .run(
+                listener,
+                config.tls.as_ref(),
+                verifier,
+                platform.shutdown,
+                config.shutdown_grace,
+            )
+            .await
+            .context("serving")?;
+        platform.db.close().await.ok();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
 /// The Objects access client of a service, with its own client_credentials token carrying
 /// `objects:authorize` and `extra` scopes (a client created in sso at start when sso is this
 /// process); the token source is returned too, for the service's other calls.
 async fn objects_access(
-    identity: &sipmba_runtime::ServiceIdentity,
+    identity: &ServiceIdentity,
     config: &Config,
+    peer_ca: &PeerCa,
     sso: Option<&sipmba_sso::Sso>,
     extra: &[&str],
-) -> Result<
-    (
-        sipmba_runtime::objects::ObjectsAccess,
-        sipmba_runtime::objects::ServiceToken,
-    ),
-    Failure,
-> {
+) -> Result<(ObjectsAccess, ServiceToken), Failure> {
     let mut scopes = vec![sipmba_auth::scopes::OBJECTS_AUTHORIZE];
     scopes.extend_from_slice(extra);
     let section = identity.section;
@@ -499,138 +748,19 @@ async fn objects_access(
         .token_url
         .clone()
         .unwrap_or_else(|| format!("{own}/oauth2/token"));
-    let credentials = sipmba_auth::client::ServiceCredentials::new(
+    let credentials = sipmba_auth::client::ServiceCredentials::trusting(
         &token_url,
         &identity.client_id,
         &secret,
         &scopes.join(" "),
+        peer_ca.pem(),
     )
     .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s credentials: {e}")))?;
     let objects_url = identity.objects_url.clone().unwrap_or(own);
-    let token = sipmba_runtime::objects::ServiceToken::Credentials(Arc::new(credentials));
-    let objects = sipmba_runtime::objects::ObjectsAccess::new(&objects_url, token.clone())
+    let token = ServiceToken::Credentials(Arc::new(credentials));
+    let objects = ObjectsAccess::new(&objects_url, token.clone(), peer_ca)
         .map_err(|e| Failure::Usage(format!("invalid setting `{section}.objects_url`: {e}")))?;
     Ok((objects, token))
-}
-
-/// Migrates the processing schema and starts consuming telemetry and answering queries.
-async fn start_processing(
-    db: &sea_orm::DatabaseConnection,
-    queue: &sipmba_queue::Queue,
-    config: &Config,
-    sso: Option<&sipmba_sso::Sso>,
-    verifier: &Verifier,
-    shutdown: &Shutdown,
-) -> Result<
-    (
-        sipmba_processing::grpc::Queries,
-        sipmba_processing::rules_api::RulesApi,
-    ),
-    Failure,
-> {
-    let settings = &config.processing;
-    let (objects, token) = objects_access(
-        &settings.identity,
-        config,
-        sso,
-        &[sipmba_auth::scopes::COMMANDS_WRITE],
-    )
-    .await?;
-    let migrate = || async { sipmba_processing::migration::migrate(db).await };
-    sipmba_runtime::retry::until_ok(
-        "cannot migrate the processing schema yet",
-        shutdown,
-        migrate,
-    )
-    .await
-    .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before processing could start")))?;
-    // Created here too, so that processing can start before collect has produced anything.
-    queue
-        .ensure_topic(
-            sipmba_queue::topics::TELEMETRY,
-            config.collect.telemetry_partitions,
-        )
-        .await
-        .context("creating the telemetry topic")?;
-    let store = sipmba_processing::store::Store::new(db.clone());
-    let ownership = sipmba_processing::Ownership {
-        replica: settings.replica,
-        replicas: settings.replicas,
-    };
-    let control_url = settings
-        .control_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", loopback(config.listen)));
-    let control = sipmba_processing::rules::ControlClient::new(&control_url, token)
-        .map_err(|e| Failure::Usage(format!("invalid setting `processing.control_url`: {e}")))?;
-    let rules = sipmba_processing::rules::Rules::start(
-        db.clone(),
-        objects.clone(),
-        control,
-        ownership,
-        settings.selector_refresh,
-        shutdown.clone(),
-    )
-    .await
-    .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before processing could start")))?;
-    let (live, _) = tokio::sync::broadcast::channel(1024);
-    sipmba_processing::Consumer::start(
-        store.clone(),
-        queue,
-        ownership,
-        Some(rules.clone()),
-        live.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .context("following the telemetry topic")?;
-    Ok((
-        sipmba_processing::grpc::Queries::new(
-            store,
-            objects,
-            verifier.clone(),
-            live,
-            settings.online_window,
-            shutdown.clone(),
-        ),
-        sipmba_processing::rules_api::RulesApi::new(rules, settings.max_rules_per_owner),
-    ))
-}
-
-/// Migrates the control schema, gets control its service credentials, and starts following the
-/// command topics.
-async fn start_control(
-    db: &sea_orm::DatabaseConnection,
-    queue: &sipmba_queue::Queue,
-    config: &Config,
-    sso: Option<&sipmba_sso::Sso>,
-    verifier: &Verifier,
-    shutdown: &Shutdown,
-) -> Result<sipmba_control::Control, Failure> {
-    let settings = &config.control;
-    let (objects, _) = objects_access(&settings.identity, config, sso, &[]).await?;
-    let migrate = || async { sipmba_control::store::migrate(db).await };
-    sipmba_runtime::retry::until_ok("cannot migrate the control schema yet", shutdown, migrate)
-        .await
-        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before control could start")))?;
-    sipmba_control::Control::start(
-        sipmba_control::store::Store::new(db.clone()),
-        queue,
-        config.queue.command_partitions,
-        objects,
-        verifier.clone(),
-        sipmba_control::ControlLimits {
-            commands_per_second: settings.commands_per_second,
-            burst_commands: settings.burst_commands,
-            max_pending_per_thing: settings.max_pending_per_thing,
-            default_ttl: settings.default_ttl,
-            max_ttl: settings.max_ttl,
-        },
-        shutdown.clone(),
-    )
-    .await
-    .context("creating the command topics")
-    .map_err(Failure::from)
 }
 
 /// Migrates the sso schema and loads its keys, retrying while the database is unreachable
@@ -638,6 +768,7 @@ async fn start_control(
 async fn start_sso(
     db: &sea_orm::DatabaseConnection,
     config: &Config,
+    peer_ca: &PeerCa,
     revocations: Revocations,
     shutdown: &Shutdown,
 ) -> Result<sipmba_sso::Sso, Failure> {
@@ -653,15 +784,32 @@ async fn start_sso(
     sso_config.service_token_lifetime = config.sso.service_token_lifetime;
     sso_config.refresh_token_lifetime = config.sso.refresh_token_lifetime;
     sso_config.key_rotation = config.sso.key_rotation;
+    sso_config.peer_ca = peer_ca.clone();
     let start = || async {
         sipmba_sso::migrate(db).await.map_err(|e| e.to_string())?;
         sipmba_sso::Sso::start(db.clone(), sso_config.clone(), revocations.clone())
             .await
             .map_err(|e| e.to_string())
     };
-    sipmba_runtime::retry::until_ok("cannot start sso yet", shutdown, start)
+    retried("sso", "start", shutdown, start).await
+}
+
+/// `attempt` until it succeeds (retrying while what it needs, the database, does not answer);
+/// an error if the process is stopped first.
+async fn retried<T, E, F, Fut>(
+    service: &str,
+    what: &str,
+    shutdown: &Shutdown,
+    attempt: F,
+) -> Result<T, Failure>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    sipmba_runtime::retry::until_ok(&format!("{service} cannot {what} yet"), shutdown, attempt)
         .await
-        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before sso could start")))
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before {service} could start")))
 }
 
 /// Connects to the log, retrying while the brokers are unreachable.
@@ -763,24 +911,9 @@ fn loopback(listen: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
-fn available_names() -> String {
-    AVAILABLE
-        .iter()
-        .map(|t| t.name())
-        .chain(["all"])
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn verifier_config(jwks: JwksSource, config: &Config) -> VerifierConfig {
-    let mut vc = VerifierConfig::new(jwks, &config.auth.issuer, &config.auth.audience);
-    vc.leeway = config.auth.leeway;
-    vc
-}
-
-/// Applies migrations, retrying while the database is unreachable; health stays NOT_SERVING
-/// until they are in place.
-async fn migrate_until_done(
+/// Applies the objects migrations, retrying while the database is unreachable; health stays
+/// NOT_SERVING until they are in place.
+async fn migrate_objects(
     db: sea_orm::DatabaseConnection,
     done: Arc<AtomicBool>,
     shutdown: Shutdown,

@@ -58,6 +58,8 @@ pub struct SsoConfig {
     pub objects_url: String,
     /// A signing key signs for this long, then a new one takes over.
     pub key_rotation: Duration,
+    /// What an `https://` Objects' certificate is checked against.
+    pub peer_ca: sipmba_auth::peer_tls::PeerCa,
 }
 
 impl SsoConfig {
@@ -76,6 +78,7 @@ impl SsoConfig {
             throttle: throttle::ThrottleLimits::default(),
             objects_url: objects_url.to_owned(),
             key_rotation: Duration::from_secs(30 * 24 * 3600),
+            peer_ca: sipmba_auth::peer_tls::PeerCa::none(),
         }
     }
 
@@ -152,8 +155,12 @@ impl Sso {
         let keep_retired =
             i64::try_from(config.longest_access_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
         let keys = keys::KeyRing::load(db.clone(), keep_retired).await?;
-        let objects =
-            objects::ObjectsClient::new(&config.objects_url, &config.issuer, &config.audience)?;
+        let objects = objects::ObjectsClient::new(
+            &config.objects_url,
+            &config.issuer,
+            &config.audience,
+            &config.peer_ca,
+        )?;
         let cost = config.password_cost;
         let dummy_hash = tokio::task::spawn_blocking(move || cost.hash(&secrets::random_secret()))
             .await

@@ -2,6 +2,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
+use sipmba_auth::peer_tls::PeerCa;
 use sipmba_auth::{
     Kind,
     signing::{AccessClaims, unix_now},
@@ -35,9 +36,10 @@ fn unavailable(e: tonic::Status) -> ServiceError {
 }
 
 impl ObjectsClient {
-    /// Talks to Objects at `url` (http:// or https://); connects lazily.
-    pub fn new(url: &str, issuer: &str, audience: &str) -> ServiceResult<Self> {
-        let channel = sipmba_auth::peer_tls::channel(url, Duration::from_secs(10))
+    /// Talks to Objects at `url` (http://, or https:// verified against `ca`); connects lazily.
+    pub fn new(url: &str, issuer: &str, audience: &str, ca: &PeerCa) -> ServiceResult<Self> {
+        let channel = ca
+            .channel(url, Duration::from_secs(10))
             .map_err(|e| ServiceError::Internal(format!("objects: {e}")))?;
         Ok(Self {
             channel,

@@ -353,16 +353,7 @@ pub fn test_ca() -> (String, String, String) {
 }
 
 /// A gRPC request carrying `authorization: Bearer <token>`.
-pub fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(msg);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .expect("a token is a valid header value"),
-    );
-    request
-}
+pub use sipmba_auth::client::bearer as with_token;
 
 /// Runs `server` on a loopback port until `shutdown`; returns a connected channel and its URL.
 pub async fn serve(

@@ -4,12 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-/// Writes a line to standard output; false when it is gone (a closed pipe: `| head`), which is
-/// not worth a panic.
-pub fn out(line: impl std::fmt::Display) -> bool {
-    use std::io::Write;
-    writeln!(std::io::stdout().lock(), "{line}").is_ok()
-}
+pub use crate::local_io::out;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     path::{Path, PathBuf},
     sync::Arc,
     task::{Context, Poll},
@@ -23,6 +22,8 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use super::{CliError, Exit};
+use crate::local_io::write_private;
+use sipmba_auth::client::bearer;
 
 /// The OAuth client id the CLI presents (a public client: no secret).
 const CLIENT_ID: &str = "sipmba-cli";
@@ -506,15 +507,6 @@ async fn send(
         .unwrap_or_else(|_| http::Response::new(Vec::new())))
 }
 
-/// `msg` with `token` as its bearer token.
-pub fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(msg);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-}
-
 /// Where logins are kept: `$SIPMBA_CONFIG_DIR`, else `$XDG_CONFIG_HOME/sipmba`, else
 /// `~/.config/sipmba`.
 pub fn default_config_dir() -> PathBuf {
@@ -533,15 +525,4 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
-}
-
-/// Writes `bytes` to a new file readable by its owner only.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
