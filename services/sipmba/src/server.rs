@@ -10,7 +10,7 @@
 //! its broker, its admin token and its demo thing between them.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,11 +19,16 @@ use std::{
 
 use anyhow::Context;
 use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig, peer_tls::PeerCa};
-use sipmba_runtime::{
-    Config, ConfigArgs, Defaults, Server, ServiceIdentity, Shutdown, ShutdownTrigger,
-    objects::{ObjectsAccess, ServiceToken},
-};
+use sipmba_runtime::{Config, ConfigArgs, Defaults, Server, Shutdown, ShutdownTrigger};
 use sipmba_sso::SsoConfig;
+
+mod clients;
+mod log;
+mod plan;
+
+use clients::{loopback, objects_access};
+use log::connect_queue;
+pub use plan::Plan;
 
 /// The micro-services of the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,119 +105,6 @@ pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     let mut platform = Platform::open(plan, false).await?;
     platform.start().await?;
     platform.bind().await?.serve().await
-}
-
-/// A configuration checked for the services one process runs: every setting valid, and every
-/// service able to reach the others it needs.
-#[derive(Debug)]
-pub struct Plan {
-    target: Target,
-    config: Config,
-}
-
-impl Plan {
-    /// Loads the configuration of `args` over `defaults` and checks it for `target`; the error
-    /// names the setting, its flag and its variable.
-    pub fn validate(
-        target: Target,
-        args: &ConfigArgs,
-        defaults: &Defaults,
-    ) -> Result<Self, Failure> {
-        let config = Config::load(args, defaults).map_err(|e| Failure::Usage(e.to_string()))?;
-        let plan = Plan { target, config };
-        let runs = |t| plan.runs(t);
-        let config = &plan.config;
-        if matches!(
-            target,
-            Target::Collect | Target::Control | Target::Processing
-        ) && config.queue.brokers.is_empty()
-        {
-            return Err(Failure::Usage(format!(
-                "invalid setting `queue.brokers` (flag --brokers, environment SIPMBA_BROKERS): \
-                 is not set: {} works on the Kafka-protocol log",
-                target.name()
-            )));
-        }
-        for (service, identity) in [
-            (Target::Control, &config.control.identity),
-            (Target::Processing, &config.processing.identity),
-        ] {
-            if runs(service) {
-                check_identity(
-                    identity,
-                    runs(Target::Sso),
-                    runs(Target::Objects),
-                    config.tls.is_some(),
-                )?;
-            }
-        }
-        if runs(Target::Processing)
-            && config.processing.control_url.is_none()
-            && (!runs(Target::Control) || config.tls.is_some())
-        {
-            return Err(Failure::Usage(
-                "invalid setting `processing.control_url`: is not set: processing's rules send \
-                 their commands through Control; give its http:// address unless it runs in this \
-                 process without TLS"
-                    .into(),
-            ));
-        }
-        if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
-            return Err(Failure::Usage(
-                "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
-                 is not set: sso needs Objects; give its http:// address"
-                    .into(),
-            ));
-        }
-        if runs(Target::Sso)
-            && runs(Target::Objects)
-            && config.tls.is_some()
-            && config.sso.objects_url.is_none()
-        {
-            return Err(Failure::Usage(
-                "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
-                 with TLS on, sso reaches Objects over a separate plaintext address only; run them as separate targets"
-                    .into(),
-            ));
-        }
-        Ok(plan)
-    }
-
-    /// Whether this process runs `service`.
-    pub fn runs(&self, service: Target) -> bool {
-        self.target == service || self.target == Target::All
-    }
-
-    /// The validated configuration.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-}
-
-/// Refuses a configuration in which a service could not reach Objects and sso.
-fn check_identity(
-    identity: &ServiceIdentity,
-    with_sso: bool,
-    with_objects: bool,
-    tls: bool,
-) -> Result<(), Failure> {
-    let section = identity.section;
-    if !with_sso && identity.client_secret_file.is_none() {
-        return Err(Failure::Usage(format!(
-            "invalid setting `{section}.client_secret_file`: is not set: {section} authenticates to \
-             sso with client_credentials (client `{section}.client_id`) to ask Objects for access decisions"
-        )));
-    }
-    if (!with_objects || tls) && identity.objects_url.is_none()
-        || (!with_sso || tls) && identity.token_url.is_none()
-    {
-        return Err(Failure::Usage(format!(
-            "invalid setting `{section}.objects_url` / `{section}.token_url`: {section} needs the \
-             http:// addresses of Objects and of sso's /oauth2/token unless they run in this \
-             process without TLS"
-        )));
-    }
-    Ok(())
 }
 
 /// The services of one process while they start: what they share, and the server they are
@@ -705,64 +597,6 @@ impl Bound {
     }
 }
 
-/// The Objects access client of a service, with its own client_credentials token carrying
-/// `objects:authorize` and `extra` scopes (a client created in sso at start when sso is this
-/// process); the token source is returned too, for the service's other calls.
-async fn objects_access(
-    identity: &ServiceIdentity,
-    config: &Config,
-    peer_ca: &PeerCa,
-    sso: Option<&sipmba_sso::Sso>,
-    extra: &[&str],
-) -> Result<(ObjectsAccess, ServiceToken), Failure> {
-    let mut scopes = vec![sipmba_auth::scopes::OBJECTS_AUTHORIZE];
-    scopes.extend_from_slice(extra);
-    let section = identity.section;
-    let own = format!("http://{}", loopback(config.listen));
-    let secret = match (&identity.client_secret_file, sso) {
-        (Some(file), _) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading {} ({section}.client_secret_file)", file.display()))?
-            .trim()
-            .to_owned(),
-        // sso is this process: the service gets a client of its own, with a fresh secret each start.
-        (None, Some(sso)) => {
-            let secret = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            sso.ensure_service_client(&identity.client_id, &secret, uuid::Uuid::new_v4(), &scopes)
-                .await
-                .map_err(|e| {
-                    Failure::Runtime(anyhow::anyhow!("{section}'s service client: {e}"))
-                })?;
-            secret
-        }
-        (None, None) => {
-            return Err(Failure::Usage(format!(
-                "invalid setting `{section}.client_secret_file`: is not set"
-            )));
-        }
-    };
-    let token_url = identity
-        .token_url
-        .clone()
-        .unwrap_or_else(|| format!("{own}/oauth2/token"));
-    let credentials = sipmba_auth::client::ServiceCredentials::trusting(
-        &token_url,
-        &identity.client_id,
-        &secret,
-        &scopes.join(" "),
-        peer_ca.pem(),
-    )
-    .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s credentials: {e}")))?;
-    let objects_url = identity.objects_url.clone().unwrap_or(own);
-    let token = ServiceToken::Credentials(Arc::new(credentials));
-    let objects = ObjectsAccess::new(&objects_url, token.clone(), peer_ca)
-        .map_err(|e| Failure::Usage(format!("invalid setting `{section}.objects_url`: {e}")))?;
-    Ok((objects, token))
-}
-
 /// Migrates the sso schema and loads its keys, retrying while the database is unreachable
 /// (sso cannot verify or issue anything before).
 async fn start_sso(
@@ -810,105 +644,6 @@ where
     sipmba_runtime::retry::until_ok(&format!("{service} cannot {what} yet"), shutdown, attempt)
         .await
         .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before {service} could start")))
-}
-
-/// Connects to the log, retrying while the brokers are unreachable.
-async fn connect_queue(
-    config: &Config,
-    shutdown: &Shutdown,
-) -> Result<sipmba_queue::Queue, Failure> {
-    let security = queue_security(&config.queue)?;
-    let connect = || {
-        sipmba_queue::Queue::connect_secure(
-            &config.queue.brokers,
-            &config.queue.topic_prefix,
-            security.clone(),
-        )
-    };
-    // Unreachable brokers are waited for; refused credentials stop the start.
-    let refused = |e: &sipmba_queue::QueueError| matches!(e, sipmba_queue::QueueError::Refused(_));
-    let queue = sipmba_runtime::retry::until_ok_unless(
-        "cannot reach the brokers yet",
-        shutdown,
-        connect,
-        refused,
-    )
-    .await
-    .map_err(|e| Failure::Usage(format!("queue: {e}")))?
-    .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("stopped before the brokers answered")))?;
-    use sipmba_queue::topics;
-    let q = &config.queue;
-    Ok(queue.with_replicas(q.replication_factor).with_retention(&[
-        (topics::TELEMETRY, q.telemetry_retention),
-        (topics::COMMANDS, q.command_retention),
-        (topics::COMMAND_EVENTS, q.command_retention),
-        (topics::REVOCATIONS, q.revocation_retention),
-    ]))
-}
-
-/// TLS and SASL towards the brokers, from the files `[queue.tls]` and `[queue.sasl]` name; a
-/// file that does not hold what it should stops the start, naming the setting.
-fn queue_security(
-    q: &sipmba_runtime::config::QueueSettings,
-) -> Result<sipmba_queue::Security, Failure> {
-    let read = |setting: &str, path: &Path| {
-        std::fs::read(path)
-            .map_err(|e| Failure::Usage(format!("{setting}: cannot read {}: {e}", path.display())))
-    };
-    let tls = match &q.tls {
-        None => None,
-        Some(tls) => {
-            let ca = read("queue.tls.ca_file", &tls.ca_file)?;
-            let client = match &tls.client {
-                None => None,
-                Some((cert, key)) => Some((
-                    read("queue.tls.cert_file", cert)?,
-                    read("queue.tls.key_file", key)?,
-                )),
-            };
-            let client = client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
-            Some(
-                sipmba_queue::Security::tls_config(&ca, client)
-                    .map_err(|e| Failure::Usage(format!("queue.tls: {e}")))?,
-            )
-        }
-    };
-    let sasl = match &q.sasl {
-        None => None,
-        Some(sasl) => {
-            let password =
-                String::from_utf8(read("queue.sasl.password_file", &sasl.password_file)?).map_err(
-                    |_| {
-                        Failure::Usage("queue.sasl.password_file: the password is not UTF-8".into())
-                    },
-                )?;
-            let password = password.trim_end_matches(['\n', '\r']).to_owned();
-            if password.is_empty() {
-                return Err(Failure::Usage(format!(
-                    "queue.sasl.password_file: {} is empty",
-                    sasl.password_file.display()
-                )));
-            }
-            Some(sipmba_queue::Sasl {
-                mechanism: sasl
-                    .mechanism
-                    .parse()
-                    .map_err(|e| Failure::Usage(format!("queue.sasl.mechanism: {e}")))?,
-                username: sasl.username.clone(),
-                password,
-            })
-        }
-    };
-    Ok(sipmba_queue::Security { tls, sasl })
-}
-
-/// The address this process answers on, for calls to itself.
-fn loopback(listen: std::net::SocketAddr) -> std::net::SocketAddr {
-    if listen.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], listen.port()))
-    } else {
-        listen
-    }
 }
 
 /// Applies the objects migrations, retrying while the database is unreachable; health stays
