@@ -3,7 +3,6 @@
 
 use std::{
     path::Path,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -16,12 +15,9 @@ use sipmba_proto::v1 as pb;
 use sipmba_testkit::with_token;
 use tokio::{
     net::{TcpListener, TcpStream},
-    process::{Child, Command},
+    process::Child,
 };
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 /// A TCP proxy that counts the bytes passing in both directions.
 pub struct CountingProxy {
@@ -95,28 +91,6 @@ pub async fn sigterm(mut child: Child, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `service` reports SERVING.
-pub async fn serving(channel: &Channel, service: &str, deadline: Instant) -> anyhow::Result<()> {
-    loop {
-        let status = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .map(|r| r.into_inner().status);
-        if status
-            .as_ref()
-            .is_ok_and(|s| *s == ServingStatus::Serving as i32)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{service} is not serving: {status:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A token from the platform's sso.
 pub async fn token(
     channel: &Channel,
@@ -147,9 +121,7 @@ pub struct DevPlatform {
     pub client_id: String,
     /// The thing's client secret.
     pub client_secret: String,
-    /// The platform's working directory (and a place for the agent's files).
-    pub dir: tempfile::TempDir,
-    child: Child,
+    dev: sipmba_testkit::DevServer,
 }
 
 impl DevPlatform {
@@ -166,37 +138,24 @@ impl DevPlatform {
     ) -> anyhow::Result<Self> {
         let server = &std::fs::canonicalize(server)
             .with_context(|| format!("the server binary {}", server.display()))?;
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let server = Command::new(server)
-            .args(["server", "--dev", "--listen", &listen])
-            .args(args)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the platform")?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))?;
-        let channel = loop {
-            match endpoint.connect().await {
-                Ok(c) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => bail!("the platform does not listen: {e}"),
-            }
-        };
-        for service in [
+        let dev = sipmba_testkit::DevServer::start(
+            server,
+            sipmba_testkit::DevOptions {
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                log: Some("warn".into()),
+                ..Default::default()
+            },
+        );
+        let serving = dev.serving(&[
             "sipmba.v1.CollectService",
             "sipmba.v1.ControlService",
             "sipmba.v1.TelemetryService",
-        ] {
-            serving(&channel, service, deadline).await?;
-        }
-        let admin = std::fs::read_to_string(dir.path().join(".sipmba/dev-admin.token"))?;
+        ]);
+        let channel =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), serving)
+                .await
+                .context("the platform's services are not serving")?;
+        let admin = dev.admin_token().await;
 
         // A user, its thing, and the thing's token.
         pb::account_service_client::AccountServiceClient::new(channel.clone())
@@ -249,20 +208,28 @@ impl DevPlatform {
         )
         .await?;
         Ok(Self {
-            listen,
             channel,
             user,
             thing: thing_id,
             thing_token,
             client_id: secret.client_id,
             client_secret: secret.client_secret,
-            dir,
-            child: server,
+            listen: dev.listen.clone(),
+            dev,
         })
     }
 
+    /// The platform's working directory (and a place for the agent's files).
+    pub fn dir(&self) -> &Path {
+        &self.dev.dir
+    }
+
     /// Stops the platform (SIGTERM, clean exit).
-    pub async fn stop(self) -> anyhow::Result<()> {
-        sigterm(self.child, "the platform").await
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        match self.dev.stop().await {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => bail!("the platform exited with {status}"),
+            Err(e) => bail!("the platform: {e}"),
+        }
     }
 }

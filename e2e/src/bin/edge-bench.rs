@@ -134,7 +134,7 @@ async fn agent_row(args: &Args) -> anyhow::Result<Row> {
     let agent = std::fs::canonicalize(args.agent.as_ref().context("--agent is required")?)?;
     let n = args.readings;
     let platform = DevPlatform::start(server, Instant::now() + Duration::from_secs(120)).await?;
-    let state = platform.dir.path().join("edge");
+    let state = platform.dir().join("edge");
     {
         let outbox = sipmba_edge::outbox::Outbox::open(
             &state,
@@ -149,7 +149,7 @@ async fn agent_row(args: &Args) -> anyhow::Result<Row> {
         platform.listen.clone(),
     )
     .await;
-    let config = platform.dir.path().join("edge.toml");
+    let config = platform.dir().join("edge.toml");
     std::fs::write(
         &config,
         format!(
@@ -158,7 +158,7 @@ async fn agent_row(args: &Args) -> anyhow::Result<Row> {
             state.display()
         ),
     )?;
-    let token_file = platform.dir.path().join("thing.token");
+    let token_file = platform.dir().join("thing.token");
     std::fs::write(&token_file, &platform.thing_token.access_token)?;
     let provisioned = Command::new(&agent)
         .arg("provision")

@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         platform.user.clone(),
         platform.thing.clone(),
     );
-    let dir = &platform.dir;
+    let dir = platform.dir();
     // A command waiting for the thing before it ever wakes.
     let command = pb::control_service_client::ControlServiceClient::new(channel.clone())
         .send_command(with_token(
@@ -100,9 +100,9 @@ async fn main() -> anyhow::Result<()> {
 
     // The agent, provisioned through its endpoint as the operator does.
     let enrollment = b"edge-e2e-enrollment-secret-0123456789";
-    std::fs::write(dir.path().join("enrollment.secret"), enrollment)?;
+    std::fs::write(dir.join("enrollment.secret"), enrollment)?;
     let provisioning_port = free_port();
-    let config = dir.path().join("edge.toml");
+    let config = dir.join("edge.toml");
     std::fs::write(
         &config,
         format!(
@@ -110,8 +110,8 @@ async fn main() -> anyhow::Result<()> {
              [provisioning]\nlisten = \"127.0.0.1:{provisioning_port}\"\nenrollment_secret_file = \"{}\"\n\
              [[sensors]]\nkind = \"simulated\"\nmetric = \"temperature\"\nunit = \"Cel\"\nmin = 18\nmax = 26\n\
              [[outputs]]\nname = \"fan\"\n",
-            dir.path().join("edge").display(),
-            dir.path().join("enrollment.secret").display()
+            dir.join("edge").display(),
+            dir.join("enrollment.secret").display()
         ),
     )?;
     let check = agent_command(&args, &config, "check-config")

@@ -186,7 +186,7 @@ pub struct Stack {
     pub owner: uuid::Uuid,
     /// The agent's provisioning endpoint.
     pub endpoint: String,
-    _platform: Child,
+    _platform: sipmba_testkit::DevServer,
     _agent: Child,
     _dir: tempfile::TempDir,
 }
@@ -201,31 +201,17 @@ pub async fn stack() -> Stack {
          scopes = [\"objects:admin\", \"objects:authorize\", \"things:read\", \"things:write\", \"tokens:admin\"]\n",
     )
     .unwrap();
-    let port = sipmba_testkit::free_port_pair();
-    let url = format!("http://127.0.0.1:{port}");
-    let platform = spawn(
+    let platform = sipmba_testkit::DevServer::start(
         &bin("sipmba"),
-        &[
-            "server",
-            "--dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-            "sipmba.toml",
-        ],
-        dir.path(),
-    );
-    let state = dir.path().join(".sipmba/dev-state.json");
-    let owner = sipmba_testkit::eventually(
-        "the dev platform's admin user",
-        Duration::from_secs(60),
-        || async {
-            let text = std::fs::read_to_string(&state).ok()?;
-            let value: Value = serde_json::from_str(&text).ok()?;
-            uuid::Uuid::parse_str(value["admin"].as_str()?).ok()
+        sipmba_testkit::DevOptions {
+            dir: Some(dir.path().to_path_buf()),
+            args: vec!["--config".into(), "sipmba.toml".into()],
+            log: Some("warn".into()),
+            ..Default::default()
         },
-    )
-    .await;
+    );
+    let url = platform.url.clone();
+    let owner = platform.admin().await;
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
     std::fs::write(agent_dir.join("enrollment.secret"), ENROLLMENT).unwrap();

@@ -4,103 +4,40 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
 use sipmba_proto::v1 as pb;
+use sipmba_testkit::{DevOptions, DevServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipmba");
 
-struct Dev {
-    child: Child,
-    url: String,
-    banner: String,
-}
-
 /// Starts `sipmba server --dev` in `dir` and waits for its banner.
-fn start(dir: &Path, port: u16) -> Dev {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["server", "--dev", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut banner = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "no banner; server log:\n{}",
-                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-            )
-        });
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("Ctrl-C stops it") {
-            break;
-        }
-    }
-    Dev {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        banner,
-    }
+fn start(dir: &Path, port: u16) -> DevServer {
+    let dev = DevServer::start(
+        Path::new(BIN),
+        DevOptions {
+            dir: Some(dir.to_path_buf()),
+            port: Some(port),
+            ..Default::default()
+        },
+    );
+    dev.banner();
+    dev
 }
 
-impl Dev {
-    /// Ctrl-C, and a clean exit.
-    fn interrupt(mut self) {
-        sipmba_testkit::signal(self.child.id(), sipmba_testkit::Signal::INT);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "Ctrl-C stops the platform cleanly: {status}"
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "the platform did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn password(&self) -> Option<String> {
-        let at = self.banner.find("password: ")?;
-        self.banner[at + "password: ".len()..]
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Ctrl-C, and a clean exit.
+fn interrupt(mut dev: DevServer) {
+    dev.signal(sipmba_testkit::Signal::INT);
+    let status = dev
+        .wait_blocking(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the platform did not stop: {e}"));
+    assert!(
+        status.success(),
+        "Ctrl-C stops the platform cleanly: {status}"
+    );
 }
 
 /// The CLI as a user with its own login cache runs it.
@@ -242,14 +179,14 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
         .collect();
     assert!(theirs.is_empty(), "{theirs:#?}");
     assert!(
-        dev.banner.contains("demo-thing ("),
+        dev.banner().contains("demo-thing ("),
         "the demo thing streams (tansu is installed by .ci/test): {}",
-        dev.banner
+        dev.banner()
     );
     assert!(
-        dev.banner.contains("login --username admin"),
+        dev.banner().contains("login --username admin"),
         "{}",
-        dev.banner
+        dev.banner()
     );
     let admin = User {
         url: dev.url.clone(),
@@ -581,13 +518,13 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     assert!(err.contains("hint:"), "{err}");
 
     // Ctrl-C stops it cleanly; started again it keeps the users, things and logins.
-    dev.interrupt();
+    interrupt(dev);
     let again = start(dir.path(), port);
     assert_eq!(
         again.password(),
         None,
         "the password is printed once: {}",
-        again.banner
+        again.banner()
     );
     let names: Vec<String> = admin
         .json(&["things", "list"])
@@ -606,7 +543,7 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
     assert!(err.contains("sipmba login"), "{err}");
     admin.login("admin", &password);
     assert_eq!(admin.json(&["whoami"])["username"], "admin");
-    again.interrupt();
+    interrupt(again);
 }
 
 /// The README's walkthrough, line by line as written (a person types the passwords at the

@@ -8,9 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connect, free_port, health, spawn, wait_for_health};
+use common::{free_port, health, wait_for_health};
 use tokio::process::Command;
-use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const COLLECT: &str = "sipmba.v1.CollectService";
@@ -46,15 +45,14 @@ fn broker_of(port: u16) -> Vec<i32> {
 async fn a_killed_dev_server_leaves_no_broker_and_the_next_start_has_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let mut server = common::dev(dir.path(), port, &[]);
+    let channel = server.channel().await;
     wait_for_health(&channel, COLLECT, ServingStatus::Serving).await;
     let brokers = broker_of(port);
     assert_eq!(brokers.len(), 1, "one broker runs: {brokers:?}");
 
-    sipmba_testkit::signal(child.id().unwrap(), sipmba_testkit::Signal::KILL);
-    child.wait().await.unwrap();
+    server.signal(sipmba_testkit::Signal::KILL);
+    server.wait(Duration::from_secs(10)).await.unwrap();
     sipmba_testkit::eventually(
         "the broker dies with the server",
         Duration::from_secs(5),
@@ -63,11 +61,11 @@ async fn a_killed_dev_server_leaves_no_broker_and_the_next_start_has_the_log() {
     .await;
 
     // The next start on the same data directory has a working log.
-    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let server = common::dev(dir.path(), port, &[]);
+    let channel = server.channel().await;
     wait_for_health(&channel, COLLECT, ServingStatus::Serving).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
-    common::sigterm_and_wait(child).await;
+    common::stop_dev(server).await;
     sipmba_testkit::eventually(
         "the broker stops with the server",
         Duration::from_secs(5),
@@ -80,7 +78,6 @@ async fn a_killed_dev_server_leaves_no_broker_and_the_next_start_has_the_log() {
 async fn a_stale_broker_of_the_same_data_directory_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     // A broker as an older `--dev` left it: in <data-dir>/broker, not tied to any server.
     let broker_dir = dir.path().join(".sipmba/broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
@@ -110,8 +107,8 @@ async fn a_stale_broker_of_the_same_data_directory_is_replaced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let server = common::dev(dir.path(), port, &[]);
+    let channel = server.channel().await;
     wait_for_health(&channel, COLLECT, ServingStatus::Serving).await;
     tokio::time::timeout(Duration::from_secs(10), stale.wait())
         .await
@@ -123,7 +120,7 @@ async fn a_stale_broker_of_the_same_data_directory_is_replaced() {
         now[0], stale_pid,
         "a broker of the server's own replaced it"
     );
-    common::sigterm_and_wait(child).await;
+    common::stop_dev(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,9 +157,8 @@ async fn a_stranger_on_the_broker_port_is_named_and_dev_refuses_to_start() {
 async fn a_broker_killed_under_dev_comes_back_and_collect_is_not_serving_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let server = common::dev(dir.path(), port, &[]);
+    let channel = server.channel().await;
     wait_for_health(&channel, COLLECT, ServingStatus::Serving).await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
     let first = broker_of(port);
@@ -188,5 +184,5 @@ async fn a_broker_killed_under_dev_comes_back_and_collect_is_not_serving_meanwhi
     let second = broker_of(port);
     assert_eq!(second.len(), 1, "one broker runs again: {second:?}");
     assert_ne!(second, first, "a new broker process");
-    common::sigterm_and_wait(child).await;
+    common::stop_dev(server).await;
 }

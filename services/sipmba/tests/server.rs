@@ -401,7 +401,8 @@ async fn tls_is_spoken_on_every_listener_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     // A service client from the configuration, as the operator would get one.
     let secret = "operator-secret-0123456789-abcdefghijklmnop";
     std::fs::write(dir.path().join("operator.secret"), format!("{secret}\n")).unwrap();
@@ -410,16 +411,9 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         "[[sso.service_clients]]\nid = \"operator\"\nsecret_file = \"operator.secret\"\nscopes = [\"objects:admin\", \"users:write\"]\n",
     )
     .unwrap();
-    let dev = [
-        "server",
-        "--dev",
-        "--listen",
-        &listen,
-        "--config",
-        "sipmba.toml",
-    ];
-    let child = spawn(&dev, dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let config = ["--config", "sipmba.toml"];
+    let server = common::dev(dir.path(), port, &config);
+    let channel = server.channel().await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
     // With tansu installed (.ci/test installs it), --dev brings the log and collect.
     wait_for_health(&channel, "sipmba.v1.CollectService", ServingStatus::Serving).await;
@@ -521,11 +515,11 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         reply.contains(r#""scope":"objects:admin users:write""#),
         "{reply}"
     );
-    sigterm_and_wait(child).await;
+    common::stop_dev(server).await;
 
     // A restart keeps the key, the data and the token valid.
-    let child = spawn(&dev, dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let server = common::dev(dir.path(), port, &config);
+    let channel = server.channel().await;
     wait_for_health(&channel, "", ServingStatus::Serving).await;
     let request = with_token(
         &token,
@@ -552,7 +546,7 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         .expect("the command survives the restart")
         .into_inner();
     assert_eq!(kept.state, pb::CommandState::Queued as i32);
-    sigterm_and_wait(child).await;
+    common::stop_dev(server).await;
 }
 
 /// A token from the process's own sso.
@@ -568,9 +562,8 @@ async fn grant(channel: &Channel, grant: pb::token_request::Grant) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_rules_command_things_through_control_as_their_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let child = spawn(&["server", "--dev", "--listen", &listen], dir.path());
-    let channel = connect(Endpoint::from_shared(format!("http://{listen}")).unwrap()).await;
+    let server = common::dev(dir.path(), free_port(), &[]);
+    let channel = server.channel().await;
     for service in [
         "sipmba.v1.CollectService",
         "sipmba.v1.ControlService",
@@ -739,7 +732,7 @@ async fn dev_mode_rules_command_things_through_control_as_their_owner() {
         queued.issuer.unwrap().issuer,
         Some(pb::command_issuer::Issuer::Rule(rule.id.unwrap()))
     );
-    sigterm_and_wait(child).await;
+    common::stop_dev(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

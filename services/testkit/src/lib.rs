@@ -18,8 +18,10 @@ use sipmba_auth::{
 use uuid::Uuid;
 
 mod broker;
+mod dev;
 mod wait;
 pub use broker::{Flavour, KafkaCluster, TestBroker};
+pub use dev::{DevOptions, DevServer};
 pub use wait::{Outcome, Signal, eventually, eventually_blocking, signal, sigterm};
 
 /// PostgreSQL used by the tests; override with `SIPMBA_TEST_POSTGRES_URL`.

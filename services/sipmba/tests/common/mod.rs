@@ -81,6 +81,30 @@ pub async fn wait_for_health(channel: &Channel, service: &str, want: ServingStat
     }
 }
 
+/// `sipmba server --dev` in `dir` on `port` (logging at info), with `args` after `--listen`.
+#[allow(dead_code)] // not every test binary starts one
+pub fn dev(dir: &Path, port: u16, args: &[&str]) -> sipmba_testkit::DevServer {
+    sipmba_testkit::DevServer::start(
+        Path::new(BIN),
+        sipmba_testkit::DevOptions {
+            dir: Some(dir.to_path_buf()),
+            port: Some(port),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            log: Some("info".into()),
+        },
+    )
+}
+
+/// SIGTERM to a dev server, and a clean exit.
+#[allow(dead_code)] // not every test binary starts one
+pub async fn stop_dev(mut dev: sipmba_testkit::DevServer) {
+    let exit = dev
+        .stop()
+        .await
+        .unwrap_or_else(|e| panic!("exits after SIGTERM: {e}"));
+    assert!(exit.success(), "clean exit after SIGTERM, got {exit}");
+}
+
 pub async fn sigterm_and_wait(mut child: Child) {
     let exit = sipmba_testkit::sigterm(&mut child, Duration::from_secs(20))
         .await
