@@ -206,13 +206,10 @@ impl DevServer {
     pub async fn wait(&mut self, within: Duration) -> Result<ExitStatus, String> {
         let deadline = std::time::Instant::now() + within;
         loop {
-            if let Some(status) = self.try_wait() {
-                return Ok(status);
+            match self.exited(deadline, within) {
+                Some(outcome) => return outcome,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("still running after {within:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -220,13 +217,25 @@ impl DevServer {
     pub fn wait_blocking(&mut self, within: Duration) -> Result<ExitStatus, String> {
         let deadline = std::time::Instant::now() + within;
         loop {
-            if let Some(status) = self.try_wait() {
-                return Ok(status);
+            match self.exited(deadline, within) {
+                Some(outcome) => return outcome,
+                None => std::thread::sleep(Duration::from_millis(50)),
             }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("still running after {within:?}"));
+        }
+    }
+
+    /// The outcome of a wait of `within` ending at `deadline`, once there is one.
+    fn exited(
+        &mut self,
+        deadline: std::time::Instant,
+        within: Duration,
+    ) -> Option<Result<ExitStatus, String>> {
+        match self.try_wait() {
+            Some(status) => Some(Ok(status)),
+            None if std::time::Instant::now() > deadline => {
+                Some(Err(format!("still running after {within:?}")))
             }
-            std::thread::sleep(Duration::from_millis(50));
+            None => None,
         }
     }
 
