@@ -1,7 +1,7 @@
 //! `sipmba server --dev` as the tests start it: a process in a directory of its own (its data in
 //! `<dir>/.sipmba`), listening on a free pair of ports (its broker takes the second), killed when
-//! dropped. What it prints on standard output is kept (the banner) and passed on to the test's
-//! own output; its log goes to the test's standard error.
+//! dropped. What it prints on standard output is kept (the banner) and passed on, like its log,
+//! to the standard error of the test (or benchmark) that started it.
 
 use std::{
     path::{Path, PathBuf},
@@ -92,7 +92,7 @@ impl DevServer {
             std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                    println!("{line}");
+                    eprintln!("{line}");
                     if let Ok(mut kept) = kept.lock() {
                         kept.push_str(&line);
                         kept.push('\n');
