@@ -21,6 +21,7 @@ fn start(dir: &Path, port: u16) -> DevServer {
         DevOptions {
             dir: Some(dir.to_path_buf()),
             port: Some(port),
+            log_file: Some(dir.join("server.log")),
             ..Default::default()
         },
     );

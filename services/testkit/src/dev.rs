@@ -29,6 +29,8 @@ pub struct DevOptions {
     pub args: Vec<String>,
     /// `RUST_LOG` (default: none, the server's own levels).
     pub log: Option<String>,
+    /// A file its log (standard error) is appended to instead of the starter's standard error.
+    pub log_file: Option<PathBuf>,
 }
 
 /// A running `sipmba server --dev`.
@@ -77,8 +79,18 @@ impl DevServer {
             .args(&options.args)
             .current_dir(&dir)
             .env_remove("SIPMBA_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped());
+        match &options.log_file {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                command.stderr(file)
+            }
+            None => command.stderr(Stdio::inherit()),
+        };
         match &options.log {
             Some(log) => command.env("RUST_LOG", log),
             None => command.env_remove("RUST_LOG"),
