@@ -11,7 +11,7 @@ use std::{
 
 use prost::Message;
 use sipmba_auth::{Kind, scopes};
-use sipmba_collect::{Collect, inbox::Inbox, store::AckStore, validate::Limits};
+use sipmba_collect::{Collect, Settings, inbox::Inbox, store::AckStore};
 use sipmba_edge::{
     agent::{Agent, Outputs},
     config::Config,
@@ -41,14 +41,14 @@ struct Platform {
 impl Platform {
     async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(listener, TestIssuer::new(), Limits::default(), None).await
+        Self::start_on(listener, TestIssuer::new(), Settings::default(), None).await
     }
 
     /// Collect on `listener`, trusting `issuer`'s tokens.
     async fn start_on(
         listener: tokio::net::TcpListener,
         issuer: TestIssuer,
-        limits: Limits,
+        limits: Settings,
         tls: Option<sipmba_runtime::TlsFiles>,
     ) -> Self {
         sipmba_testkit::init_logs();
@@ -367,7 +367,7 @@ async fn readings_taken_while_the_platform_is_down_for_a_minute_are_flushed_in_o
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let platform = Platform::start_on(listener, issuer, Limits::default(), None).await;
+    let platform = Platform::start_on(listener, issuer, Settings::default(), None).await;
     let logged = platform
         .logged(thing, usize::try_from(buffered).unwrap())
         .await;
@@ -387,11 +387,11 @@ async fn an_agent_killed_mid_upload_loses_nothing_and_counts_nothing_twice() {
     let platform = Platform::start_on(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         TestIssuer::new(),
-        Limits {
+        Settings {
             max_batch_readings: 10,
             readings_per_second: 1_000_000,
             burst_readings: 1_000_000,
-            ..Limits::default()
+            ..Settings::default()
         },
         None,
     )
@@ -794,7 +794,7 @@ async fn collect_over_tls_is_verified_against_the_provisioned_ca() {
     let platform = Platform::start_on(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         TestIssuer::new(),
-        Limits::default(),
+        Settings::default(),
         Some(sipmba_runtime::TlsFiles {
             cert: dir.path().join("tls.crt"),
             key: dir.path().join("tls.key"),

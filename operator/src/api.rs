@@ -167,6 +167,22 @@ pub struct ServiceSpec {
     /// them, requests measured for each service and a memory limit (no CPU limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// The service's own settings: any key of its section of `sipmba.toml` (`[sso]`,
+    /// `[collect]`, `[control]`, `[processing]`; Objects has none), with the same names and
+    /// defaults, checked by the service's own validation (an unknown key or a bad value makes
+    /// `Ready` False with `InvalidSpec`, naming it). The operator sets the addresses, client ids
+    /// and secrets and the replica count itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An object of any keys, kept as written (checked by the operator, not the API server).
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// A key of a Secret in the platform's namespace.
@@ -203,8 +219,9 @@ pub struct QueueSpec {
     /// namespace (the operator, in its own, looks it up as `<name>.<namespace>.svc`).
     #[x_kube(validation = Rule::new("self.size() > 0").message("give at least one broker"))]
     pub brokers: Vec<String>,
-    /// Prefix of every topic name (`<prefix>sipmba.telemetry`, ...). Immutable: the platform's
-    /// data lives in these topics.
+    /// Prefix of every topic name (`<prefix>sipmba.telemetry`, ...), so that platforms can share
+    /// brokers. Immutable: the platform's data lives in these topics, and Processing keeps its
+    /// position in them in the platform's database (a database serves one platform).
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("topicPrefix is immutable"))]
     pub topic_prefix: String,

@@ -30,6 +30,9 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use sipmba::config::ConfigFile;
+use sipmba_runtime::config::{QueueSaslSection, QueueTlsSection};
+
 use crate::api::SipMba;
 
 /// The port every service serves gRPC and HTTP on.
@@ -236,11 +239,6 @@ pub fn resources(platform: &SipMba, component: Component) -> ResourceRequirement
     }
 }
 
-fn toml_string(s: &str) -> String {
-    // A TOML basic string is a JSON string with the same escapes for what can appear here.
-    serde_json::Value::String(s.to_owned()).to_string()
-}
-
 /// The files of the log's TLS and SASL (`ca.crt`, `tls.crt`, `tls.key`, `password`), projected
 /// from the Secrets the spec names into one volume; none without TLS or SASL.
 fn log_volume(platform: &SipMba) -> Option<Volume> {
@@ -283,142 +281,173 @@ fn log_volume(platform: &SipMba) -> Option<Volume> {
     })
 }
 
-/// The service's `sipmba.toml`.
-pub fn config(platform: &SipMba, component: Component) -> String {
+/// A service's own settings from `spec.services.<service>.settings`, over the defaults; what
+/// the operator sets itself (addresses, client ids and secrets, replicas) is set afterwards.
+fn section<T: serde::de::DeserializeOwned + Default>(
+    platform: &SipMba,
+    component: Component,
+) -> Result<T, String> {
+    let services = &platform.spec.services;
+    let spec = match component {
+        Component::Sso => &services.sso,
+        Component::Objects => &services.objects,
+        Component::Collect => &services.collect,
+        Component::Control => &services.control,
+        Component::Processing => &services.processing,
+    };
+    match &spec.settings {
+        None => Ok(T::default()),
+        Some(settings) => serde_json::from_value(serde_json::Value::Object(settings.clone()))
+            .map_err(|e| format!("services.{}.settings: {e}", component.name())),
+    }
+}
+
+/// The service's configuration file, as the `sipmba` binary reads it; an error names the
+/// setting of the spec that cannot be used.
+pub fn config_file(platform: &SipMba, component: Component) -> Result<ConfigFile, String> {
     let spec = &platform.spec;
     let sso = url(platform, Component::Sso);
-    let mut lines = vec![
-        "# Written by sipmba-operator from the SipMba resource; edits are replaced.".to_owned(),
-        "[server]".into(),
-        format!("listen = \"0.0.0.0:{PORT}\""),
-    ];
-    if tls_enabled(platform) {
-        lines.push(format!("tls_cert = \"{ROOT}/tls/tls.crt\""));
-        lines.push(format!("tls_key = \"{ROOT}/tls/tls.key\""));
-        lines.push(format!("peer_ca_file = \"{ROOT}/tls/ca.crt\""));
+    let tls = tls_enabled(platform);
+    let mut file = ConfigFile::default();
+    file.server.listen = Some(format!("0.0.0.0:{PORT}"));
+    if tls {
+        file.server.tls_cert = Some(format!("{ROOT}/tls/tls.crt").into());
+        file.server.tls_key = Some(format!("{ROOT}/tls/tls.key").into());
+        file.server.peer_ca_file = Some(format!("{ROOT}/tls/ca.crt").into());
     } else {
-        lines.push("plaintext = true".into());
+        file.server.plaintext = Some(true);
     }
-    lines.push(String::new());
-    lines.push("[database]".into());
-    if let Some(n) = spec.database.max_connections {
-        lines.push(format!("max_connections = {n}"));
-    }
-    lines.push(String::new());
-    lines.push("[auth]".into());
-    lines.push(format!("issuer = {}", toml_string(&sso)));
+    file.database.max_connections = spec
+        .database
+        .max_connections
+        .and_then(|n| u32::try_from(n).ok());
+    file.auth.issuer = Some(sso.clone());
     if component != Component::Sso {
-        lines.push(format!(
-            "jwks_url = {}",
-            toml_string(&format!("{sso}/.well-known/jwks.json"))
-        ));
+        file.auth.jwks_url = Some(format!("{sso}/.well-known/jwks.json"));
     }
-    lines.push(String::new());
-    lines.push("[log]".into());
-    lines.push("format = \"json\"".into());
-    lines.push(String::new());
-    lines.push("[queue]".into());
-    let brokers: Vec<String> = spec.queue.brokers.iter().map(|b| toml_string(b)).collect();
-    lines.push(format!("brokers = [{}]", brokers.join(", ")));
-    lines.push(format!(
-        "topic_prefix = {}",
-        toml_string(&spec.queue.topic_prefix)
-    ));
-    if let Some(n) = spec.queue.command_partitions {
-        lines.push(format!("command_partitions = {n}"));
-    }
-    if let Some(h) = spec.queue.telemetry_retention_hours {
-        lines.push(format!("telemetry_retention_hours = {h}"));
-    }
-    if let Some(n) = spec.queue.replication_factor {
-        lines.push(format!("replication_factor = {n}"));
-    }
+    file.log.format = Some("json".into());
+    let queue = &mut file.queue;
+    queue.brokers = Some(spec.queue.brokers.clone());
+    queue.topic_prefix = Some(spec.queue.topic_prefix.clone());
+    queue.command_partitions = spec.queue.command_partitions;
+    queue.telemetry_retention_hours = spec
+        .queue
+        .telemetry_retention_hours
+        .and_then(|h| u64::try_from(h).ok());
+    queue.replication_factor = spec.queue.replication_factor.map(i64::from);
     if let Some(tls) = &spec.queue.tls {
-        lines.push(String::new());
-        lines.push("[queue.tls]".into());
-        lines.push(format!("ca_file = \"{ROOT}/log/ca.crt\""));
-        if tls.client_secret_name.is_some() {
-            lines.push(format!("cert_file = \"{ROOT}/log/tls.crt\""));
-            lines.push(format!("key_file = \"{ROOT}/log/tls.key\""));
-        }
+        queue.tls = Some(QueueTlsSection {
+            ca_file: Some(format!("{ROOT}/log/ca.crt").into()),
+            cert_file: tls
+                .client_secret_name
+                .as_ref()
+                .map(|_| format!("{ROOT}/log/tls.crt").into()),
+            key_file: tls
+                .client_secret_name
+                .as_ref()
+                .map(|_| format!("{ROOT}/log/tls.key").into()),
+        });
     }
     if let Some(sasl) = &spec.queue.sasl {
-        lines.push(String::new());
-        lines.push("[queue.sasl]".into());
-        lines.push(format!("mechanism = {}", toml_string(&sasl.mechanism)));
-        lines.push(format!("username = {}", toml_string(&sasl.username)));
-        lines.push(format!("password_file = \"{ROOT}/log/password\""));
+        queue.sasl = Some(QueueSaslSection {
+            mechanism: Some(sasl.mechanism.clone()),
+            username: Some(sasl.username.clone()),
+            password_file: Some(format!("{ROOT}/log/password").into()),
+        });
     }
+    let objects = url(platform, Component::Objects);
+    let secret = |key: &str| Some(format!("{ROOT}/clients/{key}").into());
     match component {
         Component::Sso => {
-            lines.push(String::new());
-            lines.push("[sso]".into());
-            lines.push(format!(
-                "objects_url = {}",
-                toml_string(&url(platform, Component::Objects))
-            ));
+            let mut sso_settings: sipmba_sso::settings::Settings = section(platform, component)?;
+            sso_settings.objects_url = Some(objects);
             let tokens = &spec.tokens;
-            for (key, value) in [
-                ("user_token_lifetime_secs", tokens.user_seconds),
-                ("thing_token_lifetime_secs", tokens.thing_seconds),
-                ("refresh_token_lifetime_secs", tokens.refresh_seconds),
+            for (setting, value) in [
+                (
+                    &mut sso_settings.user_token_lifetime_secs,
+                    tokens.user_seconds,
+                ),
+                (
+                    &mut sso_settings.thing_token_lifetime_secs,
+                    tokens.thing_seconds,
+                ),
+                (
+                    &mut sso_settings.refresh_token_lifetime_secs,
+                    tokens.refresh_seconds,
+                ),
             ] {
-                if let Some(v) = value {
-                    lines.push(format!("{key} = {v}"));
+                if let Some(secs) = value.and_then(|v| u64::try_from(v).ok()) {
+                    *setting = secs;
                 }
             }
-            for (id, key, scopes) in CLIENTS {
-                lines.push(String::new());
-                lines.push("[[sso.service_clients]]".into());
-                lines.push(format!("id = \"{id}\""));
-                lines.push(format!("secret_file = \"{ROOT}/clients/{key}\""));
-                let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
-                lines.push(format!("scopes = [{}]", scopes.join(", ")));
-            }
+            sso_settings.service_clients = CLIENTS
+                .iter()
+                .map(|(id, key, scopes)| sipmba_sso::settings::ServiceClient {
+                    id: (*id).to_owned(),
+                    secret_file: format!("{ROOT}/clients/{key}").into(),
+                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                })
+                .collect();
+            file.sso = sso_settings;
         }
         Component::Collect => {
-            if let Some(n) = spec.queue.telemetry_partitions {
-                lines.push(String::new());
-                lines.push("[collect]".into());
-                lines.push(format!("telemetry_partitions = {n}"));
+            let mut collect: sipmba_collect::Settings = section(platform, component)?;
+            if spec.queue.telemetry_partitions.is_some() {
+                collect.telemetry_partitions = spec.queue.telemetry_partitions;
+            }
+            file.collect = collect;
+        }
+        Component::Control => {
+            let mut control: sipmba_control::Settings = section(platform, component)?;
+            control.objects_url = Some(objects);
+            control.token_url = Some(format!("{sso}/oauth2/token"));
+            control.client_id = component.client().unwrap_or_default().to_owned();
+            control.client_secret_file = secret("control");
+            file.control = control;
+        }
+        Component::Processing => {
+            let mut processing: sipmba_processing::settings::Settings =
+                section(platform, component)?;
+            processing.objects_url = Some(objects);
+            processing.token_url = Some(format!("{sso}/oauth2/token"));
+            processing.client_id = component.client().unwrap_or_default().to_owned();
+            processing.client_secret_file = secret("processing");
+            processing.control_url = Some(url(platform, Component::Control));
+            processing.replicas = u32::try_from(replicas(platform, component).max(1)).unwrap_or(1);
+            file.processing = processing;
+        }
+        Component::Objects => {
+            if platform.spec.services.objects.settings.is_some() {
+                return Err("services.objects.settings: Objects has no settings of its own".into());
             }
         }
-        Component::Control | Component::Processing => {
-            let section = component.name();
-            let key = if component == Component::Control {
-                "control"
-            } else {
-                "processing"
-            };
-            lines.push(String::new());
-            lines.push(format!("[{section}]"));
-            lines.push(format!(
-                "objects_url = {}",
-                toml_string(&url(platform, Component::Objects))
-            ));
-            lines.push(format!(
-                "token_url = {}",
-                toml_string(&format!("{sso}/oauth2/token"))
-            ));
-            if let Some(client) = component.client() {
-                lines.push(format!("client_id = \"{client}\""));
-            }
-            lines.push(format!("client_secret_file = \"{ROOT}/clients/{key}\""));
-            if component == Component::Processing {
-                lines.push(format!(
-                    "control_url = {}",
-                    toml_string(&url(platform, Component::Control))
-                ));
-                lines.push(format!(
-                    "replicas = {}",
-                    replicas(platform, component).max(1)
-                ));
-            }
-        }
-        Component::Objects => {}
     }
-    lines.push(String::new());
-    lines.join("\n")
+    Ok(file)
+}
+
+/// Whether the spec's settings of `component` are ones the service accepts (its own
+/// validation); the problem, naming the setting, when not.
+pub fn check_settings(platform: &SipMba, component: Component) -> Result<(), String> {
+    let checked = match component {
+        Component::Sso => {
+            section::<sipmba_sso::settings::Settings>(platform, component)?.validate()
+        }
+        Component::Collect => section::<sipmba_collect::Settings>(platform, component)?.validate(),
+        Component::Control => section::<sipmba_control::Settings>(platform, component)?.validate(),
+        Component::Processing => {
+            section::<sipmba_processing::settings::Settings>(platform, component)?.validate()
+        }
+        Component::Objects => return config_file(platform, component).map(|_| ()),
+    };
+    checked.map_err(|e| format!("services.{}.settings: {e}", component.name()))
+}
+
+/// The service's `sipmba.toml` (a spec [`config_file`] refuses is reported by the reconciler
+/// and never applied; its text here is the defaults').
+pub fn config(platform: &SipMba, component: Component) -> String {
+    let file = config_file(platform, component).unwrap_or_default();
+    let text = file.to_toml().unwrap_or_default();
+    format!("# Written by sipmba-operator from the SipMba resource; edits are replaced.\n{text}")
 }
 
 /// A short digest of the configuration: a change rolls the pods.

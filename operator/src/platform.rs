@@ -118,6 +118,11 @@ pub fn invalid(platform: &SipMba) -> Option<String> {
              ({partitions}): a replica would have no partition to consume"
         ));
     }
+    for component in Component::ALL {
+        if let Err(problem) = desired::check_settings(platform, component) {
+            return Some(problem);
+        }
+    }
     None
 }
 

@@ -26,7 +26,7 @@ fn load(
     component: Component,
     dir: &Path,
     replica: Option<u32>,
-) -> Result<sipmba_runtime::Config, sipmba_runtime::ConfigError> {
+) -> Result<sipmba::config::Loaded, sipmba_runtime::ConfigError> {
     for file in [
         "tls/tls.crt",
         "tls/tls.key",
@@ -44,10 +44,15 @@ fn load(
         std::fs::write(path, "0123456789abcdef0123456789abcdef0123456789").unwrap();
     }
     let text = desired::config(platform, component).replace(desired::ROOT, dir.to_str().unwrap());
-    let args = sipmba_runtime::ConfigArgs {
-        // The Deployment gives it from the Secret.
-        database_url: Some("postgres://sipmba@db:5432/sipmba".into()),
-        processing_replica: replica,
+    let args = sipmba::config::Args {
+        shared: sipmba_runtime::ConfigArgs {
+            // The Deployment gives it from the Secret.
+            database_url: Some("postgres://sipmba@db:5432/sipmba".into()),
+            ..Default::default()
+        },
+        processing: sipmba_processing::settings::Args {
+            processing_replica: replica,
+        },
         ..Default::default()
     };
     // As `sipmba server --target sso` does: sso verifies with its own keys.
@@ -55,7 +60,7 @@ fn load(
         own_keys: component == Component::Sso,
         ..Default::default()
     };
-    sipmba_runtime::Config::from_toml(&text, &args, &defaults)
+    sipmba::config::from_toml(&text, &args, &defaults)
 }
 
 #[test]
@@ -64,13 +69,14 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
     let p = platform();
     let sso = "https://demo-sso.iot.svc:7400";
     for component in Component::ALL {
-        let config = load(&p, component, dir.path(), Some(0)).unwrap_or_else(|e| {
+        let loaded = load(&p, component, dir.path(), Some(0)).unwrap_or_else(|e| {
             panic!(
                 "{}: {e}\n{}",
                 component.name(),
                 desired::config(&p, component)
             )
         });
+        let (config, services) = (&loaded.config, &loaded.services);
         assert_eq!(config.listen.to_string(), "0.0.0.0:7400");
         assert!(config.tls.is_some(), "TLS by default");
         assert_eq!(config.auth.issuer, sso);
@@ -80,7 +86,7 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
         );
         if component == Component::Sso {
             assert_eq!(config.auth.jwks_url, None, "sso verifies with its own keys");
-            let ids: Vec<&str> = config
+            let ids: Vec<&str> = services
                 .sso
                 .service_clients
                 .iter()
@@ -91,10 +97,10 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
                 ["sipmba-control", "sipmba-processing", "sipmba-operator"]
             );
             assert_eq!(
-                config.sso.objects_url.as_deref(),
+                services.sso.objects_url.as_deref(),
                 Some("https://demo-objects.iot.svc:7400")
             );
-            assert_eq!(config.sso.thing_token_lifetime.as_secs(), 3600);
+            assert_eq!(services.sso.thing_token_lifetime_secs, 3600);
         } else {
             assert_eq!(
                 config.auth.jwks_url.as_deref(),
@@ -104,15 +110,16 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
     }
     let control = load(&p, Component::Control, dir.path(), None).unwrap();
     assert_eq!(
-        control.control.identity.token_url.as_deref(),
+        control.services.control.token_url.as_deref(),
         Some("https://demo-sso.iot.svc:7400/oauth2/token")
     );
-    assert_eq!(control.control.identity.client_id, "sipmba-control");
+    assert_eq!(control.services.control.client_id, "sipmba-control");
     assert_eq!(
         load(&p, Component::Collect, dir.path(), None)
             .unwrap()
+            .services
             .collect
-            .telemetry_partitions,
+            .partitions(),
         4
     );
 
@@ -121,11 +128,14 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
     three.spec.services.processing.replicas = Some(3);
     let second = load(&three, Component::Processing, dir.path(), Some(2)).unwrap();
     assert_eq!(
-        (second.processing.replica, second.processing.replicas),
+        (
+            second.services.processing.replica,
+            second.services.processing.replicas
+        ),
         (2, 3)
     );
     assert_eq!(
-        second.processing.control_url.as_deref(),
+        second.services.processing.control_url.as_deref(),
         Some("https://demo-control.iot.svc:7400")
     );
     let err = load(&three, Component::Processing, dir.path(), Some(3)).unwrap_err();
@@ -152,7 +162,7 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
     });
     for component in Component::ALL {
         let config = load(&secure, component, dir.path(), Some(0)).unwrap();
-        let queue = &config.queue;
+        let queue = &config.config.queue;
         assert_eq!(queue.replication_factor, Some(3));
         let tls = queue.tls.as_ref().unwrap();
         assert_eq!(tls.ca_file, dir.path().join("log/ca.crt"));
@@ -225,10 +235,10 @@ fn every_service_gets_a_configuration_the_binary_accepts() {
     // Without TLS: plaintext everywhere, http:// URLs.
     let mut plain = platform();
     plain.spec.tls.enabled = Some(false);
-    let config = load(&plain, Component::Control, dir.path(), None).unwrap();
-    assert!(config.tls.is_none());
+    let loaded = load(&plain, Component::Control, dir.path(), None).unwrap();
+    assert!(loaded.config.tls.is_none());
     assert_eq!(
-        config.control.identity.objects_url.as_deref(),
+        loaded.services.control.objects_url.as_deref(),
         Some("http://demo-objects.iot.svc:7400")
     );
 }
@@ -424,5 +434,53 @@ fn a_configuration_change_rolls_the_pods_and_nothing_else_does() {
     assert!(
         desired::config(&moved, Component::Control)
             .contains(r#"brokers = ["redpanda-0:9092", "redpanda-1:9092"]"#)
+    );
+}
+
+#[test]
+fn a_services_settings_in_the_spec_reach_its_file_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = platform();
+    let settings = |value: serde_json::Value| match value {
+        serde_json::Value::Object(map) => Some(map),
+        _ => unreachable!("an object"),
+    };
+    p.spec.services.sso.settings = settings(serde_json::json!({"failed_logins_per_account": 3}));
+    p.spec.services.collect.settings = settings(serde_json::json!({"max_commands": 32}));
+    // The operator's own wiring wins over the spec's.
+    p.spec.services.control.settings = settings(serde_json::json!({
+        "commands_per_second": 50, "objects_url": "http://elsewhere:1"
+    }));
+    for component in Component::ALL {
+        assert_eq!(desired::check_settings(&p, component), Ok(()));
+    }
+    let sso = load(&p, Component::Sso, dir.path(), None).unwrap();
+    assert_eq!(sso.services.sso.failed_logins_per_account, 3);
+    let collect = load(&p, Component::Collect, dir.path(), None).unwrap();
+    assert_eq!(collect.services.collect.max_commands, 32);
+    let control = load(&p, Component::Control, dir.path(), None).unwrap();
+    assert_eq!(control.services.control.commands_per_second, 50);
+    assert_eq!(
+        control.services.control.objects_url.as_deref(),
+        Some("https://demo-objects.iot.svc:7400")
+    );
+
+    p.spec.services.sso.settings = settings(serde_json::json!({"failed_logins_per_account": 0}));
+    let problem = desired::check_settings(&p, Component::Sso).unwrap_err();
+    assert!(
+        problem.contains("services.sso.settings") && problem.contains("failed_logins_per_account"),
+        "{problem}"
+    );
+    assert_eq!(sipmba_operator::platform::invalid(&p), Some(problem));
+    p.spec.services.sso.settings = None;
+    p.spec.services.collect.settings = settings(serde_json::json!({"max_comands": 32}));
+    let problem = desired::check_settings(&p, Component::Collect).unwrap_err();
+    assert!(problem.contains("unknown field `max_comands`"), "{problem}");
+    p.spec.services.collect.settings = None;
+    p.spec.services.objects.settings = settings(serde_json::json!({"x": 1}));
+    assert!(
+        desired::check_settings(&p, Component::Objects)
+            .unwrap_err()
+            .contains("no settings")
     );
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use prost::Message;
 use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
-use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
+use sipmba_collect::{Collect, Settings, TELEMETRY_TOPIC, store::AckStore};
 use sipmba_e2e::CountingProxy;
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
@@ -255,11 +255,11 @@ async fn platform(broker: &TestBroker, batch: u64) -> anyhow::Result<Platform> {
         Revocations::default(),
     )?;
     let (trigger, shutdown) = Shutdown::new();
-    let limits = Limits {
+    let limits = Settings {
         readings_per_second: 10_000_000,
         burst_readings: 10_000_000,
         max_batch_readings: u32::try_from(batch)?,
-        ..Limits::default()
+        ..Settings::default()
     };
     let collect = Collect::new(
         producer,

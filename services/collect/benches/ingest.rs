@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use sipmba_auth::{JwksSource, Kind, Revocations, Verifier, VerifierConfig, scopes};
-use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
+use sipmba_collect::{Collect, Settings, TELEMETRY_TOPIC, store::AckStore};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
@@ -65,10 +65,10 @@ async fn main() -> anyhow::Result<()> {
         Revocations::default(),
     )?;
     let (_trigger, shutdown) = Shutdown::new();
-    let limits = Limits {
+    let limits = Settings {
         readings_per_second: 1_000_000,
         burst_readings: 1_000_000,
-        ..Limits::default()
+        ..Settings::default()
     };
     let collect = Collect::new(
         producer,

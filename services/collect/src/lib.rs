@@ -4,8 +4,11 @@
 //! thing's acknowledgements of them come back up.
 
 pub mod inbox;
+pub mod settings;
 pub mod store;
 pub mod validate;
+
+pub use settings::Settings;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,7 +29,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
-use validate::Limits;
 
 /// Default name of the telemetry topic.
 pub const TELEMETRY_TOPIC: &str = sipmba_queue::topics::TELEMETRY;
@@ -60,7 +62,7 @@ struct Inner {
     producer: Producer,
     acks: AckStore,
     verifier: Verifier,
-    limits: Limits,
+    limits: Settings,
     instance: String,
     shutdown: Shutdown,
     /// The live session of each thing: a newer one closes the older.
@@ -119,7 +121,7 @@ impl Collect {
         producer: Producer,
         acks: AckStore,
         verifier: Verifier,
-        limits: Limits,
+        limits: Settings,
         instance: &str,
         shutdown: Shutdown,
     ) -> Self {

@@ -6,38 +6,10 @@ use prost::Message;
 use sipmba_proto::v1 as pb;
 use sipmba_runtime::{ServiceError, ServiceResult};
 
-/// Limits of Collect: per batch, per thing, per instance.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Readings per batch.
-    pub max_batch_readings: u32,
-    /// Encoded bytes per reading.
-    pub max_reading_bytes: u32,
-    /// Sustained readings per second one thing may publish.
-    pub readings_per_second: u32,
-    /// Readings one thing may publish at once above the sustained rate (the bucket size).
-    pub burst_readings: u32,
-    /// Sessions one Collect instance serves at a time.
-    pub max_sessions: usize,
-    /// Commands delivered and not yet acknowledged on one session (caps `Hello.max_commands`).
-    pub max_commands: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_batch_readings: 500,
-            max_reading_bytes: 64 * 1024,
-            readings_per_second: 1000,
-            burst_readings: 20_000,
-            max_sessions: 10_000,
-            max_commands: 16,
-        }
-    }
-}
+use crate::Settings;
 
 /// Checks one reading; `previous` is the last seq seen in this session.
-pub fn reading(r: &pb::Reading, previous: u64, limits: &Limits) -> ServiceResult<()> {
+pub fn reading(r: &pb::Reading, previous: u64, limits: &Settings) -> ServiceResult<()> {
     let seq = r.seq;
     if seq == 0 {
         return Err(ServiceError::invalid("reading seq must start at 1"));
@@ -106,7 +78,7 @@ pub fn reading(r: &pb::Reading, previous: u64, limits: &Limits) -> ServiceResult
 }
 
 /// Checks a batch: its size and every reading, in order.
-pub fn batch(readings: &[pb::Reading], mut previous: u64, limits: &Limits) -> ServiceResult<u64> {
+pub fn batch(readings: &[pb::Reading], mut previous: u64, limits: &Settings) -> ServiceResult<u64> {
     if readings.is_empty() || readings.len() > limits.max_batch_readings as usize {
         return Err(ServiceError::invalid(format!(
             "a batch holds 1 to {} readings, this one {}",

@@ -9,7 +9,7 @@ use std::{
 
 use prost::Message;
 use sipmba_auth::{Kind, Verifier, scopes};
-use sipmba_collect::{Collect, TELEMETRY_TOPIC, store::AckStore, validate::Limits};
+use sipmba_collect::{Collect, Settings, TELEMETRY_TOPIC, store::AckStore};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
@@ -41,10 +41,10 @@ struct Harness {
 }
 
 async fn start(backend: Backend) -> Harness {
-    start_with(backend, Limits::default()).await
+    start_with(backend, Settings::default()).await
 }
 
-async fn start_with(backend: Backend, limits: Limits) -> Harness {
+async fn start_with(backend: Backend, limits: Settings) -> Harness {
     sipmba_testkit::init_logs();
     let db = TestDb::new(backend).await.unwrap();
     let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
@@ -449,11 +449,11 @@ async fn a_token_revoked_mid_session_ends_it_unauthenticated(backend: Backend) {
 }
 
 async fn rate_limits_answer_retry_after_and_never_slow_other_things(backend: Backend) {
-    let limits = Limits {
+    let limits = Settings {
         readings_per_second: 100,
         burst_readings: 200,
         max_sessions: 2,
-        ..Limits::default()
+        ..Settings::default()
     };
     let h = start_with(backend, limits).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());

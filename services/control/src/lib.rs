@@ -3,7 +3,10 @@
 //! `sipmba.commands` and `sipmba.command-events` into its database to answer GetCommand,
 //! ListCommands and WatchCommand (commands issued by processing rules included).
 
+pub mod settings;
 pub mod store;
+
+pub use settings::Settings;
 
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
@@ -34,33 +37,6 @@ const LIST_SCAN: u64 = 5_000;
 /// Namespace of the command ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_8b0d_4c3a_9e57_21d8_c0a4_5b19);
 
-/// Control's limits.
-#[derive(Debug, Clone, Copy)]
-pub struct ControlLimits {
-    /// Sustained commands per second one issuer may send.
-    pub commands_per_second: u32,
-    /// Commands one issuer may send at once above the rate.
-    pub burst_commands: u32,
-    /// Commands waiting for one thing (neither finished nor expired).
-    pub max_pending_per_thing: u64,
-    /// TTL when the request sets none.
-    pub default_ttl: Duration,
-    /// Longest TTL.
-    pub max_ttl: Duration,
-}
-
-impl Default for ControlLimits {
-    fn default() -> Self {
-        Self {
-            commands_per_second: 10,
-            burst_commands: 100,
-            max_pending_per_thing: 1000,
-            default_ttl: Duration::from_secs(3600),
-            max_ttl: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
 /// What each Control method needs.
 pub fn access_policy() -> Vec<(&'static str, Access)> {
     vec![
@@ -88,7 +64,7 @@ struct Inner {
     commands: Producer,
     objects: ObjectsAccess,
     verifier: Verifier,
-    limits: ControlLimits,
+    limits: Settings,
     rate: RateLimiter,
     /// Ids of commands whose row changed, for WatchCommand.
     changes: broadcast::Sender<Uuid>,
@@ -200,7 +176,7 @@ impl Control {
         partitions: i32,
         objects: ObjectsAccess,
         verifier: Verifier,
-        limits: ControlLimits,
+        limits: Settings,
         shutdown: Shutdown,
     ) -> Result<Self, QueueError> {
         queue
@@ -396,16 +372,16 @@ impl Control {
         }
         let limits = &self.inner.limits;
         let ttl = match &r.ttl {
-            None => limits.default_ttl,
+            None => limits.default_ttl(),
             Some(d) => {
                 let ttl = (d.nanos >= 0 && d.seconds >= 0)
                     .then(|| Duration::new(d.seconds.unsigned_abs(), d.nanos.unsigned_abs()));
                 match ttl {
-                    Some(ttl) if ttl >= Duration::from_secs(1) && ttl <= limits.max_ttl => ttl,
+                    Some(ttl) if ttl >= Duration::from_secs(1) && ttl <= limits.max_ttl() => ttl,
                     _ => {
                         return Err(ServiceError::invalid(format!(
                             "`ttl` must be between 1 s and {} s",
-                            limits.max_ttl.as_secs()
+                            limits.max_ttl_secs
                         )));
                     }
                 }

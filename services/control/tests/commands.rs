@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use sea_orm::EntityTrait;
 use sipmba_auth::{Kind, Verifier, scopes};
-use sipmba_collect::{Collect, inbox::Inbox, store::AckStore, validate::Limits};
+use sipmba_collect::{Collect, inbox::Inbox, store::AckStore};
 use sipmba_control::{
-    Control, ControlLimits,
+    Control, Settings,
     store::{Store, statuses},
 };
 use sipmba_proto::v1::{
@@ -51,7 +51,7 @@ async fn serve(server: Server, verifier: Verifier, shutdown: Shutdown) -> (Chann
 }
 
 impl Harness {
-    async fn start(backend: Backend, limits: ControlLimits) -> Self {
+    async fn start(backend: Backend, limits: Settings) -> Self {
         sipmba_testkit::init_logs();
         let db = TestDb::new(backend).await.unwrap();
         let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
@@ -150,7 +150,7 @@ impl Harness {
             producer,
             AckStore::new(self.conn.clone()),
             self.verifier.clone(),
-            Limits::default(),
+            sipmba_collect::Settings::default(),
             &instance,
             self.shutdown.clone(),
         )
@@ -332,7 +332,7 @@ sipmba_testkit::on_both_databases!(
 );
 
 async fn a_command_for_an_offline_thing_reaches_it_through_another_replica(backend: Backend) {
-    let mut h = Harness::start(backend, ControlLimits::default()).await;
+    let mut h = Harness::start(backend, Settings::default()).await;
     let (_alice, alice_token) = h.root("alice").await;
     let thing = h.thing(&alice_token, "pump").await;
 
@@ -425,7 +425,7 @@ async fn a_command_for_an_offline_thing_reaches_it_through_another_replica(backe
 }
 
 async fn live_sessions_get_commands_in_a_window_and_expired_ones_never(backend: Backend) {
-    let h = Harness::start(backend, ControlLimits::default()).await;
+    let h = Harness::start(backend, Settings::default()).await;
     let (_alice, alice_token) = h.root("alice").await;
     let thing = h.thing(&alice_token, "lamp").await;
 
@@ -522,10 +522,10 @@ fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Cod
 }
 
 async fn commands_outside_the_users_reach_are_refused(backend: Backend) {
-    let limits = ControlLimits {
+    let limits = Settings {
         commands_per_second: 1,
         burst_commands: 5,
-        ..ControlLimits::default()
+        ..Settings::default()
     };
     let h = Harness::start(backend, limits).await;
     let (alice, alice_token) = h.root("alice").await;

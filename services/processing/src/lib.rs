@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod migration;
 pub mod rules;
 pub mod rules_api;
+pub mod settings;
 pub mod store;
 
 use std::sync::{

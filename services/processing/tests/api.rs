@@ -99,7 +99,7 @@ impl Harness {
             )
             .unwrap(),
             verifier.clone(),
-            sipmba_control::ControlLimits::default(),
+            sipmba_control::Settings::default(),
             shutdown.clone(),
         )
         .await

@@ -1,5 +1,9 @@
 //! Configuration: a TOML file, overridden by environment variables, overridden by flags, with
 //! validation that names the setting and says what is wrong with it.
+//!
+//! This module owns the sections every service shares (`[server]`, `[database]`, `[auth]`,
+//! `[log]`, `[queue]`) and the helpers a service's own `Settings` validates with; each service
+//! crate owns its section, and the `sipmba` binary composes them into one file.
 
 use std::{
     net::SocketAddr,
@@ -7,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A setting that cannot be used: which one, and why.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +25,9 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(setting: &str, problem: impl Into<String>) -> Self {
+    /// `setting` (`section.key`) cannot be used because of `problem`; a shared setting's flag and
+    /// variable are named in the message.
+    pub fn new(setting: &str, problem: impl Into<String>) -> Self {
         let hint = match setting_sources(setting) {
             Some((flag, env)) => format!(" (flag --{flag}, environment {env})"),
             None => String::new(),
@@ -31,6 +37,52 @@ impl ConfigError {
             problem: problem.into(),
             source_hint: hint,
         }
+    }
+
+    /// The same, naming the flag (without `--`) and the environment variable that set it too.
+    pub fn flagged(setting: &str, (flag, env): (&str, &str), problem: impl Into<String>) -> Self {
+        Self {
+            setting: setting.to_owned(),
+            problem: problem.into(),
+            source_hint: format!(" (flag --{flag}, environment {env})"),
+        }
+    }
+}
+
+/// `value` of `setting` within `lo..=hi`.
+pub fn within(setting: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!("{value} is outside {lo} to {hi}"),
+        ))
+    }
+}
+
+/// `url` of `setting`, when set, an http:// or https:// URL.
+pub fn http_url(setting: &str, url: Option<&str>) -> Result<(), ConfigError> {
+    match url {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            Err(ConfigError::new(
+                setting,
+                format!("{url:?} is not an http:// or https:// URL"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `path` of `setting` a readable file.
+pub fn readable(setting: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!("{} is not a readable file", path.display()),
+        ))
     }
 }
 
@@ -51,15 +103,13 @@ fn setting_sources(setting: &str) -> Option<(&'static str, &'static str)> {
         "auth.audience" => ("audience", "SIPMBA_AUDIENCE"),
         "auth.leeway_secs" => ("leeway-secs", "SIPMBA_LEEWAY_SECS"),
         "log.format" => ("log-format", "SIPMBA_LOG_FORMAT"),
-        "sso.objects_url" => ("objects-url", "SIPMBA_OBJECTS_URL"),
         "queue.brokers" => ("brokers", "SIPMBA_BROKERS"),
-        "sso.open_registration" => ("open-registration", "SIPMBA_OPEN_REGISTRATION"),
-        "processing.replica" => ("processing-replica", "SIPMBA_PROCESSING_REPLICA"),
         _ => return None,
     })
 }
 
-/// Settings given on the command line or in the environment; each one overrides the file.
+/// Shared settings given on the command line or in the environment; each one overrides the
+/// file. (A service's own flags are in its crate's `settings::Args`.)
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigArgs {
     /// TOML configuration file.
@@ -104,53 +154,6 @@ pub struct ConfigArgs {
     /// Kafka-protocol brokers, comma-separated host:port (revocations, and later the data plane).
     #[arg(long, env = "SIPMBA_BROKERS", value_name = "HOST:PORT,...")]
     pub brokers: Option<String>,
-    /// sso: where Objects answers (default: this process, when it runs objects too).
-    #[arg(long, env = "SIPMBA_OBJECTS_URL", value_name = "URL")]
-    pub objects_url: Option<String>,
-    /// sso: let anyone register a root user.
-    #[arg(long, env = "SIPMBA_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub open_registration: Option<bool>,
-    /// processing: this replica's ordinal (a StatefulSet gives each pod its index).
-    #[arg(long, env = "SIPMBA_PROCESSING_REPLICA", value_name = "N")]
-    pub processing_replica: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    server: FileServer,
-    #[serde(default)]
-    database: FileDatabase,
-    #[serde(default)]
-    auth: FileAuth,
-    #[serde(default)]
-    log: FileLog,
-    #[serde(default)]
-    sso: FileSso,
-    #[serde(default)]
-    queue: FileQueue,
-    #[serde(default)]
-    collect: FileCollect,
-    #[serde(default)]
-    control: FileControl,
-    #[serde(default)]
-    processing: FileProcessing,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileProcessing {
-    objects_url: Option<String>,
-    token_url: Option<String>,
-    client_id: Option<String>,
-    client_secret_file: Option<PathBuf>,
-    replica: Option<u32>,
-    replicas: Option<u32>,
-    online_window_secs: Option<u64>,
-    control_url: Option<String>,
-    selector_refresh_secs: Option<u64>,
-    max_rules_per_owner: Option<u64>,
 }
 
 /// How a service reaches Objects for access decisions, with its own client_credentials token.
@@ -168,116 +171,67 @@ pub struct ServiceIdentity {
     pub client_secret_file: Option<PathBuf>,
 }
 
-/// Settings of the processing service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessingSettings {
-    /// How it reaches Objects.
-    pub identity: ServiceIdentity,
-    /// This replica's ordinal: it consumes the telemetry partitions p with p % replicas == replica.
-    pub replica: u32,
-    /// How many processing replicas share the partitions.
-    pub replicas: u32,
-    /// A thing is online when heard from within this window.
-    pub online_window: Duration,
-    /// Where rules send their commands: Control's http(s):// address; none when Control runs in
-    /// the same process.
-    pub control_url: Option<String>,
-    /// How often rules' channel and label selectors are resolved again.
-    pub selector_refresh: Duration,
-    /// Most rules one user may own.
-    pub max_rules_per_owner: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
+/// `[queue]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileControl {
-    objects_url: Option<String>,
-    token_url: Option<String>,
-    client_id: Option<String>,
-    client_secret_file: Option<PathBuf>,
-    commands_per_second: Option<u32>,
-    burst_commands: Option<u32>,
-    max_pending_per_thing: Option<u64>,
-    default_ttl_secs: Option<u64>,
-    max_ttl_secs: Option<u64>,
+pub struct QueueSection {
+    /// Bootstrap brokers, host:port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<Vec<String>>,
+    /// Put in front of every topic name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefix: Option<String>,
+    /// Partitions of the command topics when they are created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_partitions: Option<i32>,
+    /// Retention of the telemetry topic, in hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry_retention_hours: Option<u64>,
+    /// Retention of the command topics, in hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_retention_hours: Option<u64>,
+    /// Retention of the revocation topic, in hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_retention_hours: Option<u64>,
+    /// Copies of each partition of the topics the platform creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i64>,
+    /// `[queue.tls]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<QueueTlsSection>,
+    /// `[queue.sasl]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<QueueSaslSection>,
 }
 
-/// Settings of the control service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlSettings {
-    /// How it reaches Objects.
-    pub identity: ServiceIdentity,
-    /// Sustained commands per second per issuer.
-    pub commands_per_second: u32,
-    /// Commands an issuer may send at once above the rate.
-    pub burst_commands: u32,
-    /// Commands waiting for one thing.
-    pub max_pending_per_thing: u64,
-    /// TTL of a command that sets none.
-    pub default_ttl: Duration,
-    /// Longest TTL.
-    pub max_ttl: Duration,
-}
-
-#[derive(Debug, Default, Deserialize)]
+/// `[queue.tls]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileCollect {
-    readings_per_second: Option<u32>,
-    burst_readings: Option<u32>,
-    max_sessions: Option<usize>,
-    max_batch_readings: Option<u32>,
-    max_reading_bytes: Option<u32>,
-    telemetry_partitions: Option<i32>,
-    max_commands: Option<u32>,
+pub struct QueueTlsSection {
+    /// PEM file of the brokers' CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
-/// Settings of the collect service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CollectSettings {
-    /// Sustained readings per second per thing.
-    pub readings_per_second: u32,
-    /// Readings a thing may send at once above the rate.
-    pub burst_readings: u32,
-    /// Sessions per instance.
-    pub max_sessions: usize,
-    /// Readings per batch.
-    pub max_batch_readings: u32,
-    /// Encoded bytes per reading.
-    pub max_reading_bytes: u32,
-    /// Partitions of the telemetry topic when collect creates it.
-    pub telemetry_partitions: i32,
-    /// Commands delivered and not yet acknowledged on one session.
-    pub max_commands: u32,
-}
-
-#[derive(Debug, Default, Deserialize)]
+/// `[queue.sasl]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileQueue {
-    brokers: Option<Vec<String>>,
-    topic_prefix: Option<String>,
-    command_partitions: Option<i32>,
-    telemetry_retention_hours: Option<u64>,
-    command_retention_hours: Option<u64>,
-    revocation_retention_hours: Option<u64>,
-    replication_factor: Option<i64>,
-    tls: Option<FileQueueTls>,
-    sasl: Option<FileQueueSasl>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileQueueTls {
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileQueueSasl {
-    mechanism: Option<String>,
-    username: Option<String>,
-    password_file: Option<PathBuf>,
+pub struct QueueSaslSection {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<String>,
+    /// The SASL user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The file holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// TLS to the brokers (`[queue.tls]`).
@@ -327,84 +281,67 @@ pub struct QueueSettings {
     pub sasl: Option<QueueSasl>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `[server]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileSso {
-    objects_url: Option<String>,
-    open_registration: Option<bool>,
-    user_token_lifetime_secs: Option<u64>,
-    thing_token_lifetime_secs: Option<u64>,
-    service_token_lifetime_secs: Option<u64>,
-    refresh_token_lifetime_secs: Option<u64>,
-    key_rotation_days: Option<u64>,
-    #[serde(default)]
-    service_clients: Vec<ServiceClient>,
+pub struct ServerSection {
+    /// The gRPC and HTTP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// PEM certificate chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<bool>,
+    /// Seconds in-flight requests get at shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// PEM CA of the other services' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_ca_file: Option<PathBuf>,
 }
 
-/// A service principal that authenticates with `client_credentials` (the operator, processing).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[database]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServiceClient {
-    /// The client id.
-    pub id: String,
-    /// File holding the client secret (a Kubernetes Secret mounted as a file).
-    pub secret_file: PathBuf,
-    /// Scopes the client may hold.
-    pub scopes: Vec<String>,
+pub struct DatabaseSection {
+    /// postgres:// or sqlite: URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Pool size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
-/// Settings of the sso service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SsoSettings {
-    /// Where Objects answers; `None` means this process.
-    pub objects_url: Option<String>,
-    /// Anyone may register a root user.
-    pub open_registration: bool,
-    /// Access-token lifetime of users.
-    pub user_token_lifetime: Duration,
-    /// Access-token lifetime of things.
-    pub thing_token_lifetime: Duration,
-    /// Access-token lifetime of services.
-    pub service_token_lifetime: Duration,
-    /// Refresh-token lifetime.
-    pub refresh_token_lifetime: Duration,
-    /// How long a signing key signs before the next one takes over.
-    pub key_rotation: Duration,
-    /// Service clients created (or updated) at start.
-    pub service_clients: Vec<ServiceClient>,
+/// `[auth]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Where the verification keys are published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// Expected `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Expected `aud`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew allowed, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway_secs: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `[log]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileServer {
-    listen: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    plaintext: Option<bool>,
-    shutdown_grace_secs: Option<u64>,
-    peer_ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDatabase {
-    url: Option<String>,
-    max_connections: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAuth {
-    jwks_url: Option<String>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    leeway_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLog {
-    format: Option<String>,
+pub struct LogSection {
+    /// `text` or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 /// Certificate and key files for TLS.
@@ -438,7 +375,22 @@ pub struct AuthConfig {
     pub leeway: Duration,
 }
 
-/// The validated configuration of a server process.
+/// The shared sections of a configuration file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sections {
+    /// `[server]`.
+    pub server: ServerSection,
+    /// `[database]`.
+    pub database: DatabaseSection,
+    /// `[auth]`.
+    pub auth: AuthSection,
+    /// `[log]`.
+    pub log: LogSection,
+    /// `[queue]`.
+    pub queue: QueueSection,
+}
+
+/// The validated shared configuration of a server process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// gRPC + HTTP address.
@@ -457,16 +409,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Log format.
     pub log_format: LogFormat,
-    /// sso settings.
-    pub sso: SsoSettings,
     /// The log.
     pub queue: QueueSettings,
-    /// collect settings.
-    pub collect: CollectSettings,
-    /// control settings.
-    pub control: ControlSettings,
-    /// processing settings.
-    pub processing: ProcessingSettings,
 }
 
 /// Defaults that differ between a production start and `--dev`.
@@ -489,29 +433,78 @@ pub struct Defaults {
 /// Default issuer and audience of SIP-MBA tokens.
 pub const DEFAULT_AUDIENCE: &str = "sipmba";
 
+/// The TOML text of a configuration file, as a table of sections.
+pub fn parse(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        ConfigError::new(
+            "config",
+            format!("{origin} is not valid configuration: {e}"),
+        )
+    })
+}
+
+/// The configuration file at `path`, as a table of sections.
+pub fn read(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Section `name` of `table`, taken out of it (its default when absent); an unknown key names
+/// the section.
+pub fn take_section<T: serde::de::DeserializeOwned + Default>(
+    table: &mut toml::Table,
+    name: &str,
+) -> Result<T, ConfigError> {
+    match table.remove(name) {
+        None => Ok(T::default()),
+        Some(value) => T::deserialize(value).map_err(|e| ConfigError::new(name, e.message())),
+    }
+}
+
+impl Sections {
+    /// The shared sections taken out of `table`.
+    pub fn take(table: &mut toml::Table) -> Result<Self, ConfigError> {
+        Ok(Self {
+            server: take_section(table, "server")?,
+            database: take_section(table, "database")?,
+            auth: take_section(table, "auth")?,
+            log: take_section(table, "log")?,
+            queue: take_section(table, "queue")?,
+        })
+    }
+}
+
 impl Config {
-    /// Reads the file named by `args.config` (if any), applies `args` over it, fills `defaults`,
-    /// and validates the result.
-    pub fn load(args: &ConfigArgs, defaults: &Defaults) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
+    /// Applies `args` over the shared sections of a file, fills `defaults`, and validates the
+    /// result.
+    pub fn resolve_sections(
+        file: Sections,
+        args: &ConfigArgs,
+        defaults: &Defaults,
+    ) -> Result<Self, ConfigError> {
         Self::resolve(file, args, defaults)
     }
 
-    /// Parses configuration text (the content of a file).
+    /// A file of shared sections only (its text), with `args` and `defaults` (tests).
     pub fn from_toml(
         text: &str,
         args: &ConfigArgs,
         defaults: &Defaults,
     ) -> Result<Self, ConfigError> {
-        let file = toml::from_str(text).map_err(|e| ConfigError::new("<file>", e.to_string()))?;
-        Self::resolve(file, args, defaults)
+        let mut table = parse(text, "<file>")?;
+        let sections = Sections::take(&mut table)?;
+        if let Some(unknown) = table.keys().next() {
+            return Err(ConfigError::new(
+                unknown,
+                "is not a section of this configuration",
+            ));
+        }
+        Self::resolve(sections, args, defaults)
     }
 
     fn resolve(
-        file: FileConfig,
+        file: Sections,
         args: &ConfigArgs,
         defaults: &Defaults,
     ) -> Result<Self, ConfigError> {
@@ -673,89 +666,6 @@ impl Config {
                 format!("{} is not a readable file", path.display()),
             ));
         }
-        let objects_url = args.objects_url.clone().or(file.sso.objects_url);
-        if let Some(url) = &objects_url
-            && !url.starts_with("http://")
-            && !url.starts_with("https://")
-        {
-            return Err(ConfigError::new(
-                "sso.objects_url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            ));
-        }
-        let lifetime = |setting: &str, value: Option<u64>, default: u64, max: u64| {
-            let secs = value.unwrap_or(default);
-            if !(60..=max).contains(&secs) {
-                return Err(ConfigError::new(
-                    setting,
-                    format!("{secs} is outside 60 to {max} seconds"),
-                ));
-            }
-            Ok(Duration::from_secs(secs))
-        };
-        let day = 24 * 3600;
-        let sso = SsoSettings {
-            objects_url,
-            open_registration: args
-                .open_registration
-                .or(file.sso.open_registration)
-                .unwrap_or(false),
-            user_token_lifetime: lifetime(
-                "sso.user_token_lifetime_secs",
-                file.sso.user_token_lifetime_secs,
-                900,
-                day,
-            )?,
-            thing_token_lifetime: lifetime(
-                "sso.thing_token_lifetime_secs",
-                file.sso.thing_token_lifetime_secs,
-                3600,
-                30 * day,
-            )?,
-            service_token_lifetime: lifetime(
-                "sso.service_token_lifetime_secs",
-                file.sso.service_token_lifetime_secs,
-                3600,
-                day,
-            )?,
-            refresh_token_lifetime: lifetime(
-                "sso.refresh_token_lifetime_secs",
-                file.sso.refresh_token_lifetime_secs,
-                30 * day,
-                365 * day,
-            )?,
-            key_rotation: Duration::from_secs(
-                lifetime(
-                    "sso.key_rotation_days",
-                    file.sso.key_rotation_days.map(|d| d * day),
-                    30 * day,
-                    3650 * day,
-                )?
-                .as_secs(),
-            ),
-            service_clients: {
-                for client in &file.sso.service_clients {
-                    if client.id.is_empty() || client.id.len() > 128 {
-                        return Err(ConfigError::new(
-                            "sso.service_clients",
-                            format!("client id {:?} must be 1 to 128 characters", client.id),
-                        ));
-                    }
-                    if !client.secret_file.is_file() {
-                        return Err(ConfigError::new(
-                            "sso.service_clients",
-                            format!(
-                                "the secret file {} of client {:?} is not a readable file",
-                                client.secret_file.display(),
-                                client.id
-                            ),
-                        ));
-                    }
-                }
-                file.sso.service_clients
-            },
-        };
-
         let brokers: Vec<String> = match args.brokers.as_deref() {
             Some(list) => list
                 .split(',')
@@ -785,16 +695,6 @@ impl Config {
                     ),
                 )
             })?),
-        };
-        let readable = |setting: &str, path: &PathBuf| {
-            if path.is_file() {
-                Ok(())
-            } else {
-                Err(ConfigError::new(
-                    setting,
-                    format!("{} is not a readable file", path.display()),
-                ))
-            }
         };
         let queue_tls = match file.queue.tls {
             None => None,
@@ -893,125 +793,11 @@ impl Config {
             ),
         };
 
-        let c = &file.collect;
-        let within = |setting: &str, value: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
-                Err(ConfigError::new(
-                    setting,
-                    format!("{value} is outside {lo} to {hi}"),
-                ))
-            }
-        };
-        let collect = CollectSettings {
-            readings_per_second: c.readings_per_second.unwrap_or(1000),
-            burst_readings: c.burst_readings.unwrap_or(20_000),
-            max_sessions: c.max_sessions.unwrap_or(10_000),
-            max_batch_readings: c.max_batch_readings.unwrap_or(500),
-            max_reading_bytes: c.max_reading_bytes.unwrap_or(64 * 1024),
-            telemetry_partitions: c
-                .telemetry_partitions
-                .unwrap_or(defaults.partitions.unwrap_or(4)),
-            max_commands: c.max_commands.unwrap_or(16),
-        };
         within(
             "queue.command_partitions",
             u64::try_from(queue.command_partitions).unwrap_or(0),
             1,
             1024,
-        )?;
-        within("collect.max_commands", collect.max_commands.into(), 1, 1000)?;
-        within(
-            "collect.readings_per_second",
-            collect.readings_per_second.into(),
-            1,
-            1_000_000,
-        )?;
-        within(
-            "collect.burst_readings",
-            collect.burst_readings.into(),
-            1,
-            10_000_000,
-        )?;
-        within(
-            "collect.max_sessions",
-            collect.max_sessions as u64,
-            1,
-            1_000_000,
-        )?;
-        within(
-            "collect.max_batch_readings",
-            collect.max_batch_readings.into(),
-            1,
-            10_000,
-        )?;
-        within(
-            "collect.max_reading_bytes",
-            collect.max_reading_bytes.into(),
-            64,
-            4 * 1024 * 1024,
-        )?;
-        within(
-            "collect.telemetry_partitions",
-            u64::try_from(collect.telemetry_partitions).unwrap_or(0),
-            1,
-            1024,
-        )?;
-        if collect.burst_readings < collect.max_batch_readings {
-            return Err(ConfigError::new(
-                "collect.burst_readings",
-                format!(
-                    "{} is below collect.max_batch_readings ({}): a full batch could never pass",
-                    collect.burst_readings, collect.max_batch_readings
-                ),
-            ));
-        }
-
-        let k = file.control;
-        let control = ControlSettings {
-            identity: ServiceIdentity {
-                section: "control",
-                objects_url: k.objects_url,
-                token_url: k.token_url,
-                client_id: k.client_id.unwrap_or_else(|| "sipmba-control".into()),
-                client_secret_file: k.client_secret_file,
-            },
-            commands_per_second: k.commands_per_second.unwrap_or(10),
-            burst_commands: k.burst_commands.unwrap_or(100),
-            max_pending_per_thing: k.max_pending_per_thing.unwrap_or(1000),
-            default_ttl: Duration::from_secs(k.default_ttl_secs.unwrap_or(3600)),
-            max_ttl: Duration::from_secs(k.max_ttl_secs.unwrap_or(7 * 24 * 3600)),
-        };
-        within(
-            "control.commands_per_second",
-            control.commands_per_second.into(),
-            1,
-            1_000_000,
-        )?;
-        within(
-            "control.burst_commands",
-            control.burst_commands.into(),
-            1,
-            1_000_000,
-        )?;
-        within(
-            "control.max_pending_per_thing",
-            control.max_pending_per_thing,
-            1,
-            1_000_000,
-        )?;
-        within(
-            "control.max_ttl_secs",
-            control.max_ttl.as_secs(),
-            1,
-            365 * 24 * 3600,
-        )?;
-        within(
-            "control.default_ttl_secs",
-            control.default_ttl.as_secs(),
-            1,
-            control.max_ttl.as_secs(),
         )?;
         within(
             "queue.telemetry_retention_hours",
@@ -1019,107 +805,20 @@ impl Config {
             1,
             100 * 365 * 24,
         )?;
-        if queue.command_retention < control.max_ttl {
+        if let Some(url) = &jwks_url
+            && url.starts_with("https://")
+            && peer_ca.is_none()
+        {
             return Err(ConfigError::new(
-                "queue.command_retention_hours",
+                "auth.jwks_url",
                 format!(
-                    "{} h is shorter than control.max_ttl_secs ({} s): a pending command could leave the log before it expires",
-                    queue.command_retention.as_secs() / 3600,
-                    control.max_ttl.as_secs()
+                    "{url:?} is https://: set server.peer_ca_file to the CA of the platform's certificates"
                 ),
             ));
-        }
-        let longest_token = sso
-            .user_token_lifetime
-            .max(sso.thing_token_lifetime)
-            .max(sso.service_token_lifetime);
-        if queue.revocation_retention < longest_token {
-            return Err(ConfigError::new(
-                "queue.revocation_retention_hours",
-                format!(
-                    "{} h is shorter than the longest access-token lifetime ({} s): a service starting later would accept a revoked token",
-                    queue.revocation_retention.as_secs() / 3600,
-                    longest_token.as_secs()
-                ),
-            ));
-        }
-        let p = file.processing;
-        let processing = ProcessingSettings {
-            identity: ServiceIdentity {
-                section: "processing",
-                objects_url: p.objects_url,
-                token_url: p.token_url,
-                client_id: p.client_id.unwrap_or_else(|| "sipmba-processing".into()),
-                client_secret_file: p.client_secret_file,
-            },
-            replica: args.processing_replica.or(p.replica).unwrap_or(0),
-            replicas: p.replicas.unwrap_or(1),
-            online_window: Duration::from_secs(p.online_window_secs.unwrap_or(300)),
-            control_url: p.control_url,
-            selector_refresh: Duration::from_secs(p.selector_refresh_secs.unwrap_or(10)),
-            max_rules_per_owner: p.max_rules_per_owner.unwrap_or(1000),
-        };
-        within(
-            "processing.selector_refresh_secs",
-            processing.selector_refresh.as_secs(),
-            1,
-            3600,
-        )?;
-        within(
-            "processing.max_rules_per_owner",
-            processing.max_rules_per_owner,
-            1,
-            1_000_000,
-        )?;
-        within("processing.replicas", processing.replicas.into(), 1, 1024)?;
-        within(
-            "processing.replica",
-            processing.replica.into(),
-            0,
-            u64::from(processing.replicas) - 1,
-        )?;
-        within(
-            "processing.online_window_secs",
-            processing.online_window.as_secs(),
-            1,
-            30 * 24 * 3600,
-        )?;
-        for (setting, url) in [
-            ("control.objects_url", &control.identity.objects_url),
-            ("control.token_url", &control.identity.token_url),
-            ("processing.objects_url", &processing.identity.objects_url),
-            ("processing.token_url", &processing.identity.token_url),
-            ("processing.control_url", &processing.control_url),
-            ("sso.objects_url", &sso.objects_url),
-            ("auth.jwks_url", &jwks_url),
-        ] {
-            if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err(ConfigError::new(
-                    setting,
-                    format!("{url:?} is not an http:// or https:// URL"),
-                ));
-            }
-            if let Some(url) = url
-                && url.starts_with("https://")
-                && peer_ca.is_none()
-            {
-                return Err(ConfigError::new(
-                    setting,
-                    format!(
-                        "{url:?} is https://: set server.peer_ca_file to the CA of the platform's certificates"
-                    ),
-                ));
-            }
         }
 
         Ok(Self {
-            processing,
-            control,
-            collect,
             queue,
-            sso,
             listen,
             tls,
             shutdown_grace: Duration::from_secs(grace),
@@ -1135,17 +834,6 @@ impl Config {
             log_format,
         })
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        ConfigError::new(
-            "config",
-            format!("{} is not valid configuration: {e}", path.display()),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -1213,24 +901,6 @@ mod tests {
         let err = Config::from_toml("[server]\nlisten_on = 1", &ConfigArgs::default(), &prod())
             .unwrap_err();
         assert!(err.to_string().contains("listen_on"), "{err}");
-
-        let text = format!("{MINIMAL}\n[collect]\nburst_readings = 10\n");
-        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
-        assert_eq!(err.setting, "collect.burst_readings");
-        assert!(err.to_string().contains("max_batch_readings"), "{err}");
-
-        let text = format!("{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n");
-        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
-        assert_eq!(err.setting, "queue.command_retention_hours");
-        assert!(err.to_string().contains("control.max_ttl_secs"), "{err}");
-        let text = format!(
-            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n[control]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 60\n"
-        );
-        let config = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap();
-        assert_eq!(
-            config.queue.command_retention,
-            Duration::from_secs(24 * 3600)
-        );
 
         let text = MINIMAL.replace("sqlite::memory:", "mysql://x");
         let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();

@@ -14,9 +14,8 @@ pub mod server;
 pub mod tls;
 
 pub use config::{
-    AuthConfig, CollectSettings, Config, ConfigArgs, ConfigError, ControlSettings, Defaults,
-    LogFormat, ProcessingSettings, QueueSettings, ServiceClient, ServiceIdentity, SsoSettings,
-    TlsFiles,
+    AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, QueueSettings, Sections,
+    ServiceIdentity, TlsFiles,
 };
 pub use error::{ServiceError, ServiceResult, exhausted};
 pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};

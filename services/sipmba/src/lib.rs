@@ -3,6 +3,7 @@
 //! ([`dev`]), and the command-line tool for a running platform ([`cli`]).
 
 pub mod cli;
+pub mod config;
 pub mod dev;
 mod dev_broker;
 mod local_io;

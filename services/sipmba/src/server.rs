@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context;
 use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig, peer_tls::PeerCa};
-use sipmba_runtime::{Config, ConfigArgs, Defaults, Server, Shutdown, ShutdownTrigger};
+use sipmba_runtime::{Config, Defaults, Server, Shutdown, ShutdownTrigger};
 use sipmba_sso::SsoConfig;
 
 mod clients;
@@ -75,7 +75,7 @@ pub struct ServerArgs {
     #[arg(long, default_value = ".sipmba", env = "SIPMBA_DATA_DIR")]
     pub data_dir: PathBuf,
     #[command(flatten)]
-    pub config: ConfigArgs,
+    pub config: crate::config::Args,
 }
 
 /// How `sipmba server` failed.
@@ -161,6 +161,11 @@ impl Platform {
     /// The validated configuration.
     pub fn config(&self) -> &Config {
         &self.plan.config
+    }
+
+    /// Each service's validated settings.
+    pub fn services(&self) -> &crate::config::Services {
+        &self.plan.services
     }
 
     /// Triggered at SIGTERM/SIGINT, once serving has begun.
@@ -269,6 +274,7 @@ impl Platform {
         let sso = start_sso(
             &self.db,
             self.config(),
+            &self.plan.services.sso,
             &self.peer_ca,
             self.revocations.clone(),
             &self.shutdown,
@@ -277,7 +283,7 @@ impl Platform {
         self.server.http(sipmba_sso::router(sso.clone()));
         sso.register_grpc(&mut self.server);
         sso.maintain_keys(self.shutdown.clone());
-        for client in &self.config().sso.service_clients {
+        for client in &self.services().sso.service_clients {
             let secret = std::fs::read_to_string(&client.secret_file)
                 .with_context(|| format!("reading {}", client.secret_file.display()))?;
             let secret = secret.trim();
@@ -315,10 +321,11 @@ impl Platform {
         let queue = self.log("collect")?;
         let verifier = self.verifier()?;
         let config = self.config();
+        let settings = self.services().collect;
         let producer = sipmba_queue::producer::Producer::new(
             &queue,
             sipmba_collect::TELEMETRY_TOPIC,
-            config.collect.telemetry_partitions,
+            settings.partitions(),
             sipmba_collect::telemetry_batch_limits(),
         )
         .await
@@ -337,19 +344,11 @@ impl Platform {
         )
         .await
         .context("following the command topics")?;
-        let limits = sipmba_collect::validate::Limits {
-            max_batch_readings: config.collect.max_batch_readings,
-            max_reading_bytes: config.collect.max_reading_bytes,
-            readings_per_second: config.collect.readings_per_second,
-            burst_readings: config.collect.burst_readings,
-            max_sessions: config.collect.max_sessions,
-            max_commands: config.collect.max_commands,
-        };
         let collect = sipmba_collect::Collect::new(
             producer,
             sipmba_collect::store::AckStore::new(self.db.clone()),
             verifier,
-            limits,
+            settings,
             &instance,
             self.shutdown.clone(),
         )
@@ -363,9 +362,10 @@ impl Platform {
         let queue = self.log("processing")?;
         let verifier = self.verifier()?;
         let config = self.config();
-        let settings = &config.processing;
+        let services = self.services();
+        let settings = &services.processing;
         let (objects, token) = objects_access(
-            &settings.identity,
+            &settings.identity(),
             config,
             &self.peer_ca,
             self.sso.as_ref(),
@@ -381,15 +381,12 @@ impl Platform {
         queue
             .ensure_topic(
                 sipmba_queue::topics::TELEMETRY,
-                config.collect.telemetry_partitions,
+                services.collect.partitions(),
             )
             .await
             .context("creating the telemetry topic")?;
         let store = sipmba_processing::store::Store::new(self.db.clone());
-        let ownership = sipmba_processing::Ownership {
-            replica: settings.replica,
-            replicas: settings.replicas,
-        };
+        let ownership = settings.ownership();
         let control_url = settings
             .control_url
             .clone()
@@ -404,7 +401,7 @@ impl Platform {
             objects.clone(),
             control,
             ownership,
-            settings.selector_refresh,
+            settings.selector_refresh(),
             self.shutdown.clone(),
         )
         .await
@@ -427,7 +424,7 @@ impl Platform {
             objects,
             verifier,
             live,
-            settings.online_window,
+            settings.online_window(),
             self.shutdown.clone(),
         );
         let rules =
@@ -442,9 +439,9 @@ impl Platform {
         let queue = self.log("control")?;
         let verifier = self.verifier()?;
         let config = self.config();
-        let settings = &config.control;
+        let settings = &self.services().control;
         let (objects, _) = objects_access(
-            &settings.identity,
+            &settings.identity(),
             config,
             &self.peer_ca,
             self.sso.as_ref(),
@@ -456,20 +453,13 @@ impl Platform {
             sipmba_control::store::migrate(db)
         })
         .await?;
-        let limits = sipmba_control::ControlLimits {
-            commands_per_second: settings.commands_per_second,
-            burst_commands: settings.burst_commands,
-            max_pending_per_thing: settings.max_pending_per_thing,
-            default_ttl: settings.default_ttl,
-            max_ttl: settings.max_ttl,
-        };
         let control = sipmba_control::Control::start(
             sipmba_control::store::Store::new(self.db.clone()),
             &queue,
             config.queue.command_partitions,
             objects,
             verifier,
-            limits,
+            settings.clone(),
             self.shutdown.clone(),
         )
         .await
@@ -602,22 +592,20 @@ impl Bound {
 async fn start_sso(
     db: &sea_orm::DatabaseConnection,
     config: &Config,
+    settings: &sipmba_sso::settings::Settings,
     peer_ca: &PeerCa,
     revocations: Revocations,
     shutdown: &Shutdown,
 ) -> Result<sipmba_sso::Sso, Failure> {
-    let objects_url = config
-        .sso
+    let objects_url = settings
         .objects_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", loopback(config.listen)));
-    let mut sso_config = SsoConfig::new(&config.auth.issuer, &config.auth.audience, &objects_url);
-    sso_config.open_registration = config.sso.open_registration;
-    sso_config.user_token_lifetime = config.sso.user_token_lifetime;
-    sso_config.thing_token_lifetime = config.sso.thing_token_lifetime;
-    sso_config.service_token_lifetime = config.sso.service_token_lifetime;
-    sso_config.refresh_token_lifetime = config.sso.refresh_token_lifetime;
-    sso_config.key_rotation = config.sso.key_rotation;
+    let mut sso_config = settings.configure(SsoConfig::new(
+        &config.auth.issuer,
+        &config.auth.audience,
+        &objects_url,
+    ));
     sso_config.peer_ca = peer_ca.clone();
     let start = || async {
         sipmba_sso::migrate(db).await.map_err(|e| e.to_string())?;

@@ -19,6 +19,7 @@ mod objects;
 mod publish;
 mod revocation;
 pub mod secrets;
+pub mod settings;
 pub mod throttle;
 
 use std::{sync::Arc, time::Duration};

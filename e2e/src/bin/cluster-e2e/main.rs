@@ -87,8 +87,8 @@ mod upgrade;
 mod usage;
 
 use support::{
-    apply, condition, converged, dynamic, forward, forward_to, grpc, owned_by, pod_ready, run,
-    secret_value, wait_for, workload,
+    apply, condition, converged, dynamic, dynamic_for, forward, forward_to, grpc, owned_by,
+    pod_ready, run, secret_value, wait_for, workload,
 };
 
 /// Where the platform and its things live.

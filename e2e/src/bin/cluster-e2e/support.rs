@@ -84,8 +84,11 @@ pub(super) async fn dynamic(
     kind: &str,
 ) -> anyhow::Result<Api<DynamicObject>> {
     let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-    Ok(Api::namespaced_with(client.clone(), ns, &ar))
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await?;
+    Ok(match caps.scope {
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
+        kube::discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
+    })
 }
 
 /// Polls `check` every second until it gives a value; the last error or state in the failure.

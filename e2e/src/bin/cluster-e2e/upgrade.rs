@@ -16,6 +16,37 @@ pub(super) struct Previous {
 /// Replicas of each service of the upgraded platform: two, so that a roll has a pod to keep.
 const REPLICAS: usize = 2;
 
+/// The grant the previous release's ClusterRole lacked (see [`previous_grant`]).
+const PREVIOUS_GRANT: &str = "sipmba-e2e-previous-finalizers";
+
+/// The previous release sets `blockOwnerDeletion` on its children, but its ClusterRole grants no
+/// `update` on `sipmbas/finalizers` and `things/finalizers`, which OwnerReferencesPermissionEnforcement
+/// (on in this cluster) requires: unpatched, it can run only where that plugin is off. Its users on
+/// such clusters granted it this; the suite does the same, and removes the grant once this
+/// release's chart (whose ClusterRole has it) is installed.
+fn previous_grant(operator_ns: &str) -> [serde_json::Value; 2] {
+    [
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": PREVIOUS_GRANT},
+            "rules": [{
+                "apiGroups": ["sipmba.io"],
+                "resources": ["sipmbas/finalizers", "things/finalizers"],
+                "verbs": ["update"],
+            }],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": PREVIOUS_GRANT},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": PREVIOUS_GRANT,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": operator_ns}],
+        }),
+    ]
+}
+
 impl Suite {
     /// The previous release installed, a `SipMba` applied through its CRD, a Thing and its
     /// agent pod streaming.
@@ -48,6 +79,9 @@ impl Suite {
             },
         )
         .await?;
+        for resource in previous_grant(&self.operator_ns) {
+            apply(&self.client, NS, resource).await?;
+        }
         let tag = format!("operator.image.tag={}", previous.tag);
         let mut args = vec![
             "install",
@@ -137,6 +171,14 @@ impl Suite {
             args.extend(values.iter().map(String::as_str));
             let result = async {
                 self.helm(&args).await?;
+                // This release's ClusterRole alone from here on.
+                for resource in previous_grant(&self.operator_ns) {
+                    let name = resource["metadata"]["name"].as_str().unwrap_or_default();
+                    dynamic_for(&self.client, NS, &resource)
+                        .await?
+                        .delete(name, &DeleteParams::default())
+                        .await?;
+                }
                 let leader = wait_for(
                     "a replica of this release holding the Lease",
                     Duration::from_secs(60),
@@ -199,7 +241,10 @@ impl Suite {
     }
 
     fn upgrade_spec(&self, tag: &str) -> serde_json::Value {
-        let mut spec = self.platform_spec("upgrade.", REPLICAS as i32);
+        // The first platform's database and topics (prefix ""), as a SipMba re-created on its
+        // data: Processing keeps its position in each topic in the database, so a database serves
+        // one platform's topics and never another prefix's.
+        let mut spec = self.platform_spec("", REPLICAS as i32);
         spec["image"] = json!(format!("ghcr.io/sipmba/sipmba:{tag}"));
         spec
     }

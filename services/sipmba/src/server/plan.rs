@@ -1,8 +1,9 @@
 //! The validate step: a configuration checked for the services one process runs.
 
-use sipmba_runtime::{Config, ConfigArgs, Defaults, ServiceIdentity};
+use sipmba_runtime::{Config, Defaults, ServiceIdentity};
 
 use super::{Failure, Target};
+use crate::config::{self, Services};
 
 /// A configuration checked for the services one process runs: every setting valid, and every
 /// service able to reach the others it needs.
@@ -10,6 +11,7 @@ use super::{Failure, Target};
 pub struct Plan {
     pub(super) target: Target,
     pub(super) config: Config,
+    pub(super) services: Services,
 }
 
 impl Plan {
@@ -17,13 +19,18 @@ impl Plan {
     /// names the setting, its flag and its variable.
     pub fn validate(
         target: Target,
-        args: &ConfigArgs,
+        args: &config::Args,
         defaults: &Defaults,
     ) -> Result<Self, Failure> {
-        let config = Config::load(args, defaults).map_err(|e| Failure::Usage(e.to_string()))?;
-        let plan = Plan { target, config };
+        let loaded = config::load(args, defaults).map_err(|e| Failure::Usage(e.to_string()))?;
+        let plan = Plan {
+            target,
+            config: loaded.config,
+            services: loaded.services,
+        };
         let runs = |t| plan.runs(t);
         let config = &plan.config;
+        let services = &plan.services;
         if matches!(
             target,
             Target::Collect | Target::Control | Target::Processing
@@ -36,12 +43,12 @@ impl Plan {
             )));
         }
         for (service, identity) in [
-            (Target::Control, &config.control.identity),
-            (Target::Processing, &config.processing.identity),
+            (Target::Control, services.control.identity()),
+            (Target::Processing, services.processing.identity()),
         ] {
             if runs(service) {
                 check_identity(
-                    identity,
+                    &identity,
                     runs(Target::Sso),
                     runs(Target::Objects),
                     config.tls.is_some(),
@@ -49,7 +56,7 @@ impl Plan {
             }
         }
         if runs(Target::Processing)
-            && config.processing.control_url.is_none()
+            && services.processing.control_url.is_none()
             && (!runs(Target::Control) || config.tls.is_some())
         {
             return Err(Failure::Usage(
@@ -59,7 +66,7 @@ impl Plan {
                     .into(),
             ));
         }
-        if runs(Target::Sso) && !runs(Target::Objects) && config.sso.objects_url.is_none() {
+        if runs(Target::Sso) && !runs(Target::Objects) && services.sso.objects_url.is_none() {
             return Err(Failure::Usage(
                 "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
                  is not set: sso needs Objects; give its http:// address"
@@ -69,7 +76,7 @@ impl Plan {
         if runs(Target::Sso)
             && runs(Target::Objects)
             && config.tls.is_some()
-            && config.sso.objects_url.is_none()
+            && services.sso.objects_url.is_none()
         {
             return Err(Failure::Usage(
                 "invalid setting `sso.objects_url` (flag --objects-url, environment SIPMBA_OBJECTS_URL): \
@@ -85,9 +92,14 @@ impl Plan {
         self.target == service || self.target == Target::All
     }
 
-    /// The validated configuration.
+    /// The validated shared configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Each service's validated settings.
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 }
 

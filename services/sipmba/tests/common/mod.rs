@@ -91,6 +91,7 @@ pub fn dev(dir: &Path, port: u16, args: &[&str]) -> sipmba_testkit::DevServer {
             port: Some(port),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             log: Some("info".into()),
+            ..Default::default()
         },
     )
 }

@@ -1,0 +1,303 @@
+//! The configuration file of `sipmba server`: the sections every service shares
+//! (`sipmba-runtime`'s `[server]`, `[database]`, `[auth]`, `[log]`, `[queue]`) and each service's
+//! own section (its crate's `Settings`), composed. The binary reads it; the operator writes it
+//! from the same types.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sipmba_runtime::{
+    Config, ConfigArgs, ConfigError, Defaults, Sections,
+    config::{AuthSection, DatabaseSection, LogSection, QueueSection, ServerSection},
+};
+
+/// The whole file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[database]`.
+    #[serde(default)]
+    pub database: DatabaseSection,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogSection,
+    /// `[queue]`.
+    #[serde(default)]
+    pub queue: QueueSection,
+    /// `[sso]`.
+    #[serde(default)]
+    pub sso: sipmba_sso::settings::Settings,
+    /// `[collect]`.
+    #[serde(default)]
+    pub collect: sipmba_collect::Settings,
+    /// `[control]`.
+    #[serde(default)]
+    pub control: sipmba_control::Settings,
+    /// `[processing]`.
+    #[serde(default)]
+    pub processing: sipmba_processing::settings::Settings,
+}
+
+/// Settings given on the command line or in the environment; each one overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// The shared ones.
+    #[command(flatten)]
+    pub shared: ConfigArgs,
+    /// sso's.
+    #[command(flatten)]
+    pub sso: sipmba_sso::settings::Args,
+    /// Processing's.
+    #[command(flatten)]
+    pub processing: sipmba_processing::settings::Args,
+}
+
+/// Each service's validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Services {
+    /// sso's.
+    pub sso: sipmba_sso::settings::Settings,
+    /// Collect's (its telemetry partitions filled in).
+    pub collect: sipmba_collect::Settings,
+    /// Control's.
+    pub control: sipmba_control::Settings,
+    /// Processing's.
+    pub processing: sipmba_processing::settings::Settings,
+}
+
+/// A validated configuration: the shared settings and each service's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The shared settings.
+    pub config: Config,
+    /// Each service's.
+    pub services: Services,
+}
+
+impl ConfigFile {
+    /// The file's TOML text.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+/// Reads the file named by `args` (if any), applies `args` over it, fills `defaults`, and
+/// validates the result.
+pub fn load(args: &Args, defaults: &Defaults) -> Result<Loaded, ConfigError> {
+    let file = match &args.shared.config {
+        Some(path) => read(path)?,
+        None => ConfigFile::default(),
+    };
+    resolve(file, args, defaults)
+}
+
+/// The same for configuration text (the content of a file).
+pub fn from_toml(text: &str, args: &Args, defaults: &Defaults) -> Result<Loaded, ConfigError> {
+    resolve(parse(text, "<file>")?, args, defaults)
+}
+
+fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string())
+}
+
+fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        ConfigError::new(
+            "config",
+            format!("{origin} is not valid configuration: {e}"),
+        )
+    })
+}
+
+fn resolve(file: ConfigFile, args: &Args, defaults: &Defaults) -> Result<Loaded, ConfigError> {
+    let config = Config::resolve_sections(
+        Sections {
+            server: file.server,
+            database: file.database,
+            auth: file.auth,
+            log: file.log,
+            queue: file.queue,
+        },
+        &args.shared,
+        defaults,
+    )?;
+    let mut sso = file.sso;
+    sso.apply(&args.sso);
+    let mut collect = file.collect;
+    if collect.telemetry_partitions.is_none() {
+        collect.telemetry_partitions = defaults.partitions;
+    }
+    let control = file.control;
+    let mut processing = file.processing;
+    processing.apply(&args.processing);
+    sso.validate()?;
+    collect.validate()?;
+    control.validate()?;
+    processing.validate()?;
+
+    // What one section asks of another.
+    let queue = &config.queue;
+    if queue.command_retention < control.max_ttl() {
+        return Err(ConfigError::new(
+            "queue.command_retention_hours",
+            format!(
+                "{} h is shorter than control.max_ttl_secs ({} s): a pending command could leave the log before it expires",
+                queue.command_retention.as_secs() / 3600,
+                control.max_ttl_secs
+            ),
+        ));
+    }
+    let longest_token = sso.longest_access_lifetime();
+    if queue.revocation_retention < longest_token {
+        return Err(ConfigError::new(
+            "queue.revocation_retention_hours",
+            format!(
+                "{} h is shorter than the longest access-token lifetime ({} s): a service starting later would accept a revoked token",
+                queue.revocation_retention.as_secs() / 3600,
+                longest_token.as_secs()
+            ),
+        ));
+    }
+    if config.peer_ca.is_none() {
+        for (setting, url) in [
+            ("control.objects_url", &control.objects_url),
+            ("control.token_url", &control.token_url),
+            ("processing.objects_url", &processing.objects_url),
+            ("processing.token_url", &processing.token_url),
+            ("processing.control_url", &processing.control_url),
+            ("sso.objects_url", &sso.objects_url),
+        ] {
+            if let Some(url) = url
+                && url.starts_with("https://")
+            {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "{url:?} is https://: set server.peer_ca_file to the CA of the platform's certificates"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Loaded {
+        config,
+        services: Services {
+            sso,
+            collect,
+            control,
+            processing,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        plaintext = true
+        [database]
+        url = "sqlite::memory:"
+        [auth]
+        jwks_url = "http://127.0.0.1:7400/.well-known/jwks.json"
+    "#;
+
+    fn load(text: &str) -> Result<Loaded, ConfigError> {
+        from_toml(text, &Args::default(), &Defaults::default())
+    }
+
+    #[test]
+    fn each_section_is_checked_by_its_service_and_against_the_others() {
+        let loaded = load(MINIMAL).unwrap();
+        assert_eq!(loaded.services.collect.partitions(), 4);
+        assert_eq!(loaded.services.control.client_id, "sipmba-control");
+
+        let err = load(&format!("{MINIMAL}\n[collect]\nburst_readings = 10\n")).unwrap_err();
+        assert_eq!(err.setting, "collect.burst_readings");
+        assert!(err.to_string().contains("max_batch_readings"), "{err}");
+
+        let err = load(&format!("{MINIMAL}\n[collect]\nburst = 10\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `burst`"), "{err}");
+
+        let err = load(&format!(
+            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.setting, "queue.command_retention_hours");
+        assert!(err.to_string().contains("control.max_ttl_secs"), "{err}");
+        let loaded = load(&format!(
+            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n[control]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 60\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            loaded.config.queue.command_retention,
+            Duration::from_secs(24 * 3600)
+        );
+
+        let err = load(&format!(
+            "{MINIMAL}\n[processing]\nreplicas = 2\nreplica = 2\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.setting, "processing.replica");
+        assert!(
+            err.to_string().contains("SIPMBA_PROCESSING_REPLICA"),
+            "{err}"
+        );
+
+        let err = load(&format!(
+            "{MINIMAL}\n[control]\nobjects_url = \"https://objects:7400\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.setting, "control.objects_url");
+        assert!(err.to_string().contains("peer_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn flags_of_a_service_override_its_section() {
+        let args = Args {
+            processing: sipmba_processing::settings::Args {
+                processing_replica: Some(1),
+            },
+            sso: sipmba_sso::settings::Args {
+                objects_url: Some("ftp://objects".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = format!("{MINIMAL}\n[processing]\nreplicas = 2\n");
+        let err = from_toml(&text, &args, &Defaults::default()).unwrap_err();
+        assert_eq!(err.setting, "sso.objects_url");
+        assert!(err.to_string().contains("--objects-url"), "{err}");
+        let args = Args {
+            sso: Default::default(),
+            ..args
+        };
+        let loaded = from_toml(&text, &args, &Defaults::default()).unwrap();
+        assert_eq!(loaded.services.processing.replica, 1);
+    }
+
+    #[test]
+    fn the_file_written_from_the_types_reads_back_the_same() {
+        let mut file = ConfigFile::default();
+        file.server.plaintext = Some(true);
+        file.database.url = Some("sqlite::memory:".into());
+        file.auth.jwks_url = Some("http://sso/.well-known/jwks.json".into());
+        file.collect.max_commands = 32;
+        file.control.objects_url = Some("http://objects:7400".into());
+        let text = file.to_toml().unwrap();
+        assert_eq!(parse(&text, "<written>").unwrap(), file, "{text}");
+        let loaded = load(&text).unwrap();
+        assert_eq!(loaded.services.collect.max_commands, 32);
+    }
+}
