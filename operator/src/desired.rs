@@ -187,16 +187,21 @@ pub(crate) fn meta(platform: &SipMba, name: String, component: Component) -> Obj
     }
 }
 
-/// Replicas of a service: the spec's, or 2 (processing: 1).
-pub fn replicas(platform: &SipMba, component: Component) -> i32 {
+/// What the spec says of one service.
+fn service_spec(platform: &SipMba, component: Component) -> &crate::api::ServiceSpec {
     let services = &platform.spec.services;
-    let spec = match component {
+    match component {
         Component::Sso => &services.sso,
         Component::Objects => &services.objects,
         Component::Collect => &services.collect,
         Component::Control => &services.control,
         Component::Processing => &services.processing,
-    };
+    }
+}
+
+/// Replicas of a service: the spec's, or 2 (processing: 1).
+pub fn replicas(platform: &SipMba, component: Component) -> i32 {
+    let spec = service_spec(platform, component);
     spec.replicas.unwrap_or(match component {
         Component::Processing => 1,
         _ => 2,
@@ -208,14 +213,7 @@ pub fn replicas(platform: &SipMba, component: Component) -> i32 {
 /// headroom (README, "Restricted pods"), and a memory limit well above them. No CPU limit: a
 /// throttled service answers late rather than sooner.
 pub fn resources(platform: &SipMba, component: Component) -> ResourceRequirements {
-    let services = &platform.spec.services;
-    let spec = match component {
-        Component::Sso => &services.sso,
-        Component::Objects => &services.objects,
-        Component::Collect => &services.collect,
-        Component::Control => &services.control,
-        Component::Processing => &services.processing,
-    };
+    let spec = service_spec(platform, component);
     if let Some(given) = &spec.resources {
         return given.clone();
     }
@@ -287,14 +285,7 @@ fn section<T: serde::de::DeserializeOwned + Default>(
     platform: &SipMba,
     component: Component,
 ) -> Result<T, String> {
-    let services = &platform.spec.services;
-    let spec = match component {
-        Component::Sso => &services.sso,
-        Component::Objects => &services.objects,
-        Component::Collect => &services.collect,
-        Component::Control => &services.control,
-        Component::Processing => &services.processing,
-    };
+    let spec = service_spec(platform, component);
     match &spec.settings {
         None => Ok(T::default()),
         Some(settings) => serde_json::from_value(serde_json::Value::Object(settings.clone()))

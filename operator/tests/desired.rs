@@ -454,6 +454,20 @@ fn a_services_settings_in_the_spec_reach_its_file_and_bad_ones_are_named() {
     for component in Component::ALL {
         assert_eq!(desired::check_settings(&p, component), Ok(()));
     }
+    // Only what differs from a service's defaults is written, and only in its own file: an
+    // image of an earlier release (refusing keys it does not know) runs the unchanged ones.
+    let plain = platform();
+    let objects = desired::config(&plain, Component::Objects);
+    for section in ["[sso]", "[collect]", "[control]", "[processing]"] {
+        assert!(!objects.contains(section), "{objects}");
+    }
+    let sso = desired::config(&plain, Component::Sso);
+    assert!(!sso.contains("failed_logins_per_account"), "{sso}");
+    assert!(
+        desired::config(&p, Component::Sso).contains("failed_logins_per_account = 3"),
+        "{}",
+        desired::config(&p, Component::Sso)
+    );
     let sso = load(&p, Component::Sso, dir.path(), None).unwrap();
     assert_eq!(sso.services.sso.failed_logins_per_account, 3);
     let collect = load(&p, Component::Collect, dir.path(), None).unwrap();

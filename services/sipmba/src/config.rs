@@ -81,10 +81,38 @@ pub struct Loaded {
 }
 
 impl ConfigFile {
-    /// The file's TOML text.
+    /// The file's TOML text. A service's section holds only what differs from its defaults, and
+    /// an empty section is left out: a binary of an earlier release (which refuses keys it does
+    /// not know) reads a file written by a later one, unless that uses a setting new to it.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string(self)
+        let mut table = toml::Table::new();
+        for (name, section) in [
+            ("server", toml::Value::try_from(&self.server)?),
+            ("database", toml::Value::try_from(&self.database)?),
+            ("auth", toml::Value::try_from(&self.auth)?),
+            ("log", toml::Value::try_from(&self.log)?),
+            ("queue", toml::Value::try_from(&self.queue)?),
+            ("sso", changed(&self.sso)?),
+            ("collect", changed(&self.collect)?),
+            ("control", changed(&self.control)?),
+            ("processing", changed(&self.processing)?),
+        ] {
+            if section.as_table().is_none_or(|t| !t.is_empty()) {
+                table.insert(name.to_owned(), section);
+            }
+        }
+        toml::to_string(&table)
     }
+}
+
+/// The keys of `value` whose values differ from `T::default()`'s.
+fn changed<T: Serialize + Default>(value: &T) -> Result<toml::Value, toml::ser::Error> {
+    let mut ours = toml::Value::try_from(value)?;
+    let defaults = toml::Value::try_from(T::default())?;
+    if let (Some(ours), Some(defaults)) = (ours.as_table_mut(), defaults.as_table()) {
+        ours.retain(|key, value| defaults.get(key) != Some(value));
+    }
+    Ok(ours)
 }
 
 /// Reads the file named by `args` (if any), applies `args` over it, fills `defaults`, and
@@ -297,6 +325,13 @@ mod tests {
         file.control.objects_url = Some("http://objects:7400".into());
         let text = file.to_toml().unwrap();
         assert_eq!(parse(&text, "<written>").unwrap(), file, "{text}");
+        // Only what differs from a service's defaults: a binary that knows fewer keys reads it.
+        assert!(text.contains("max_commands = 32"), "{text}");
+        assert!(!text.contains("readings_per_second"), "{text}");
+        assert!(
+            !text.contains("[sso]") && !text.contains("[processing]"),
+            "{text}"
+        );
         let loaded = load(&text).unwrap();
         assert_eq!(loaded.services.collect.max_commands, 32);
     }
