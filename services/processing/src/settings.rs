@@ -66,6 +66,7 @@ impl Default for Settings {
 
 /// Processing's flags, over its section of the file.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// processing: this replica's ordinal (a StatefulSet gives each pod its index).
     #[arg(long, env = "SIPMBA_PROCESSING_REPLICA", value_name = "N")]

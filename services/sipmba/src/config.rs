@@ -46,6 +46,7 @@ pub struct ConfigFile {
 
 /// Settings given on the command line or in the environment; each one overrides the file.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// The shared ones.
     #[command(flatten)]
@@ -289,6 +290,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.setting, "control.objects_url");
         assert!(err.to_string().contains("peer_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn the_flags_of_every_section_make_one_valid_command() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Server {
+            #[command(flatten)]
+            args: crate::server::ServerArgs,
+        }
+        Server::command().debug_assert();
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl Default for Settings {
 
 /// sso's flags, over its section of the file.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// sso: where Objects answers (default: this process, when it runs objects too).
     #[arg(long, env = "SIPMBA_OBJECTS_URL", value_name = "URL")]
