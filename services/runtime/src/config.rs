@@ -433,77 +433,10 @@ pub struct Defaults {
 /// Default issuer and audience of SIP-MBA tokens.
 pub const DEFAULT_AUDIENCE: &str = "sipmba";
 
-/// The TOML text of a configuration file, as a table of sections.
-pub fn parse(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        ConfigError::new(
-            "config",
-            format!("{origin} is not valid configuration: {e}"),
-        )
-    })
-}
-
-/// The configuration file at `path`, as a table of sections.
-pub fn read(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
-    parse(&text, &path.display().to_string())
-}
-
-/// Section `name` of `table`, taken out of it (its default when absent); an unknown key names
-/// the section.
-pub fn take_section<T: serde::de::DeserializeOwned + Default>(
-    table: &mut toml::Table,
-    name: &str,
-) -> Result<T, ConfigError> {
-    match table.remove(name) {
-        None => Ok(T::default()),
-        Some(value) => T::deserialize(value).map_err(|e| ConfigError::new(name, e.message())),
-    }
-}
-
-impl Sections {
-    /// The shared sections taken out of `table`.
-    pub fn take(table: &mut toml::Table) -> Result<Self, ConfigError> {
-        Ok(Self {
-            server: take_section(table, "server")?,
-            database: take_section(table, "database")?,
-            auth: take_section(table, "auth")?,
-            log: take_section(table, "log")?,
-            queue: take_section(table, "queue")?,
-        })
-    }
-}
-
 impl Config {
     /// Applies `args` over the shared sections of a file, fills `defaults`, and validates the
     /// result.
-    pub fn resolve_sections(
-        file: Sections,
-        args: &ConfigArgs,
-        defaults: &Defaults,
-    ) -> Result<Self, ConfigError> {
-        Self::resolve(file, args, defaults)
-    }
-
-    /// A file of shared sections only (its text), with `args` and `defaults` (tests).
-    pub fn from_toml(
-        text: &str,
-        args: &ConfigArgs,
-        defaults: &Defaults,
-    ) -> Result<Self, ConfigError> {
-        let mut table = parse(text, "<file>")?;
-        let sections = Sections::take(&mut table)?;
-        if let Some(unknown) = table.keys().next() {
-            return Err(ConfigError::new(
-                unknown,
-                "is not a section of this configuration",
-            ));
-        }
-        Self::resolve(sections, args, defaults)
-    }
-
-    fn resolve(
+    pub fn resolve(
         file: Sections,
         args: &ConfigArgs,
         defaults: &Defaults,
@@ -840,6 +773,42 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A file of the shared sections only, as the tests write them.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        server: ServerSection,
+        #[serde(default)]
+        database: DatabaseSection,
+        #[serde(default)]
+        auth: AuthSection,
+        #[serde(default)]
+        log: LogSection,
+        #[serde(default)]
+        queue: QueueSection,
+    }
+
+    fn from_toml(
+        text: &str,
+        args: &ConfigArgs,
+        defaults: &Defaults,
+    ) -> Result<Config, ConfigError> {
+        let file: File =
+            toml::from_str(text).map_err(|e| ConfigError::new("<file>", e.to_string()))?;
+        Config::resolve(
+            Sections {
+                server: file.server,
+                database: file.database,
+                auth: file.auth,
+                log: file.log,
+                queue: file.queue,
+            },
+            args,
+            defaults,
+        )
+    }
+
     fn prod() -> Defaults {
         Defaults::default()
     }
@@ -859,7 +828,7 @@ mod tests {
             listen: Some("127.0.0.1:9999".into()),
             ..Default::default()
         };
-        let config = Config::from_toml(MINIMAL, &args, &prod()).unwrap();
+        let config = from_toml(MINIMAL, &args, &prod()).unwrap();
         assert_eq!(config.listen.port(), 9999);
         assert_eq!(config.tls, None);
         assert_eq!(config.auth.audience, "sipmba");
@@ -868,14 +837,14 @@ mod tests {
     #[test]
     fn tls_is_required_unless_plaintext_is_asked_for() {
         let text = MINIMAL.replace("plaintext = true", "");
-        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        let err = from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
         assert_eq!(err.setting, "server.tls_cert");
         assert!(err.to_string().contains("plaintext = true"), "{err}");
         let dev = Defaults {
             plaintext: true,
             ..Default::default()
         };
-        assert!(Config::from_toml(&text, &ConfigArgs::default(), &dev).is_ok());
+        assert!(from_toml(&text, &ConfigArgs::default(), &dev).is_ok());
     }
 
     #[test]
@@ -884,7 +853,7 @@ mod tests {
             listen: Some("localhost".into()),
             ..Default::default()
         };
-        let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
+        let err = from_toml(MINIMAL, &args, &prod()).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("server.listen") && text.contains("SIPMBA_LISTEN"),
@@ -895,22 +864,22 @@ mod tests {
             leeway_secs: Some(3600),
             ..Default::default()
         };
-        let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
+        let err = from_toml(MINIMAL, &args, &prod()).unwrap_err();
         assert_eq!(err.setting, "auth.leeway_secs");
 
-        let err = Config::from_toml("[server]\nlisten_on = 1", &ConfigArgs::default(), &prod())
-            .unwrap_err();
+        let err =
+            from_toml("[server]\nlisten_on = 1", &ConfigArgs::default(), &prod()).unwrap_err();
         assert!(err.to_string().contains("listen_on"), "{err}");
 
         let text = MINIMAL.replace("sqlite::memory:", "mysql://x");
-        let err = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        let err = from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
         assert_eq!(err.setting, "database.url");
 
         let args = ConfigArgs {
             tls_cert: Some("/nonexistent.pem".into()),
             ..Default::default()
         };
-        let err = Config::from_toml(MINIMAL, &args, &prod()).unwrap_err();
+        let err = from_toml(MINIMAL, &args, &prod()).unwrap_err();
         assert_eq!(err.setting, "server.tls_key");
     }
 
@@ -934,7 +903,7 @@ mod tests {
              [queue.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"sipmba\"\n\
              password_file = \"{password}\"\n"
         );
-        let config = Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap();
+        let config = from_toml(&text, &ConfigArgs::default(), &prod()).unwrap();
         let queue = &config.queue;
         assert_eq!(queue.replication_factor, Some(3));
         assert_eq!(
@@ -947,8 +916,7 @@ mod tests {
         let sasl = queue.sasl.as_ref().unwrap();
         assert_eq!(sasl.mechanism, "SCRAM-SHA-512");
 
-        let refused =
-            |text: String| Config::from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
+        let refused = |text: String| from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
         let sasl = |mechanism: &str| {
             format!(
                 "[queue.sasl]\nmechanism = \"{mechanism}\"\nusername = \"sipmba\"\n\

@@ -147,7 +147,7 @@ fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
 }
 
 fn resolve(file: ConfigFile, args: &Args, defaults: &Defaults) -> Result<Loaded, ConfigError> {
-    let config = Config::resolve_sections(
+    let config = Config::resolve(
         Sections {
             server: file.server,
             database: file.database,
