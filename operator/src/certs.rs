@@ -16,6 +16,30 @@ pub const NAMES: &str = "sipmba.io/names";
 /// Annotation on the CA Secret: the CA's common name.
 pub const CA_NAME: &str = "sipmba.io/ca-name";
 
+/// Why a certificate could not be made or the CA read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// rcgen refused the parameters or could not generate a key.
+    #[error("{0}")]
+    Generate(#[from] rcgen::Error),
+    /// The CA's Secret lacks something it must hold.
+    #[error("the Secret {secret} has no {missing}")]
+    Incomplete {
+        /// The Secret.
+        secret: String,
+        /// The key or annotation missing.
+        missing: String,
+    },
+    /// The CA's key in its Secret is not a key.
+    #[error("the Secret {secret}: ca.key: {source}")]
+    Key {
+        /// The Secret.
+        secret: String,
+        /// What rcgen said of it.
+        source: rcgen::Error,
+    },
+}
+
 /// A certificate with its key, in PEM.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -27,9 +51,8 @@ pub struct Issued {
     pub not_after: i64,
 }
 
-fn ca_params(name: &str) -> Result<rcgen::CertificateParams, String> {
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+fn ca_params(name: &str) -> Result<rcgen::CertificateParams, CertError> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
@@ -42,13 +65,13 @@ fn ca_params(name: &str) -> Result<rcgen::CertificateParams, String> {
 }
 
 /// A new CA named `name`, valid for ten years.
-pub fn new_ca(name: &str) -> Result<Issued, String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+pub fn new_ca(name: &str) -> Result<Issued, CertError> {
+    let key = rcgen::KeyPair::generate()?;
     let mut params = ca_params(name)?;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(3650);
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key)?;
     Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -87,21 +110,25 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
 
 impl Ca {
     /// The CA of a Secret holding `ca.crt`, `ca.key` and the name annotation.
-    pub fn from_secret(secret: &Secret) -> Result<Self, String> {
+    pub fn from_secret(secret: &Secret) -> Result<Self, CertError> {
         let name = secret.name_or_default();
-        let cert_pem =
-            secret_value(secret, "ca.crt").ok_or(format!("Secret {name} has no ca.crt"))?;
-        let key_pem =
-            secret_value(secret, "ca.key").ok_or(format!("Secret {name} has no ca.key"))?;
-        let key = rcgen::KeyPair::from_pem(&key_pem)
-            .map_err(|e| format!("Secret {name}: ca.key: {e}"))?;
+        let incomplete = |missing: &str| CertError::Incomplete {
+            secret: name.clone(),
+            missing: missing.to_owned(),
+        };
+        let cert_pem = secret_value(secret, "ca.crt").ok_or_else(|| incomplete("ca.crt"))?;
+        let key_pem = secret_value(secret, "ca.key").ok_or_else(|| incomplete("ca.key"))?;
+        let key = rcgen::KeyPair::from_pem(&key_pem).map_err(|source| CertError::Key {
+            secret: name.clone(),
+            source,
+        })?;
         let ca_name = secret
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(CA_NAME))
             .cloned()
-            .ok_or(format!("Secret {name} has no {CA_NAME} annotation"))?;
+            .ok_or_else(|| incomplete(&format!("{CA_NAME} annotation")))?;
         Ok(Self {
             cert_pem,
             name: ca_name,
@@ -119,11 +146,11 @@ impl Ca {
     }
 
     /// A server certificate for `names`, valid for `days`.
-    pub fn issue(&self, names: &[String], days: i64) -> Result<Issued, String> {
+    pub fn issue(&self, names: &[String], days: i64) -> Result<Issued, CertError> {
         let params = ca_params(&self.name)?;
         let issuer = rcgen::Issuer::new(params, &self.key);
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut leaf = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+        let key = rcgen::KeyPair::generate()?;
+        let mut leaf = rcgen::CertificateParams::new(names.to_vec())?;
         if let Some(first) = names.first() {
             leaf.distinguished_name
                 .push(rcgen::DnType::CommonName, first.as_str());
@@ -135,7 +162,7 @@ impl Ca {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = leaf.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+        let cert = leaf.signed_by(&key, &issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),

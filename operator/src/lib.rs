@@ -11,7 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod platform;
 pub mod provisioning;
-pub mod status;
+pub mod reconcile;
 pub mod thing;
 pub mod topics;
 
@@ -54,9 +54,7 @@ pub async fn run(
         .with_layer(&count)
         .build();
     let events = events::Events::new(client.clone());
-    let ctx = Arc::new(
-        platform::Context::with_metrics(client.clone(), metrics).with_events(events.clone()),
-    );
+    let ctx = Arc::new(platform::Context::new(client.clone(), metrics).with_events(events.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let served = ctx.clone();
     let http = axum::Router::new()

@@ -33,6 +33,8 @@ use crate::{
     desired::{self, Component},
     events::{EventType, reason},
     exposure::{self, Exposer},
+    reconcile::Failure,
+    topics::TopicsError,
 };
 
 /// The field manager of every write.
@@ -40,40 +42,8 @@ pub const MANAGER: &str = "sipmba-operator";
 /// The annotation holding the digest of what was applied.
 pub const APPLIED: &str = "sipmba.io/applied-digest";
 
-/// What the reconciler needs.
-pub struct Context {
-    /// The Kubernetes client.
-    pub client: Client,
-    /// The operator's metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Consecutive failures per platform, for the backoff.
-    failures: crate::status::Failures,
-    /// The Events published about platforms (none: nothing is published).
-    pub events: Option<crate::events::Events>,
-}
-
-impl Context {
-    /// A context around `client`.
-    pub fn new(client: Client) -> Self {
-        Self::with_metrics(client, Arc::new(crate::metrics::Metrics::default()))
-    }
-
-    /// A context around `client`, recording into `metrics`.
-    pub fn with_metrics(client: Client, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self {
-            client,
-            metrics,
-            failures: crate::status::Failures::default(),
-            events: None,
-        }
-    }
-
-    /// Publishing Events about platforms.
-    pub fn with_events(mut self, events: crate::events::Events) -> Self {
-        self.events = Some(events);
-        self
-    }
-}
+/// What the reconciler needs: what every reconciler of the operator needs.
+pub type Context = crate::reconcile::Shared;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,20 +56,16 @@ pub enum Error {
     NoNamespace,
     /// A certificate could not be issued.
     #[error("issuing certificates: {0}")]
-    Certificates(String),
+    Certificates(#[from] certs::CertError),
     /// The log's topics could not be created or grown.
     #[error("topics: {0}")]
-    Topics(String),
+    Topics(#[from] crate::topics::TopicsError),
 }
 
-impl Error {
-    /// A bounded label for metrics.
-    pub fn category(&self) -> &'static str {
+impl crate::reconcile::Failure for Error {
+    fn category(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(status)) if status.code >= 500 => "api_server",
-            Error::Kube(kube::Error::Api(_)) => "api_refused",
-            Error::Kube(_) => "api_unreachable",
+            Error::Kube(e) => crate::reconcile::kube_category(e),
             Error::NoNamespace => "invalid",
             Error::Certificates(_) => "certificates",
             Error::Topics(_) => "log",
@@ -229,13 +195,16 @@ async fn log_security(
     secrets: &Api<Secret>,
 ) -> Result<sipmba_queue::Security, Error> {
     let value = async |name: &str, key: &str| -> Result<String, Error> {
-        let secret = secrets.get_opt(name).await?.ok_or_else(|| {
-            Error::Topics(format!(
-                "the Secret {name} the log's settings name does not exist"
-            ))
-        })?;
-        crate::certs::secret_value(&secret, key)
-            .ok_or_else(|| Error::Topics(format!("the Secret {name} has no key {key}")))
+        let secret = secrets
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| TopicsError::NoSecret(name.to_owned()))?;
+        Ok(
+            crate::certs::secret_value(&secret, key).ok_or_else(|| TopicsError::NoKey {
+                secret: name.to_owned(),
+                key: key.to_owned(),
+            })?,
+        )
     };
     let tls = match &queue.tls {
         None => None,
@@ -248,7 +217,7 @@ async fn log_security(
             let client = client.as_ref().map(|(c, k)| (c.as_bytes(), k.as_bytes()));
             Some(
                 sipmba_queue::Security::tls_config(ca.as_bytes(), client)
-                    .map_err(|e| Error::Topics(format!("queue.tls: {e}")))?,
+                    .map_err(TopicsError::Tls)?,
             )
         }
     };
@@ -257,7 +226,7 @@ async fn log_security(
         Some(sasl) => {
             let password = &sasl.password_secret_ref;
             Some(sipmba_queue::Sasl {
-                mechanism: sasl.mechanism.parse().map_err(Error::Topics)?,
+                mechanism: sasl.mechanism.parse().map_err(TopicsError::Mechanism)?,
                 username: sasl.username.clone(),
                 password: value(&password.name, &password.key)
                     .await?
@@ -342,9 +311,7 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
     }
     let security = log_security(&platform.spec.queue, &secrets).await?;
     let topics =
-        crate::topics::ensure(&platform.spec.queue, &ns, security, Duration::from_secs(20))
-            .await
-            .map_err(Error::Topics)?;
+        crate::topics::ensure(&platform.spec.queue, &ns, security, Duration::from_secs(20)).await?;
     for topic in &topics {
         match topic.before {
             None => {
@@ -492,7 +459,7 @@ async fn reconcile_platform(platform: Arc<SipMba>, ctx: Arc<Context>) -> Result<
     };
     publish_transitions(events, &platform, &status, &changes).await;
     write_status(&client, &platform, status).await?;
-    succeeded(&ctx, &platform);
+    ctx.succeeded(&*platform);
     // Certificates are renewed when a third of their life is left: look again well before.
     Ok(Action::requeue(if all_ready {
         Duration::from_secs(600)
@@ -683,7 +650,7 @@ async fn certificates(
             platform.namespace().unwrap_or_default(),
             platform.name_any()
         );
-        let fresh = certs::new_ca(&common_name).map_err(Error::Certificates)?;
+        let fresh = certs::new_ca(&common_name)?;
         let mut ca = secret(
             platform,
             ca_name.clone(),
@@ -696,7 +663,7 @@ async fn certificates(
         Ok(ca)
     })
     .await?;
-    let ca = certs::Ca::from_secret(&ca).map_err(Error::Certificates)?;
+    let ca = certs::Ca::from_secret(&ca)?;
     let days = platform.spec.tls.certificate_days.unwrap_or(90);
     let now = Timestamp::now();
     for component in Component::ALL {
@@ -725,7 +692,7 @@ async fn certificates(
         {
             continue;
         }
-        let issued = ca.issue(&names, days).map_err(Error::Certificates)?;
+        let issued = ca.issue(&names, days)?;
         let mut tls = secret(
             platform,
             name.clone(),
@@ -756,7 +723,7 @@ fn condition(
         .status
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
-    crate::status::condition(
+    crate::reconcile::condition(
         previous,
         platform.metadata.generation,
         kind,
@@ -788,32 +755,9 @@ async fn write_status(
     Ok(())
 }
 
-fn key(platform: &SipMba) -> String {
-    format!(
-        "{}/{}",
-        platform.namespace().unwrap_or_default(),
-        platform.name_any()
-    )
-}
-
 /// After a failure: back off exponentially per platform (2 s doubling, at most 5 minutes).
 pub fn error_policy(platform: Arc<SipMba>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.failures.failed(key(&platform));
-    tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "reconcile failed");
-    if let Some(events) = ctx.events.clone() {
-        let note = format!("{error} (trying again in {} s)", delay.as_secs());
-        tokio::spawn(async move {
-            events
-                .warning(&*platform, reason::RECONCILE_FAILED, &note)
-                .await;
-        });
-    }
-    Action::requeue(delay)
+    ctx.failed(platform, error)
 }
 
-pub use crate::status::backoff;
-
-/// Forgets the failures of a platform after a successful reconcile.
-pub fn succeeded(ctx: &Context, platform: &SipMba) {
-    ctx.failures.succeeded(&key(platform));
-}
+pub use crate::reconcile::backoff;

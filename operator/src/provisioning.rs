@@ -1,12 +1,16 @@
-//! What the operator does for a Thing outside Kubernetes: registers it with Objects, gets its
-//! credential and access token from sso (as the `sipmba-operator` service client), pushes them to
-//! the agent's provisioning endpoint with the enrollment proof, and at the end revokes its tokens
-//! and deregisters it. The Thing reconciler drives these steps; each is idempotent.
+//! What the operator does for a Thing outside Kubernetes: registers it with Objects (through
+//! the one Objects client every service uses), gets its credential and access token from sso
+//! (as the `sipmba-operator` service client), pushes them to the agent's provisioning endpoint
+//! with the enrollment proof, and at the end revokes its tokens and deregisters it. The Thing reconciler drives these steps; each is idempotent.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use sipmba_auth::client::ServiceCredentials;
+use sipmba_auth::{client::ServiceCredentials, peer_tls::PeerCa};
 use sipmba_proto::{enrollment, v1 as pb};
+use sipmba_runtime::{
+    ServiceError,
+    objects::{ObjectsClient, ServiceToken},
+};
 use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
 
@@ -51,6 +55,22 @@ impl ProvisionError {
         }
     }
 
+    /// A call through the Objects client failed: transient unless Objects refused the request
+    /// itself.
+    fn objects(what: &'static str, error: ServiceError) -> Self {
+        let transient = matches!(
+            error,
+            ServiceError::Unavailable(_)
+                | ServiceError::Internal(_)
+                | ServiceError::ResourceExhausted { .. }
+        );
+        ProvisionError::Call {
+            what,
+            message: format!("{error} ({:?})", error.code()),
+            transient,
+        }
+    }
+
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -76,7 +96,7 @@ pub struct PlatformAccess {
 #[derive(Clone)]
 pub struct Operator {
     sso: Channel,
-    objects: Channel,
+    objects: ObjectsClient,
     credentials: Arc<ServiceCredentials>,
 }
 
@@ -136,10 +156,18 @@ impl Operator {
             ca,
         )
         .map_err(|e| ProvisionError::Config(e.to_string()))?;
+        let credentials = Arc::new(credentials);
+        let peer_ca = ca.map_or_else(PeerCa::none, |pem| PeerCa::new(pem.to_vec()));
+        let objects = ObjectsClient::new(
+            &platform.objects_url,
+            ServiceToken::Credentials(credentials.clone()),
+            &peer_ca,
+        )
+        .map_err(|e| ProvisionError::Config(e.to_string()))?;
         Ok(Self {
             sso: channel(&platform.sso_url)?,
-            objects: channel(&platform.objects_url)?,
-            credentials: Arc::new(credentials),
+            objects,
+            credentials,
         })
     }
 
@@ -160,82 +188,10 @@ impl Operator {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<Uuid, ProvisionError> {
-        let mut things = pb::thing_service_client::ThingServiceClient::new(self.objects.clone());
-        let created = things
-            .create_thing(
-                self.req(pb::CreateThingRequest {
-                    name: name.to_owned(),
-                    owner: Some(pb::UserId {
-                        value: owner.to_string(),
-                    }),
-                    labels: labels.clone().into_iter().collect(),
-                })
-                .await?,
-            )
-            .await;
-        let thing = match created {
-            Ok(thing) => thing.into_inner(),
-            Err(status) if status.code() == Code::AlreadyExists => {
-                let existing = self.find(owner, name).await?;
-                if existing.labels.iter().collect::<BTreeMap<_, _>>()
-                    != labels.iter().collect::<BTreeMap<_, _>>()
-                {
-                    things
-                        .update_thing(
-                            self.req(pb::UpdateThingRequest {
-                                id: existing.id.clone(),
-                                name: None,
-                                labels: labels.clone().into_iter().collect(),
-                                replace_labels: true,
-                            })
-                            .await?,
-                        )
-                        .await
-                        .map_err(|s| ProvisionError::call("updating the thing's labels", &s))?;
-                }
-                existing
-            }
-            Err(status) => return Err(ProvisionError::call("registering the thing", &status)),
-        };
-        thing
-            .id
-            .and_then(|i| Uuid::parse_str(&i.value).ok())
-            .ok_or_else(|| ProvisionError::Config("Objects returned a thing without an id".into()))
-    }
-
-    async fn find(&self, owner: Uuid, name: &str) -> Result<pb::Thing, ProvisionError> {
-        let mut things = pb::thing_service_client::ThingServiceClient::new(self.objects.clone());
-        let mut token = String::new();
-        loop {
-            let page = things
-                .list_things(
-                    self.req(pb::ListThingsRequest {
-                        scope: Some(pb::list_things_request::Scope::Owner(pb::UserId {
-                            value: owner.to_string(),
-                        })),
-                        labels: Vec::new(),
-                        page: Some(pb::PageRequest {
-                            page_size: 100,
-                            page_token: token,
-                        }),
-                    })
-                    .await?,
-                )
-                .await
-                .map_err(|s| ProvisionError::call("looking the thing up", &s))?
-                .into_inner();
-            if let Some(thing) = page.things.into_iter().find(|t| t.name == name) {
-                return Ok(thing);
-            }
-            if page.next_page_token.is_empty() {
-                return Err(ProvisionError::Call {
-                    what: "looking the thing up",
-                    message: format!("no thing {name:?} of {owner}, though it exists"),
-                    transient: true,
-                });
-            }
-            token = page.next_page_token;
-        }
+        self.objects
+            .register_thing(owner, name, labels)
+            .await
+            .map_err(|e| ProvisionError::objects("registering the thing", e))
     }
 
     /// A new client secret for the thing (the first, or one replacing the last): `(client_id,
@@ -318,19 +274,10 @@ impl Operator {
 
     /// Deletes the thing from Objects; one that is gone already counts as deleted.
     pub async fn deregister(&self, thing: Uuid) -> Result<(), ProvisionError> {
-        let deleted = pb::thing_service_client::ThingServiceClient::new(self.objects.clone())
-            .delete_thing(
-                self.req(pb::DeleteThingRequest {
-                    id: thing_id(thing),
-                })
-                .await?,
-            )
-            .await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == Code::NotFound => Ok(()),
-            Err(status) => Err(ProvisionError::call("deregistering the thing", &status)),
-        }
+        self.objects
+            .delete_thing(thing)
+            .await
+            .map_err(|e| ProvisionError::objects("deregistering the thing", e))
     }
 }
 

@@ -38,6 +38,7 @@ use crate::{
     events::{EventType, reason as event},
     platform::MANAGER,
     provisioning::{self, Operator, PlatformAccess, ProvisionError},
+    reconcile::{Failure, Shared},
 };
 
 /// The `app.kubernetes.io/component` label of a thing's credentials Secret (the Thing
@@ -55,41 +56,33 @@ pub type AgentUrls = Arc<dyn Fn(&SipMba) -> (String, String) + Send + Sync>;
 
 /// What the Thing reconciler needs.
 pub struct ThingContext {
-    /// The Kubernetes client.
-    pub client: Client,
+    /// What every reconciler of the operator needs.
+    pub shared: Shared,
     /// How platforms are reached.
     pub resolve: Resolver,
     /// Where every agent reaches Collect and sso, overriding the choice by the agent's
     /// network ([`agent_urls`]).
     pub agent_urls: Option<AgentUrls>,
-    /// The operator's metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    failures: crate::status::Failures,
     /// The operator's session on each platform (`namespace/name`), kept while the platform's
     /// addresses, CA and the operator's secret stay as they were: its channels and its one
     /// token from sso serve every Thing of the platform.
     operators: std::sync::Mutex<HashMap<String, (u64, Operator)>>,
-    /// The Events published about Things (none: nothing is published).
-    pub events: Option<crate::events::Events>,
 }
 
 impl ThingContext {
     /// A context reaching platforms at their in-cluster addresses.
     pub fn new(client: Client, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self {
-            client,
+            shared: Shared::new(client, metrics),
             resolve: Arc::new(in_cluster),
             agent_urls: None,
-            metrics,
-            failures: crate::status::Failures::default(),
             operators: std::sync::Mutex::new(HashMap::new()),
-            events: None,
         }
     }
 
     /// Publishing Events about Things.
     pub fn with_events(mut self, events: crate::events::Events) -> Self {
-        self.events = Some(events);
+        self.shared = self.shared.with_events(events);
         self
     }
 
@@ -199,26 +192,30 @@ pub enum ThingError {
     /// A platform or agent call failed.
     #[error("{0}")]
     Provision(#[from] ProvisionError),
-    /// The finalizer could not be added or removed.
+    /// The finalizer could not be added or removed (never `ApplyFailed` or `CleanupFailed`:
+    /// those are the reconcile's own errors, returned as they are).
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(Box<kube::runtime::finalizer::Error<ThingError>>),
     /// The delivery to the agent failed (its Thing's status and an AgentUnreachable Event say
     /// so already).
     #[error("{0}")]
     Delivery(Box<ThingError>),
 }
 
-impl ThingError {
-    /// A bounded label for metrics.
-    pub fn category(&self) -> &'static str {
+impl Failure for ThingError {
+    fn category(&self) -> &'static str {
         match self {
-            ThingError::Kube(kube::Error::Api(status)) if status.code >= 500 => "api_server",
-            ThingError::Kube(_) => "api_refused",
+            ThingError::Kube(e) => crate::reconcile::kube_category(e),
             ThingError::Provision(e) if e.is_transient() => "platform_unavailable",
             ThingError::Provision(_) => "platform_refused",
             ThingError::Finalizer(_) => "finalizer",
             ThingError::Delivery(inner) => inner.category(),
         }
+    }
+
+    fn publish(&self) -> bool {
+        // A failed delivery has its AgentUnreachable Event already.
+        !matches!(self, ThingError::Delivery(_))
     }
 }
 
@@ -232,7 +229,7 @@ fn condition(thing: &Thing, kind: &str, ok: bool, reason: &str, message: &str) -
         .status
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
-    crate::status::condition(
+    crate::reconcile::condition(
         previous,
         thing.metadata.generation,
         kind,
@@ -277,10 +274,11 @@ fn status_with(thing: &Thing, conditions: Vec<Condition>) -> ThingStatus {
 #[tracing::instrument(skip(thing, ctx), fields(thing = %thing.name_any()))]
 pub async fn reconcile(thing: Arc<Thing>, ctx: Arc<ThingContext>) -> Result<Action, ThingError> {
     let started = std::time::Instant::now();
-    let key = failure_key(&thing);
-    let api: Api<Thing> =
-        Api::namespaced(ctx.client.clone(), &thing.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, thing, |event| async {
+    let api: Api<Thing> = Api::namespaced(
+        ctx.shared.client.clone(),
+        &thing.namespace().unwrap_or_default(),
+    );
+    let result = finalizer(&api, FINALIZER, thing.clone(), |event| async {
         match event {
             Event::Apply(thing) => apply(&thing, &ctx).await,
             Event::Cleanup(thing) => cleanup(&thing, &ctx).await,
@@ -297,16 +295,18 @@ pub async fn reconcile(thing: Arc<Thing>, ctx: Arc<ThingContext>) -> Result<Acti
         }
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
-        other => Err(ThingError::Finalizer(other.to_string())),
+        other => Err(ThingError::Finalizer(Box::new(other))),
     });
     let outcome = match &result {
         Ok(_) => {
-            ctx.failures.succeeded(&key);
+            ctx.shared.succeeded(&*thing);
             "ok"
         }
         Err(e) => e.category(),
     };
-    ctx.metrics.record("thing", outcome, started.elapsed());
+    ctx.shared
+        .metrics
+        .record("thing", outcome, started.elapsed());
     result
 }
 
@@ -322,14 +322,14 @@ enum Reach {
 
 async fn reach(thing: &Thing, ctx: &ThingContext) -> Result<Reach, ThingError> {
     let ns = thing.namespace().unwrap_or_default();
-    let platforms: Api<SipMba> = Api::namespaced(ctx.client.clone(), &ns);
+    let platforms: Api<SipMba> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let Some(platform) = platforms.get_opt(&thing.spec.platform_ref).await? else {
         return Ok(Reach::Missing(
             event::PLATFORM_NOT_FOUND,
             format!("no SipMba {:?} in namespace {ns}", thing.spec.platform_ref),
         ));
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let clients = desired::clients_secret_name(&platform);
     let Some(secret) = secrets
         .get_opt(&clients)
@@ -403,13 +403,13 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
                     condition(thing, "Delivered", false, reason, &message),
                 ],
             );
-            write_status(&ctx.client, thing, status).await?;
+            write_status(&ctx.shared.client, thing, status).await?;
             let kind = if reason == event::PLATFORM_NOT_FOUND {
                 EventType::Warning
             } else {
                 EventType::Normal
             };
-            crate::events::maybe(ctx.events.as_ref(), kind, thing, reason, &message).await;
+            crate::events::maybe(ctx.shared.events.as_ref(), kind, thing, reason, &message).await;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };
@@ -425,7 +425,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
                 &message,
             )],
         );
-        write_status(&ctx.client, thing, status).await?;
+        write_status(&ctx.shared.client, thing, status).await?;
         return Ok(Action::await_change());
     };
     let current = thing.status.clone().unwrap_or_default();
@@ -447,7 +447,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
             if current.thing_id.is_none() {
                 let note = format!("thing {id} ({name:?}) in Objects");
                 crate::events::maybe(
-                    ctx.events.as_ref(),
+                    ctx.shared.events.as_ref(),
                     EventType::Normal,
                     thing,
                     event::REGISTERED,
@@ -460,7 +460,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
     };
 
     // The credential, and a token renewed when due.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let name = credentials_name(thing);
     let live = secrets.get_opt(&name).await?;
     let stored = |key: &str| {
@@ -561,7 +561,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
         if delivery.is_ok() {
             status.last_delivery = Some(Time(Timestamp::now()));
         }
-        let events = ctx.events.as_ref();
+        let events = ctx.shared.events.as_ref();
         match &delivery {
             Ok(()) => {
                 let (reason, what) = if current.last_delivery.is_some() {
@@ -635,7 +635,7 @@ async fn apply(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError> 
             ),
         },
     ];
-    write_status(&ctx.client, thing, status).await?;
+    write_status(&ctx.shared.client, thing, status).await?;
     match delivery {
         Ok(()) => {}
         // Looked at again when the platform may have its addresses (its status is not
@@ -692,7 +692,7 @@ async fn deliver(
     token: &(String, i64, i64),
 ) -> Result<(), ThingError> {
     let ns = thing.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let enrollment = secret_text(
         &secrets,
         &thing.spec.agent.enrollment_secret_ref,
@@ -783,7 +783,7 @@ async fn cleanup(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError
             tracing::info!(thing = %id, "revoked and deregistered");
             let note = format!("thing {id}: its tokens revoked, deregistered from Objects");
             crate::events::maybe(
-                ctx.events.as_ref(),
+                ctx.shared.events.as_ref(),
                 EventType::Normal,
                 thing,
                 event::CLEANED_UP,
@@ -800,27 +800,7 @@ async fn cleanup(thing: &Thing, ctx: &ThingContext) -> Result<Action, ThingError
 
 /// After a failure: back off exponentially per thing (2 s doubling, at most 5 minutes).
 pub fn error_policy(thing: Arc<Thing>, error: &ThingError, ctx: Arc<ThingContext>) -> Action {
-    let delay = ctx.failures.failed(failure_key(&thing));
-    tracing::warn!(error = %error, category = error.category(), retry_in_s = delay.as_secs(), "thing reconcile failed");
-    if let Some(events) = ctx.events.clone()
-        && !matches!(error, ThingError::Delivery(_))
-    {
-        let note = format!("{error} (trying again in {} s)", delay.as_secs());
-        tokio::spawn(async move {
-            events
-                .warning(&*thing, event::RECONCILE_FAILED, &note)
-                .await;
-        });
-    }
-    Action::requeue(delay)
-}
-
-fn failure_key(thing: &Thing) -> String {
-    format!(
-        "{}/{}",
-        thing.namespace().unwrap_or_default(),
-        thing.name_any()
-    )
+    ctx.shared.failed(thing, error)
 }
 
 #[cfg(test)]

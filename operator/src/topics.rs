@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sipmba_queue::{Queue, Security, topics};
+use sipmba_queue::{Queue, QueueError, Security, topics};
 
 use crate::api::QueueSpec;
 
@@ -84,6 +84,55 @@ pub fn qualified(brokers: &[String], namespace: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why the topics could not be made or grown.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    /// `replicationFactor` beyond what Kafka takes.
+    #[error("replicationFactor {0} is too large")]
+    Replicas(i32),
+    /// No broker answered.
+    #[error("cannot reach the brokers {brokers:?}: {source}")]
+    Unreachable {
+        /// The brokers tried.
+        brokers: Vec<String>,
+        /// What the client said.
+        source: Box<QueueError>,
+    },
+    /// A broker refused or failed an operation on a topic.
+    #[error("topic {topic}: {source}")]
+    Topic {
+        /// The topic, with its prefix.
+        topic: String,
+        /// What the broker said.
+        source: Box<QueueError>,
+    },
+    /// The brokers took too long.
+    #[error("the brokers {brokers:?} did not answer within {seconds} s")]
+    Timeout {
+        /// The brokers tried.
+        brokers: Vec<String>,
+        /// The time given.
+        seconds: u64,
+    },
+    /// A Secret the log's settings name does not exist.
+    #[error("the Secret {0} the log's settings name does not exist")]
+    NoSecret(String),
+    /// A Secret the log's settings name lacks the key.
+    #[error("the Secret {secret} has no key {key}")]
+    NoKey {
+        /// The Secret.
+        secret: String,
+        /// The key.
+        key: String,
+    },
+    /// `queue.tls` names a CA or client certificate that cannot be used.
+    #[error("queue.tls: {0}")]
+    Tls(String),
+    /// `queue.sasl.mechanism` is none the client speaks.
+    #[error("queue.sasl.mechanism: {0}")]
+    Mechanism(String),
+}
+
 /// Creates or grows every topic of `spec` (reaching the brokers with `security`, the names of
 /// the platform's `namespace` [`qualified`]), giving up after `within`; an existing topic is
 /// success.
@@ -92,18 +141,21 @@ pub async fn ensure(
     namespace: &str,
     security: Security,
     within: Duration,
-) -> Result<Vec<TopicState>, String> {
+) -> Result<Vec<TopicState>, TopicsError> {
     let brokers = qualified(&spec.brokers, namespace);
     let all = wanted(spec);
     let retention: Vec<(&str, Duration)> = all.iter().map(|t| (t.name, t.retention)).collect();
     let replicas = spec
         .replication_factor
-        .map(|n| i16::try_from(n).map_err(|_| format!("replicationFactor {n} is too large")))
+        .map(|n| i16::try_from(n).map_err(|_| TopicsError::Replicas(n)))
         .transpose()?;
     let work = async {
         let queue = Queue::connect_secure(&brokers, &spec.topic_prefix, security)
             .await
-            .map_err(|e| format!("cannot reach the brokers {brokers:?}: {e}"))?
+            .map_err(|source| TopicsError::Unreachable {
+                brokers: brokers.clone(),
+                source: Box::new(source),
+            })?
             .with_replicas(replicas)
             .with_retention(&retention);
         let mut states = Vec::with_capacity(all.len());
@@ -111,12 +163,20 @@ pub async fn ensure(
             let before = match queue.partition_count(topic.name).await {
                 Ok(n) => Some(n),
                 Err(sipmba_queue::QueueError::MissingTopic(_)) => None,
-                Err(e) => return Err(format!("topic {}: {e}", queue.topic(topic.name))),
+                Err(source) => {
+                    return Err(TopicsError::Topic {
+                        topic: queue.topic(topic.name),
+                        source: Box::new(source),
+                    });
+                }
             };
             let partitions = queue
                 .ensure_partitions(topic.name, topic.partitions)
                 .await
-                .map_err(|e| format!("topic {}: {e}", queue.topic(topic.name)))?;
+                .map_err(|source| TopicsError::Topic {
+                    topic: queue.topic(topic.name),
+                    source: Box::new(source),
+                })?;
             if partitions > topic.partitions {
                 tracing::warn!(
                     topic = %queue.topic(topic.name),
@@ -134,12 +194,12 @@ pub async fn ensure(
         }
         Ok(states)
     };
-    tokio::time::timeout(within, work).await.map_err(|_| {
-        format!(
-            "the brokers {brokers:?} did not answer within {} s",
-            within.as_secs()
-        )
-    })?
+    tokio::time::timeout(within, work)
+        .await
+        .map_err(|_| TopicsError::Timeout {
+            brokers: brokers.clone(),
+            seconds: within.as_secs(),
+        })?
 }
 
 #[cfg(test)]

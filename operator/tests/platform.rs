@@ -13,6 +13,7 @@ use sipmba_operator::{
     certs,
     desired::{self, Component},
     platform::{self, Context},
+    reconcile::Failure,
 };
 
 mod common;
@@ -42,7 +43,13 @@ async fn with_broker(mut p: SipMba) -> (SipMba, sipmba_testkit::TestBroker) {
 
 fn context() -> (Arc<Context>, Handle) {
     let (client, handle) = mock_client();
-    (Arc::new(Context::new(client)), handle)
+    (
+        Arc::new(Context::new(
+            client,
+            Arc::new(sipmba_operator::metrics::Metrics::default()),
+        )),
+        handle,
+    )
 }
 
 /// The status write: the server answers with the whole resource.
@@ -372,7 +379,7 @@ async fn a_transient_failure_backs_off_exponentially_and_a_success_resets_it() {
         Duration::from_secs(300),
         "at most five minutes"
     );
-    platform::succeeded(&ctx, &p);
+    ctx.succeeded(&*p);
     let error = platform::Error::NoNamespace;
     assert_eq!(
         platform::error_policy(p, &error, ctx),

@@ -17,6 +17,7 @@ use sipmba_operator::{
     api::{SipMba, Thing},
     metrics::Metrics,
     provisioning::{self, PlatformAccess},
+    reconcile::Failure,
     thing::{self, ThingContext},
 };
 
@@ -196,7 +197,7 @@ async fn a_transient_failure_backs_off() {
         waits,
         [2, 4].map(|s| Action::requeue(Duration::from_secs(s)))
     );
-    let text = ctx.metrics.encode();
+    let text = ctx.shared.metrics.encode();
     assert!(
         text.contains(
             r#"sipmba_operator_reconciles_total{controller="thing",result="api_server"} 2"#

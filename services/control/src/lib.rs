@@ -14,7 +14,7 @@ use prost::Message;
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1::{self as pb, control_service_server::ControlService};
 use sipmba_queue::{Queue, QueueError, producer::Producer, topics};
-use sipmba_runtime::objects::{Decision, ObjectsAccess};
+use sipmba_runtime::objects::{Decision, ObjectsClient};
 use sipmba_runtime::{
     ServiceError, ServiceResult, Shutdown,
     ids::{Page, now_ms, optional_id, required_id, timestamp_from_ms, timestamp_to_ms},
@@ -62,7 +62,7 @@ pub fn access_policy() -> Vec<(&'static str, Access)> {
 struct Inner {
     store: Store,
     commands: Producer,
-    objects: ObjectsAccess,
+    objects: ObjectsClient,
     verifier: Verifier,
     limits: Settings,
     rate: RateLimiter,
@@ -174,7 +174,7 @@ impl Control {
         store: Store,
         queue: &Queue,
         partitions: i32,
-        objects: ObjectsAccess,
+        objects: ObjectsClient,
         verifier: Verifier,
         limits: Settings,
         shutdown: Shutdown,
@@ -281,9 +281,9 @@ impl Control {
         match principal.kind {
             Kind::Service => {
                 if command {
-                    match self.inner.objects.thing_state(thing).await? {
+                    match self.inner.objects.thing(thing).await? {
                         None => return Err(not_found()),
-                        Some(pb::ObjectState::Active) => {}
+                        Some(effective) if effective.active() => {}
                         Some(_) => {
                             return Err(ServiceError::FailedPrecondition(format!(
                                 "thing {thing} is disabled (itself or through its owner); enable it first"

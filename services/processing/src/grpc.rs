@@ -16,7 +16,7 @@ use sipmba_proto::v1::{
 use sipmba_runtime::{
     ServiceError, ServiceResult, Shutdown,
     ids::{Page, now_ms, required_id, timestamp_from_ms, timestamp_to_ms, valid_name},
-    objects::{Decision, ObjectsAccess},
+    objects::{Decision, ObjectsClient},
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -59,7 +59,7 @@ pub fn access_policy() -> Vec<(&'static str, Access)> {
 
 struct Inner {
     store: Store,
-    objects: ObjectsAccess,
+    objects: ObjectsClient,
     verifier: Verifier,
     live: broadcast::Sender<Arc<Vec<Incoming>>>,
     online_window: Duration,
@@ -130,7 +130,7 @@ impl Queries {
     /// The queries over `store`, authorized by `objects`; `live` carries every stored batch.
     pub fn new(
         store: Store,
-        objects: ObjectsAccess,
+        objects: ObjectsClient,
         verifier: Verifier,
         live: broadcast::Sender<Arc<Vec<Incoming>>>,
         online_window: Duration,

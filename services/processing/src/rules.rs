@@ -22,7 +22,7 @@ use sipmba_proto::v1 as pb;
 use sipmba_runtime::{
     ServiceError, ServiceResult, Shutdown,
     ids::now_ms,
-    objects::{ObjectsAccess, ServiceToken},
+    objects::{ObjectsClient, ServiceToken},
 };
 use tokio::sync::Notify;
 use tonic::{Code, transport::Channel};
@@ -471,7 +471,7 @@ impl ControlClient {
 
 struct Inner {
     db: DatabaseConnection,
-    objects: ObjectsAccess,
+    objects: ObjectsClient,
     snapshot: RwLock<Arc<Snapshot>>,
     /// A rule changed: resolve again now.
     changed: Notify,
@@ -499,7 +499,7 @@ impl Rules {
     /// of the partitions `ownership` assigns through `control`, until `shutdown`.
     pub async fn start(
         db: DatabaseConnection,
-        objects: ObjectsAccess,
+        objects: ObjectsClient,
         control: ControlClient,
         ownership: Ownership,
         refresh: Duration,
@@ -544,7 +544,7 @@ impl Rules {
     }
 
     /// The Objects client rules are authorized with.
-    pub fn objects(&self) -> &ObjectsAccess {
+    pub fn objects(&self) -> &ObjectsClient {
         &self.inner.objects
     }
 

@@ -20,11 +20,7 @@ impl Sso {
     /// Registers a root user with a password.
     pub async fn register(&self, username: &str, password: &str) -> ServiceResult<Uuid> {
         secrets::check_password("password", password)?;
-        let user = self
-            .inner
-            .objects
-            .create_root_user(&self.inner.keys, username)
-            .await?;
+        let user = self.inner.objects.create_root_user(username).await?;
         self.set_password(user, username, password).await?;
         tracing::info!(%user, "registered a root user");
         Ok(user)
@@ -127,7 +123,7 @@ impl Sso {
         let username = self
             .inner
             .objects
-            .username(&self.inner.keys, as_caller, user)
+            .username(as_caller, user)
             .await?
             .ok_or_else(|| ServiceError::not_found(format!("user {user} not found")))?;
         self.set_password(user, &username, password).await?;
@@ -185,7 +181,7 @@ impl Sso {
             Kind::User => {
                 self.inner
                     .objects
-                    .controls_thing(&self.inner.keys, caller.subject, thing)
+                    .controls_thing(caller.subject, thing)
                     .await?
             }
             Kind::Service => caller.has_scope(scopes::OBJECTS_ADMIN),
@@ -194,11 +190,12 @@ impl Sso {
         if !allowed {
             return Err(ServiceError::not_found(format!("thing {thing} not found")));
         }
-        let Some((_, owner)) = self
+        let Some(owner) = self
             .inner
             .objects
-            .thing_active(&self.inner.keys, thing)
+            .thing(thing)
             .await?
+            .and_then(|effective| effective.owner)
         else {
             return Err(ServiceError::not_found(format!("thing {thing} not found")));
         };

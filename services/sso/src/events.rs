@@ -46,11 +46,7 @@ impl Sso {
 
     async fn follow_once(&self) -> ServiceResult<()> {
         let after = u64::try_from(self.cursor(FEED).await?).unwrap_or(0);
-        let mut stream = self
-            .inner
-            .objects
-            .watch_events(&self.inner.keys, after)
-            .await?;
+        let mut stream = self.inner.objects.watch_events(after).await?;
         while let Some(event) = stream
             .message()
             .await

@@ -150,8 +150,9 @@ impl Sso {
         match self
             .inner
             .objects
-            .user_active(&self.inner.keys, user)
+            .user(user)
             .await?
+            .map(|effective| effective.active())
         {
             Some(true) => Ok(()),
             Some(false) => Err(OAuthError::invalid_grant(
@@ -364,14 +365,9 @@ impl Sso {
         let allowed: Vec<&str> = client.scopes.split_whitespace().collect();
         let scopes = resolve_scopes(scope, &allowed)?;
         let (kind, owner) = if client.kind == kind_number(Kind::Thing) {
-            match self
-                .inner
-                .objects
-                .thing_active(&self.inner.keys, client.subject)
-                .await?
-            {
-                Some((true, owner)) => (Kind::Thing, Some(owner)),
-                Some((false, _)) => {
+            match self.inner.objects.thing(client.subject).await? {
+                Some(effective) if effective.active() => (Kind::Thing, effective.owner),
+                Some(_) => {
                     return Err(OAuthError::invalid_grant(
                         "the thing is disabled, or its owner (or a user above it) is",
                     ));

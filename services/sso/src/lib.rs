@@ -32,7 +32,7 @@ pub use objects::SSO_SERVICE_ID;
 pub use revocation::Introspection;
 use sea_orm::DatabaseConnection;
 use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
-use sipmba_runtime::{ServiceError, ServiceResult};
+use sipmba_runtime::{ServiceError, ServiceResult, objects::ObjectsClient};
 
 /// Settings of the SSO service.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ impl SsoConfig {
 pub(crate) struct Inner {
     pub(crate) db: DatabaseConnection,
     pub(crate) keys: Arc<keys::KeyRing>,
-    pub(crate) objects: objects::ObjectsClient,
+    pub(crate) objects: ObjectsClient,
     pub(crate) config: SsoConfig,
     pub(crate) revocations: Revocations,
     pub(crate) verifier: Verifier,
@@ -155,11 +155,10 @@ impl Sso {
     ) -> ServiceResult<Self> {
         let keep_retired =
             i64::try_from(config.longest_access_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
-        let keys = keys::KeyRing::load(db.clone(), keep_retired).await?;
-        let objects = objects::ObjectsClient::new(
+        let keys = Arc::new(keys::KeyRing::load(db.clone(), keep_retired).await?);
+        let objects = ObjectsClient::new(
             &config.objects_url,
-            &config.issuer,
-            &config.audience,
+            objects::own_token(keys.clone(), &config.issuer, &config.audience),
             &config.peer_ca,
         )?;
         let cost = config.password_cost;
@@ -167,7 +166,6 @@ impl Sso {
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?
             .map_err(ServiceError::Internal)?;
-        let keys = Arc::new(keys);
         let ring = keys.clone();
         let source = JwksSource::Local(Arc::new(move || ring.jwks()));
         let verifier = Verifier::new(

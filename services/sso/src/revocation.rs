@@ -44,20 +44,18 @@ impl Sso {
     pub async fn introspect(&self, token: &str) -> Result<Introspection, OAuthError> {
         if let Ok(p) = self.inner.verifier.verify(token).await {
             let active = match p.kind {
-                Kind::User => {
-                    self.inner
-                        .objects
-                        .user_active(&self.inner.keys, p.subject)
-                        .await?
-                        == Some(true)
-                }
-                Kind::Thing => matches!(
-                    self.inner
-                        .objects
-                        .thing_active(&self.inner.keys, p.subject)
-                        .await?,
-                    Some((true, _))
-                ),
+                Kind::User => self
+                    .inner
+                    .objects
+                    .user(p.subject)
+                    .await?
+                    .is_some_and(|effective| effective.active()),
+                Kind::Thing => self
+                    .inner
+                    .objects
+                    .thing(p.subject)
+                    .await?
+                    .is_some_and(|effective| effective.active()),
                 Kind::Service => true,
             };
             if !active {
@@ -88,12 +86,12 @@ impl Sso {
         if row.revoked || row.used_ms.is_some() || row.expires_ms <= now {
             return Ok(Introspection::default());
         }
-        if self
+        if !self
             .inner
             .objects
-            .user_active(&self.inner.keys, row.user_id)
+            .user(row.user_id)
             .await?
-            != Some(true)
+            .is_some_and(|effective| effective.active())
         {
             return Ok(Introspection::default());
         }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use sipmba_auth::peer_tls::PeerCa;
 use sipmba_runtime::{
     Config, ServiceIdentity,
-    objects::{ObjectsAccess, ServiceToken},
+    objects::{ObjectsClient, ServiceToken},
 };
 
 use super::Failure;
@@ -20,7 +20,7 @@ pub(super) async fn objects_access(
     peer_ca: &PeerCa,
     sso: Option<&sipmba_sso::Sso>,
     extra: &[&str],
-) -> Result<(ObjectsAccess, ServiceToken), Failure> {
+) -> Result<(ObjectsClient, ServiceToken), Failure> {
     let mut scopes = vec![sipmba_auth::scopes::OBJECTS_AUTHORIZE];
     scopes.extend_from_slice(extra);
     let section = identity.section;
@@ -64,7 +64,7 @@ pub(super) async fn objects_access(
     .map_err(|e| Failure::Runtime(anyhow::anyhow!("{section}'s credentials: {e}")))?;
     let objects_url = identity.objects_url.clone().unwrap_or(own);
     let token = ServiceToken::Credentials(Arc::new(credentials));
-    let objects = ObjectsAccess::new(&objects_url, token.clone(), peer_ca)
+    let objects = ObjectsClient::new(&objects_url, token.clone(), peer_ca)
         .map_err(|e| Failure::Usage(format!("invalid setting `{section}.objects_url`: {e}")))?;
     Ok((objects, token))
 }

@@ -1,0 +1,243 @@
+//! Revocation: a disabled subtree's tokens end within a second, here and, through the log, in other
+//! services.
+
+use super::*;
+
+sipmba_testkit::on_both_databases!(
+    disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second,
+    revocations_reach_other_services_through_the_log_within_a_second,
+);
+
+async fn disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second(backend: Backend) {
+    let p = start(backend).await;
+    let root = p
+        .sso
+        .register("org-root", "org root password")
+        .await
+        .unwrap();
+    let root_login = p.login("org-root", "org root password").await.unwrap();
+    let root_token = root_login.access_token().secret().clone();
+    let mut users = pb::user_service_client::UserServiceClient::new(p.channel.clone());
+    let team = users
+        .create_user(with_token(
+            &root_token,
+            pb::CreateUserRequest {
+                username: "org-team".into(),
+                parent: Some(pb::UserId {
+                    value: root.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let team_id = Uuid::parse_str(&team.id.unwrap().value).unwrap();
+    let member = users
+        .create_user(with_token(
+            &root_token,
+            pb::CreateUserRequest {
+                username: "org-member".into(),
+                parent: Some(pb::UserId {
+                    value: team_id.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let member_id = Uuid::parse_str(&member.id.unwrap().value).unwrap();
+    p.sso
+        .set_password(member_id, "org-member", "member password")
+        .await
+        .unwrap();
+    let member_login = p.login("org-member", "member password").await.unwrap();
+    let member_token = member_login.access_token().secret().clone();
+    let thing = pb::thing_service_client::ThingServiceClient::new(p.channel.clone())
+        .create_thing(with_token(
+            &member_token,
+            pb::CreateThingRequest {
+                name: "member-pi".into(),
+                owner: None,
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let thing_id = Uuid::parse_str(&thing.id.unwrap().value).unwrap();
+    let member_principal = p.sso.verifier().verify(&member_token).await.unwrap();
+    let (client_id, secret) = p
+        .sso
+        .issue_thing_secret(&member_principal, thing_id)
+        .await
+        .unwrap();
+    let thing_token = p
+        .client(&client_id, Some(&secret))
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .unwrap();
+    let thing_token = thing_token.access_token().secret().clone();
+
+    // The root disables the team: the member (two levels down) and the member's thing lose
+    // their live tokens.
+    users
+        .disable_user(with_token(
+            &root_token,
+            pb::DisableUserRequest {
+                id: Some(pb::UserId {
+                    value: team_id.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let disabled_at = std::time::Instant::now();
+    let verifier = p.sso.verifier();
+    loop {
+        let member = verifier.verify(&member_token).await;
+        let thing = verifier.verify(&thing_token).await;
+        if matches!(member, Err(AuthError::Revoked)) && matches!(thing, Err(AuthError::Revoked)) {
+            break;
+        }
+        assert!(
+            disabled_at.elapsed() < Duration::from_secs(1),
+            "not revoked within a second: {member:?} {thing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The refresh token is dead too, and the root is untouched.
+    let refresh = p
+        .client("sipmba-cli", None)
+        .exchange_refresh_token(member_login.refresh_token().unwrap())
+        .request_async(&http)
+        .await
+        .map_err(oauth_error)
+        .unwrap_err();
+    assert_eq!(refresh, BasicErrorResponseType::InvalidGrant);
+    assert!(verifier.verify(&root_token).await.is_ok());
+}
+
+async fn revocations_reach_other_services_through_the_log_within_a_second(backend: Backend) {
+    use sipmba_queue::{
+        Queue,
+        revocations::{RevocationPublisher, follow},
+    };
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    let p = start(backend).await;
+    let broker = sipmba_testkit::TestBroker::start().await.unwrap();
+    let queue = Queue::connect(&broker.brokers(), &broker.prefix)
+        .await
+        .unwrap();
+    p.sso.publish_revocations(
+        RevocationPublisher::new(queue.clone()).await.unwrap(),
+        p.shutdown.clone(),
+    );
+
+    // Another service: its own revocation list, fed by the topic, and the JWKS over HTTP.
+    let service = |queue: Queue| {
+        let revocations = Revocations::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        tokio::spawn(follow(
+            queue,
+            revocations.clone(),
+            ready.clone(),
+            p.shutdown.clone().wait(),
+        ));
+        let config = VerifierConfig::new(
+            JwksSource::Url(format!("{}/.well-known/jwks.json", p.base)),
+            &p.base,
+            AUDIENCE,
+        );
+        (Verifier::new(config, revocations).unwrap(), ready)
+    };
+    let (other, ready) = service(queue.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ready.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    p.sso
+        .register("log-user", "log user password")
+        .await
+        .unwrap();
+    let first = p.login("log-user", "log user password").await.unwrap();
+    let second = p.login("log-user", "log user password").await.unwrap();
+    let access = first.access_token().secret().clone();
+    assert!(other.verify(&access).await.is_ok());
+
+    let refused_within_a_second = |verifier: Verifier, token: String| async move {
+        let started = std::time::Instant::now();
+        loop {
+            match verifier.verify(&token).await {
+                Err(AuthError::Revoked) => return started.elapsed(),
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "still accepted after a second: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // One token (RFC 7009 over HTTP).
+    reqwest::Client::new()
+        .post(format!("{}/oauth2/revoke", p.base))
+        .form(&[("token", access.as_str())])
+        .send()
+        .await
+        .unwrap();
+    refused_within_a_second(other.clone(), access.clone()).await;
+    assert!(
+        other.verify(second.access_token().secret()).await.is_ok(),
+        "only that token"
+    );
+
+    // A whole subject: disabling the user in Objects.
+    let admin = p.admin_token().await;
+    let user = p
+        .sso
+        .verifier()
+        .verify(second.access_token().secret())
+        .await
+        .unwrap()
+        .subject;
+    pb::user_service_client::UserServiceClient::new(p.channel.clone())
+        .disable_user(with_token(
+            &admin,
+            pb::DisableUserRequest {
+                id: Some(pb::UserId {
+                    value: user.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    refused_within_a_second(other.clone(), second.access_token().secret().clone()).await;
+
+    // A service that starts later learns every live revocation before it is ready.
+    let (late, late_ready) = service(queue);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !late_ready.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late follower never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        late.verify(&access).await,
+        Err(AuthError::Revoked)
+    ));
+    assert!(matches!(
+        late.verify(second.access_token().secret()).await,
+        Err(AuthError::Revoked)
+    ));
+}
