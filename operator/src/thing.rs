@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     hash::{Hash, Hasher},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -29,17 +29,20 @@ use kube::{
     },
 };
 use serde_json::json;
-use sipmba_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::{
     api::{SipMba, Thing, ThingStatus},
-    desired::{self, Component},
+    desired,
     events::{EventType, reason as event},
     platform::MANAGER,
-    provisioning::{self, Operator, PlatformAccess, ProvisionError},
+    provisioning::{Operator, PlatformAccess, ProvisionError},
     reconcile::{Failure, Shared},
 };
+
+mod agent;
+use agent::deliver;
+pub use agent::{agent_outside, agent_urls, in_cluster};
 
 /// The `app.kubernetes.io/component` label of a thing's credentials Secret (the Thing
 /// controller watches these Secrets, and no others).
@@ -116,71 +119,6 @@ impl ThingContext {
         self.agent_urls = Some(agent_urls);
         self
     }
-}
-
-/// The in-cluster addresses of a platform's sso and Objects.
-pub fn in_cluster(platform: &SipMba) -> PlatformAccess {
-    PlatformAccess {
-        sso_url: desired::url(platform, Component::Sso),
-        objects_url: desired::url(platform, Component::Objects),
-        ca: None,
-    }
-}
-
-/// Whether the thing's agent runs outside the cluster: `spec.agent.network`, or else its
-/// endpoint's host is not a Service name (one without a dot, or one under `.svc`).
-pub fn agent_outside(thing: &Thing) -> bool {
-    match thing.spec.agent.network.as_deref() {
-        Some(network) => network == "External",
-        None => {
-            let host = thing
-                .spec
-                .agent
-                .endpoint
-                .parse::<tonic::codegen::http::Uri>()
-                .ok()
-                .and_then(|u| u.host().map(str::to_owned))
-                .unwrap_or_default();
-            let service = !host.contains('.') || host.ends_with(".svc") || host.contains(".svc.");
-            !service
-        }
-    }
-}
-
-/// Where the thing's agent reaches Collect and sso, `(collect, sso)`: the in-cluster URLs for
-/// an agent in the cluster; for one outside, the platform's external URLs (`status.external`),
-/// or why there are none.
-pub fn agent_urls(thing: &Thing, platform: &SipMba) -> Result<(String, String), String> {
-    if !agent_outside(thing) {
-        return Ok((
-            desired::url(platform, Component::Collect),
-            desired::url(platform, Component::Sso),
-        ));
-    }
-    let external = platform.status.as_ref().and_then(|s| s.external.as_ref());
-    let known = |component: Component, url: Option<&String>| -> Result<String, String> {
-        let name = component.name();
-        let platform_name = platform.name_any();
-        match (crate::exposure::exposed(platform, component).is_some(), url) {
-            (_, Some(url)) => Ok(url.clone()),
-            (false, None) => Err(format!(
-                "the agent at {} is outside the cluster, and SipMba {platform_name} does not \
-                 expose {name} (spec.exposure.{name}): it could not reach the in-cluster address",
-                thing.spec.agent.endpoint
-            )),
-            (true, None) => Err(format!(
-                "the agent is outside the cluster, and the address of SipMba {platform_name}'s \
-                 {name} outside it is not known yet (see the SipMba's Exposed condition)"
-            )),
-        }
-    };
-    Ok((
-        known(
-            Component::Collect,
-            external.and_then(|e| e.collect.as_ref()),
-        )?,
-        known(Component::Sso, external.and_then(|e| e.sso.as_ref()))?,
-    ))
 }
 
 /// Why a Thing reconcile failed.
@@ -662,98 +600,6 @@ enum Undelivered {
     Failed(ThingError),
 }
 
-/// The text under `reference`, or a configuration error naming what is missing.
-async fn secret_text(
-    secrets: &Api<Secret>,
-    reference: &crate::api::SecretKeyRef,
-    what: &str,
-) -> Result<String, ThingError> {
-    Ok(secrets
-        .get_opt(&reference.name)
-        .await?
-        .and_then(|s| crate::certs::secret_value(&s, &reference.key))
-        .ok_or_else(|| {
-            ProvisionError::Config(format!(
-                "{what} {}/{} is missing",
-                reference.name, reference.key
-            ))
-        })?)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    thing: &Thing,
-    ctx: &ThingContext,
-    platform: &SipMba,
-    ca: Option<&[u8]>,
-    (collect, sso): (String, String),
-    id: Uuid,
-    (client_id, client_secret): (&str, &str),
-    token: &(String, i64, i64),
-) -> Result<(), ThingError> {
-    let ns = thing.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let enrollment = secret_text(
-        &secrets,
-        &thing.spec.agent.enrollment_secret_ref,
-        "the enrollment secret",
-    )
-    .await?;
-    // The agent verifies the platform's certificates with the platform CA, and, outside the
-    // cluster, with the CA of whatever ends TLS at the exposed address.
-    let mut bundle = ca.map(|c| String::from_utf8_lossy(c).into_owned());
-    if agent_outside(thing) {
-        for component in crate::exposure::EXPOSABLE {
-            if let Some(reference) =
-                crate::exposure::exposed(platform, component).and_then(|e| e.ca_secret_ref.as_ref())
-            {
-                let pem = secret_text(&secrets, reference, "the exposure's CA").await?;
-                let bundle = bundle.get_or_insert_with(String::new);
-                if !bundle.contains(pem.trim()) {
-                    if !bundle.is_empty() && !bundle.ends_with('\n') {
-                        bundle.push('\n');
-                    }
-                    bundle.push_str(pem.trim());
-                    bundle.push('\n');
-                }
-            }
-        }
-    }
-    let request = pb::ProvisionRequest {
-        thing: Some(pb::ThingId {
-            value: id.to_string(),
-        }),
-        access_token: token.0.clone(),
-        token_expires: Some(prost_types::Timestamp {
-            seconds: token.2,
-            nanos: 0,
-        }),
-        collect_endpoint: collect,
-        ca_certificate_pem: bundle,
-        client_id: client_id.to_owned(),
-        // The agent renews its own token between deliveries.
-        client_secret: Some(client_secret.to_owned()),
-        token_endpoint: Some(sso),
-        ..Default::default()
-    };
-    let answer = provisioning::deliver(
-        &thing.spec.agent.endpoint,
-        enrollment.trim().as_bytes(),
-        ca,
-        request,
-    )
-    .await?;
-    // Not accepted: the agent held exactly these already (a delivery whose status write was
-    // lost); it has the current token all the same.
-    tracing::info!(
-        thing = %id,
-        at = ?SystemTime::now(),
-        new = answer.accepted,
-        "delivered the thing's credentials"
-    );
-    Ok(())
-}
-
 fn owner_reference(thing: &Thing) -> OwnerReference {
     OwnerReference {
         api_version: Thing::api_version(&()).into_owned(),
@@ -804,139 +650,4 @@ pub fn error_policy(thing: Arc<Thing>, error: &ThingError, ctx: Arc<ThingContext
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{agent_outside, agent_urls, renew_at};
-    use crate::api::{ExposedService, ExposureSpec, ExternalUrls, SipMba, SipMbaStatus, Thing};
-
-    fn thing(endpoint: &str, network: Option<&str>) -> Thing {
-        let mut thing: Thing =
-            serde_yaml::from_str(include_str!("../../charts/sipmba/examples/thing.yaml"))
-                .expect("the example thing");
-        thing.spec.agent.endpoint = endpoint.into();
-        thing.spec.agent.network = network.map(Into::into);
-        thing
-    }
-
-    fn platform() -> SipMba {
-        let mut platform: SipMba =
-            serde_yaml::from_str(include_str!("../../charts/sipmba/examples/sipmba.yaml"))
-                .expect("the example platform");
-        platform.metadata.namespace = Some("iot".into());
-        platform.spec.exposure = None;
-        platform
-    }
-
-    #[test]
-    fn an_agent_is_outside_unless_its_endpoint_names_a_service() {
-        for inside in [
-            "http://e2e-agent:7443",
-            "http://e2e-agent.iot.svc:7443",
-            "https://e2e-agent.iot.svc.cluster.local:7443",
-        ] {
-            assert!(!agent_outside(&thing(inside, None)), "{inside}");
-        }
-        for outside in [
-            "https://greenhouse-7.local:7443",
-            "https://192.168.1.20:7443",
-            "http://pi.example.com:7443",
-        ] {
-            assert!(agent_outside(&thing(outside, None)), "{outside}");
-        }
-        assert!(!agent_outside(&thing(
-            "https://192.168.1.20:7443",
-            Some("Cluster")
-        )));
-        assert!(agent_outside(&thing(
-            "http://e2e-agent:7443",
-            Some("External")
-        )));
-    }
-
-    #[test]
-    fn an_agent_outside_gets_the_external_urls_or_a_plain_reason() {
-        let mut p = platform();
-        let inside = thing("http://e2e-agent.iot.svc:7443", None);
-        assert_eq!(
-            agent_urls(&inside, &p),
-            Ok((
-                "https://demo-collect.iot.svc:7400".into(),
-                "https://demo-sso.iot.svc:7400".into()
-            ))
-        );
-        let pi = thing("https://192.168.1.20:7443", None);
-        let why = agent_urls(&pi, &p).expect_err("no exposure");
-        assert!(
-            why.contains("outside the cluster") && why.contains("spec.exposure.collect"),
-            "{why}"
-        );
-
-        let node_port = |host: &str| ExposedService {
-            type_: "NodePort".into(),
-            host: Some(host.into()),
-            port: None,
-            annotations: Default::default(),
-            ingress_class_name: None,
-            tls_secret_name: None,
-            ca_secret_ref: None,
-        };
-        p.spec.exposure = Some(ExposureSpec {
-            collect: Some(node_port("203.0.113.5")),
-            sso: Some(node_port("203.0.113.5")),
-        });
-        let why = agent_urls(&pi, &p).expect_err("the node ports are not known yet");
-        assert!(why.contains("not known yet"), "{why}");
-        p.status = Some(SipMbaStatus {
-            external: Some(ExternalUrls {
-                collect: Some("https://203.0.113.5:31001".into()),
-                sso: Some("https://203.0.113.5:31002".into()),
-            }),
-            ..SipMbaStatus::default()
-        });
-        assert_eq!(
-            agent_urls(&pi, &p),
-            Ok((
-                "https://203.0.113.5:31001".into(),
-                "https://203.0.113.5:31002".into()
-            ))
-        );
-        assert_eq!(
-            agent_urls(&inside, &p).map(|u| u.0),
-            Ok("https://demo-collect.iot.svc:7400".into()),
-            "an agent in the cluster keeps the in-cluster address"
-        );
-    }
-
-    #[test]
-    fn a_token_is_renewed_when_a_fifth_of_its_life_is_left_capped_by_token_seconds() {
-        assert_eq!(renew_at(1_000, 4_600, None, 0), 3_880);
-        assert_eq!(renew_at(1_000, 4_600, Some(600), 0), 1_480);
-        assert_eq!(
-            renew_at(1_000, 4_600, Some(86_400), 0),
-            3_880,
-            "a cap above the lifetime changes nothing"
-        );
-        // Spread over a tenth of the life before that: 3,600 s of life, up to 360 s earlier.
-        assert_eq!(renew_at(1_000, 4_600, None, 500), 3_700);
-        assert_eq!(renew_at(1_000, 4_600, None, 999), 3_521);
-    }
-
-    #[test]
-    fn things_created_together_renew_spread_over_a_tenth_of_the_life() {
-        let mut places = std::collections::BTreeSet::new();
-        for n in 0..1000 {
-            let mut t = thing("https://192.168.1.20:7443", None);
-            t.metadata.uid = Some(format!("7d1f0a52-3b44-4c55-9d66-{n:012}"));
-            let place = super::spread(&t);
-            assert!(place < 1000);
-            assert_eq!(place, super::spread(&t), "fixed per thing");
-            places.insert(renew_at(0, 3_600, None, place));
-        }
-        // 1,000 things issued at once renew over 360 s, no second taking more than a few.
-        assert!(
-            places.len() > 250,
-            "{} distinct renewal seconds",
-            places.len()
-        );
-        assert!(*places.first().unwrap() >= 2_880 - 360 && *places.last().unwrap() <= 2_880);
-    }
-}
+mod tests;

@@ -3,7 +3,9 @@
 //! resends everything else. Pending commands go down the same stream (see [`inbox`]), and the
 //! thing's acknowledgements of them come back up.
 
+mod grpc;
 pub mod inbox;
+mod session;
 pub mod settings;
 pub mod store;
 pub mod validate;
@@ -18,16 +20,14 @@ use std::{
 
 use futures::FutureExt as _;
 use prost::Message;
+use session::{CommandSession, GROUP_BATCHES, Recording, recorded, wake};
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
-use sipmba_proto::v1::{
-    self as pb, collect_service_server::CollectService, session_request, session_response,
-};
+use sipmba_proto::v1::{self as pb, session_request, session_response};
 use sipmba_queue::producer::Producer;
 use sipmba_runtime::{ServiceError, ServiceResult, Shutdown, ids::timestamp_from_ms};
 use store::AckStore;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use uuid::Uuid;
 
 /// Default name of the telemetry topic.
@@ -614,176 +614,5 @@ impl Collect {
             sessions.remove(&thing);
         }
         self.inner.metrics.sessions.set(sessions.len() as i64);
-    }
-}
-
-/// A committed group's position being recorded: the seq to acknowledge once it is.
-type Recording = tokio::task::JoinHandle<ServiceResult<u64>>;
-
-/// Waits for `recording` (forever when there is none) and says what to acknowledge.
-async fn recorded(recording: Option<&mut Recording>) -> Result<u64, Status> {
-    let Some(recording) = recording else {
-        return std::future::pending().await;
-    };
-    match recording.await {
-        Ok(Ok(seq)) => Ok(seq),
-        Ok(Err(e)) => Err(Status::from(e)),
-        Err(e) => Err(Status::internal(format!(
-            "recording the acknowledged position failed: {e}"
-        ))),
-    }
-}
-
-/// Waits for a command to arrive for the session; never, for a session without commands.
-async fn wake(notify: Option<&tokio::sync::Notify>) {
-    match notify {
-        Some(n) => n.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The commands of one session: delivered at most `window` unacknowledged at a time, each at most
-/// once per session.
-struct CommandSession {
-    inbox: inbox::Inbox,
-    thing: Uuid,
-    wake: Arc<tokio::sync::Notify>,
-    window: usize,
-    /// Delivered in this session.
-    sent: HashSet<Uuid>,
-    /// Delivered in this session and not acknowledged.
-    outstanding: HashSet<Uuid>,
-}
-
-/// Most batches (of the largest size) one group commit gathers.
-const GROUP_BATCHES: usize = 8;
-
-/// Longest detail a thing may attach to an acknowledgement.
-const MAX_ACK_DETAIL: usize = 1024;
-
-impl CommandSession {
-    /// Sends pending commands up to the window; false when the stream is gone.
-    async fn deliver(&mut self, tx: &mpsc::Sender<Result<pb::SessionResponse, Status>>) -> bool {
-        let room = self.window.saturating_sub(self.outstanding.len());
-        if room == 0 {
-            return true;
-        }
-        for command in self.inbox.next_for(self.thing, &self.sent, room) {
-            let delivery = session_response::Frame::Command(command.delivery());
-            if tx
-                .send(Ok(pb::SessionResponse {
-                    frame: Some(delivery),
-                }))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            self.sent.insert(command.id);
-            self.outstanding.insert(command.id);
-            self.inbox.delivered(self.thing, command.id).await;
-        }
-        true
-    }
-
-    /// Records the thing's outcome of a command.
-    async fn acknowledge(&mut self, ack: &session_request::CommandAck) -> Result<(), Status> {
-        let command = sipmba_runtime::ids::required_id("command_ack.command", ack.command.as_ref())
-            .map_err(Status::from)?;
-        let state = match pb::CommandOutcome::try_from(ack.outcome) {
-            Ok(pb::CommandOutcome::Acked) => pb::CommandState::Acked,
-            Ok(pb::CommandOutcome::Failed) => pb::CommandState::Failed,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "command_ack.outcome must be COMMAND_OUTCOME_ACKED or COMMAND_OUTCOME_FAILED",
-                ));
-            }
-        };
-        if ack.detail.len() > MAX_ACK_DETAIL {
-            return Err(Status::invalid_argument(format!(
-                "command_ack.detail is {} bytes; at most {MAX_ACK_DETAIL}",
-                ack.detail.len()
-            )));
-        }
-        self.outstanding.remove(&command);
-        match self.inbox.lookup(self.thing, command) {
-            inbox::Lookup::Pending => self
-                .inbox
-                .finish(self.thing, command, state, &ack.detail)
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!(
-                        "the acknowledgement of command {command} was not recorded ({e}); send it again"
-                    ))
-                }),
-            // Too late, finished already, or not this thing's: nothing to record.
-            inbox::Lookup::Expired | inbox::Lookup::Unknown => {
-                tracing::debug!(thing = %self.thing, %command, "acknowledgement of a command that is not pending; ignored");
-                Ok(())
-            }
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl CollectService for Collect {
-    type SessionStream = ReceiverStream<Result<pb::SessionResponse, Status>>;
-
-    async fn session(
-        &self,
-        req: Request<Streaming<pb::SessionRequest>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let principal = Principal::from_request(&req)?.clone();
-        let thing = thing_of(&principal).map_err(Status::from)?;
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(
-            self.clone()
-                .run_session(principal, thing, req.into_inner(), tx),
-        );
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn publish(
-        &self,
-        req: Request<Streaming<pb::PublishRequest>>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
-        let principal = Principal::from_request(&req)?.clone();
-        let thing = thing_of(&principal).map_err(Status::from)?;
-        let mut inbound = req.into_inner();
-        let mut acked = self.inner.acks.acked(thing).await.map_err(Status::from)?;
-        let mut previous = 0;
-        let mut accepted = 0;
-        while let Some(message) = inbound.message().await? {
-            self.check_token(&principal)?;
-            previous = validate::batch(&message.readings, previous, &self.inner.limits)
-                .map_err(Status::from)?;
-            if let Err(wait) = self.take_budget(thing, message.readings.len()) {
-                return Err(sipmba_runtime::exhausted(
-                    &format!(
-                        "over the rate of {} readings per second for one thing; {accepted} readings up to seq {acked} are committed; retry the rest in {} ms",
-                        self.inner.limits.readings_per_second,
-                        wait.as_millis()
-                    ),
-                    wait,
-                ));
-            }
-            let (highest, new) = self
-                .commit(thing, message.readings, acked)
-                .await
-                .map_err(Status::from)?;
-            if highest > acked {
-                self.inner
-                    .acks
-                    .advance(thing, highest)
-                    .await
-                    .map_err(Status::from)?;
-            }
-            acked = highest;
-            accepted += new;
-        }
-        Ok(Response::new(pb::PublishResponse {
-            acked_seq: acked,
-            accepted,
-        }))
     }
 }

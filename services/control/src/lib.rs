@@ -3,16 +3,17 @@
 //! `sipmba.commands` and `sipmba.command-events` into its database to answer GetCommand,
 //! ListCommands and WatchCommand (commands issued by processing rules included).
 
+mod grpc;
 pub mod settings;
 pub mod store;
 
 pub use settings::Settings;
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use prost::Message;
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
-use sipmba_proto::v1::{self as pb, control_service_server::ControlService};
+use sipmba_proto::v1 as pb;
 use sipmba_queue::{Queue, QueueError, producer::Producer, topics};
 use sipmba_runtime::objects::{Decision, ObjectsClient};
 use sipmba_runtime::{
@@ -22,8 +23,7 @@ use sipmba_runtime::{
 };
 use store::{Change, CommandRow, Store, commands};
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status};
+use tonic::Status;
 use uuid::Uuid;
 
 /// Longest command name.
@@ -668,51 +668,5 @@ impl Control {
             .verifier
             .still_valid(principal)
             .map_err(|lapsed| lapsed.status("while watching"))
-    }
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Command, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl ControlService for Control {
-    type WatchCommandStream = WatchStream;
-
-    async fn send_command(
-        &self,
-        req: Request<pb::SendCommandRequest>,
-    ) -> Result<Response<pb::Command>, Status> {
-        let principal = Principal::from_request(&req)?.clone();
-        Ok(Response::new(self.send(&principal, req.get_ref()).await?))
-    }
-
-    async fn get_command(
-        &self,
-        req: Request<pb::GetCommandRequest>,
-    ) -> Result<Response<pb::Command>, Status> {
-        let principal = Principal::from_request(&req)?.clone();
-        let id = required_id("id", req.get_ref().id.as_ref())?;
-        let row = self.get(&principal, id).await?;
-        Ok(Response::new(to_pb(&row, now_ms())))
-    }
-
-    async fn list_commands(
-        &self,
-        req: Request<pb::ListCommandsRequest>,
-    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
-        let principal = Principal::from_request(&req)?.clone();
-        Ok(Response::new(self.list(&principal, req.get_ref()).await?))
-    }
-
-    async fn watch_command(
-        &self,
-        req: Request<pb::WatchCommandRequest>,
-    ) -> Result<Response<Self::WatchCommandStream>, Status> {
-        let principal = Principal::from_request(&req)?.clone();
-        let id = required_id("id", req.get_ref().id.as_ref())?;
-        // Errors before the first state end the call itself.
-        self.get(&principal, id).await?;
-        let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(self.clone().watch(principal, id, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -18,9 +18,9 @@ use sipmba_runtime::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::rules::{
-    PENDING, REFUSED, Rules, decode_selector, definitions as rules, encode_selector, firings,
-    states,
+use crate::{
+    entity::{definitions as rules, firings, states},
+    rules::{PENDING, REFUSED, Rules, decode_selector, encode_selector},
 };
 
 /// Longest rule name.

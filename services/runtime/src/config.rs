@@ -11,7 +11,8 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
+mod sections;
+pub use sections::*;
 
 /// A setting that cannot be used: which one, and why.
 #[derive(Debug, thiserror::Error)]
@@ -171,69 +172,6 @@ pub struct ServiceIdentity {
     pub client_secret_file: Option<PathBuf>,
 }
 
-/// `[queue]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueSection {
-    /// Bootstrap brokers, host:port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub brokers: Option<Vec<String>>,
-    /// Put in front of every topic name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic_prefix: Option<String>,
-    /// Partitions of the command topics when they are created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command_partitions: Option<i32>,
-    /// Retention of the telemetry topic, in hours.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub telemetry_retention_hours: Option<u64>,
-    /// Retention of the command topics, in hours.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command_retention_hours: Option<u64>,
-    /// Retention of the revocation topic, in hours.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation_retention_hours: Option<u64>,
-    /// Copies of each partition of the topics the platform creates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication_factor: Option<i64>,
-    /// `[queue.tls]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<QueueTlsSection>,
-    /// `[queue.sasl]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sasl: Option<QueueSaslSection>,
-}
-
-/// `[queue.tls]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueTlsSection {
-    /// PEM file of the brokers' CA.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM key of `cert_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
-/// `[queue.sasl]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueSaslSection {
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mechanism: Option<String>,
-    /// The SASL user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// The file holding the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-}
-
 /// TLS to the brokers (`[queue.tls]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueTls {
@@ -253,9 +191,6 @@ pub struct QueueSasl {
     /// The file holding the password (its content, without a trailing newline).
     pub password_file: PathBuf,
 }
-
-/// The SASL mechanisms the platform speaks.
-pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// The Kafka-protocol log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -279,69 +214,6 @@ pub struct QueueSettings {
     pub tls: Option<QueueTls>,
     /// SASL towards the brokers.
     pub sasl: Option<QueueSasl>,
-}
-
-/// `[server]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    /// The gRPC and HTTP address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// PEM certificate chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of `tls_cert`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
-    /// Serve without TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<bool>,
-    /// Seconds in-flight requests get at shutdown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shutdown_grace_secs: Option<u64>,
-    /// PEM CA of the other services' certificates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer_ca_file: Option<PathBuf>,
-}
-
-/// `[database]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseSection {
-    /// postgres:// or sqlite: URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// Pool size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u32>,
-}
-
-/// `[auth]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSection {
-    /// Where the verification keys are published.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks_url: Option<String>,
-    /// Expected `iss`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
-    /// Expected `aud`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
-    /// Clock skew allowed, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leeway_secs: Option<u64>,
-}
-
-/// `[log]` as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSection {
-    /// `text` or `json`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
 }
 
 /// Certificate and key files for TLS.
@@ -373,21 +245,6 @@ pub struct AuthConfig {
     pub audience: String,
     /// Allowed clock skew.
     pub leeway: Duration,
-}
-
-/// The shared sections of a configuration file, as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sections {
-    /// `[server]`.
-    pub server: ServerSection,
-    /// `[database]`.
-    pub database: DatabaseSection,
-    /// `[auth]`.
-    pub auth: AuthSection,
-    /// `[log]`.
-    pub log: LogSection,
-    /// `[queue]`.
-    pub queue: QueueSection,
 }
 
 /// The validated shared configuration of a server process.
@@ -770,179 +627,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A file of the shared sections only, as the tests write them.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct File {
-        #[serde(default)]
-        server: ServerSection,
-        #[serde(default)]
-        database: DatabaseSection,
-        #[serde(default)]
-        auth: AuthSection,
-        #[serde(default)]
-        log: LogSection,
-        #[serde(default)]
-        queue: QueueSection,
-    }
-
-    fn from_toml(
-        text: &str,
-        args: &ConfigArgs,
-        defaults: &Defaults,
-    ) -> Result<Config, ConfigError> {
-        let file: File =
-            toml::from_str(text).map_err(|e| ConfigError::new("<file>", e.to_string()))?;
-        Config::resolve(
-            Sections {
-                server: file.server,
-                database: file.database,
-                auth: file.auth,
-                log: file.log,
-                queue: file.queue,
-            },
-            args,
-            defaults,
-        )
-    }
-
-    fn prod() -> Defaults {
-        Defaults::default()
-    }
-
-    const MINIMAL: &str = r#"
-        [server]
-        plaintext = true
-        [database]
-        url = "sqlite::memory:"
-        [auth]
-        jwks_url = "http://127.0.0.1:7400/.well-known/jwks.json"
-    "#;
-
-    #[test]
-    fn flags_override_the_file() {
-        let args = ConfigArgs {
-            listen: Some("127.0.0.1:9999".into()),
-            ..Default::default()
-        };
-        let config = from_toml(MINIMAL, &args, &prod()).unwrap();
-        assert_eq!(config.listen.port(), 9999);
-        assert_eq!(config.tls, None);
-        assert_eq!(config.auth.audience, "sipmba");
-    }
-
-    #[test]
-    fn tls_is_required_unless_plaintext_is_asked_for() {
-        let text = MINIMAL.replace("plaintext = true", "");
-        let err = from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
-        assert_eq!(err.setting, "server.tls_cert");
-        assert!(err.to_string().contains("plaintext = true"), "{err}");
-        let dev = Defaults {
-            plaintext: true,
-            ..Default::default()
-        };
-        assert!(from_toml(&text, &ConfigArgs::default(), &dev).is_ok());
-    }
-
-    #[test]
-    fn errors_name_the_setting_and_the_way_to_set_it() {
-        let args = ConfigArgs {
-            listen: Some("localhost".into()),
-            ..Default::default()
-        };
-        let err = from_toml(MINIMAL, &args, &prod()).unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("server.listen") && text.contains("SIPMBA_LISTEN"),
-            "{text}"
-        );
-
-        let args = ConfigArgs {
-            leeway_secs: Some(3600),
-            ..Default::default()
-        };
-        let err = from_toml(MINIMAL, &args, &prod()).unwrap_err();
-        assert_eq!(err.setting, "auth.leeway_secs");
-
-        let err =
-            from_toml("[server]\nlisten_on = 1", &ConfigArgs::default(), &prod()).unwrap_err();
-        assert!(err.to_string().contains("listen_on"), "{err}");
-
-        let text = MINIMAL.replace("sqlite::memory:", "mysql://x");
-        let err = from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
-        assert_eq!(err.setting, "database.url");
-
-        let args = ConfigArgs {
-            tls_cert: Some("/nonexistent.pem".into()),
-            ..Default::default()
-        };
-        let err = from_toml(MINIMAL, &args, &prod()).unwrap_err();
-        assert_eq!(err.setting, "server.tls_key");
-    }
-
-    #[test]
-    fn an_external_log_takes_tls_and_sasl_and_refuses_what_cannot_work() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = |name: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, "x").unwrap();
-            path.display().to_string()
-        };
-        let (ca, cert, key, password) = (
-            file("ca.crt"),
-            file("tls.crt"),
-            file("tls.key"),
-            file("password"),
-        );
-        let text = format!(
-            "{MINIMAL}\n[queue]\nbrokers = [\"kafka-0:9093\"]\nreplication_factor = 3\n\
-             [queue.tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
-             [queue.sasl]\nmechanism = \"scram-sha-512\"\nusername = \"sipmba\"\n\
-             password_file = \"{password}\"\n"
-        );
-        let config = from_toml(&text, &ConfigArgs::default(), &prod()).unwrap();
-        let queue = &config.queue;
-        assert_eq!(queue.replication_factor, Some(3));
-        assert_eq!(
-            queue.tls,
-            Some(QueueTls {
-                ca_file: ca.clone().into(),
-                client: Some((cert.into(), key.into())),
-            })
-        );
-        let sasl = queue.sasl.as_ref().unwrap();
-        assert_eq!(sasl.mechanism, "SCRAM-SHA-512");
-
-        let refused = |text: String| from_toml(&text, &ConfigArgs::default(), &prod()).unwrap_err();
-        let sasl = |mechanism: &str| {
-            format!(
-                "[queue.sasl]\nmechanism = \"{mechanism}\"\nusername = \"sipmba\"\n\
-                 password_file = \"{password}\"\n"
-            )
-        };
-        let err = refused(format!("{MINIMAL}\n[queue]\n{}", sasl("PLAIN")));
-        assert_eq!(err.setting, "queue.sasl.mechanism");
-        assert!(err.to_string().contains("in the clear"), "{err}");
-        let err = refused(format!("{MINIMAL}\n[queue]\n{}", sasl("GSSAPI")));
-        assert_eq!(err.setting, "queue.sasl.mechanism");
-        assert!(err.to_string().contains("SCRAM-SHA-512"), "{err}");
-        let err = refused(format!(
-            "{MINIMAL}\n[queue.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"sipmba\"\n\
-             password_file = \"/nonexistent\"\n"
-        ));
-        assert_eq!(err.setting, "queue.sasl.password_file");
-        let err = refused(format!("{MINIMAL}\n[queue.tls]\ncert_file = \"{ca}\"\n"));
-        assert_eq!(err.setting, "queue.tls.ca_file");
-        let err = refused(format!(
-            "{MINIMAL}\n[queue.tls]\nca_file = \"{ca}\"\ncert_file = \"{ca}\"\n"
-        ));
-        assert_eq!(err.setting, "queue.tls.key_file");
-        let err = refused(format!("{MINIMAL}\n[queue]\nreplication_factor = 0\n"));
-        assert_eq!(err.setting, "queue.replication_factor");
-        let err = refused(format!("{MINIMAL}\n[queue.tls]\nca = \"{ca}\"\n"));
-        assert!(err.to_string().contains("ca"), "{err}");
-    }
-}
+mod tests;
