@@ -1,7 +1,8 @@
-//! Threshold rules (their tables are in [`crate::entity`]): their evaluation inside the consumer's transaction (so that a
-//! rule's state per thing moves with the readings and the partition offset: a restart neither
-//! repeats a firing nor loses a hold in progress), and the dispatcher that sends each firing's
-//! command through Control, as the rule's owner, with the firing's id as idempotency key.
+//! Threshold rules (their tables are in [`crate::entity`]): their evaluation inside the
+//! consumer's transaction (so that a rule's state per thing moves with the readings and the
+//! partition offset: a restart neither repeats a firing nor loses a hold in progress), and the
+//! dispatcher that sends each firing's command through Control, as the rule's owner, with the
+//! firing's id as idempotency key.
 
 use std::{
     collections::{HashMap, HashSet},

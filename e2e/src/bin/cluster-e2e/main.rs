@@ -76,8 +76,10 @@ use sipmba_proto::v1 as pb;
 use tokio::io::AsyncWriteExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+mod killed;
 mod outside;
 mod platform;
+mod rbac;
 mod rollout;
 mod scale;
 mod standby;
