@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use sipmba_processing::{consume::Incoming, store::Store};
+use sipmba_processing::{Incoming, store::Store};
 use sipmba_proto::v1 as pb;
 use sipmba_testkit::{Backend, TestDb};
 use uuid::Uuid;

@@ -17,30 +17,9 @@ use uuid::Uuid;
 
 use crate::{
     entity::{latest, metrics, offsets, presence, readings},
+    record::Incoming,
     store::Store,
 };
-
-/// A reading as read from the log, ready to store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Incoming {
-    /// The thing.
-    pub thing: Uuid,
-    /// The reading.
-    pub reading: pb::Reading,
-    /// When Collect received it (ms).
-    pub received_ms: i64,
-}
-
-impl Incoming {
-    /// Device time (ms); the received time when the device sent none.
-    pub fn device_ms(&self) -> i64 {
-        self.reading
-            .device_time
-            .as_ref()
-            .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("device_time", t).ok())
-            .unwrap_or(self.received_ms)
-    }
-}
 
 /// Rows per INSERT statement. PostgreSQL's cost per statement grows faster than its rows
 /// (measured: 1,000 readings in chunks of 500 take 184 ms, in chunks of 100 15 ms); SQLite binds at

@@ -24,8 +24,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    consume::Incoming,
     entity::{latest, metrics},
+    record::Incoming,
     store::Store,
 };
 

@@ -6,6 +6,7 @@ pub mod consume;
 pub mod entity;
 pub mod grpc;
 pub mod migration;
+pub mod record;
 pub mod rules;
 pub mod rules_api;
 pub mod settings;
@@ -16,13 +17,10 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use consume::Incoming;
-use prost::Message;
-use sipmba_proto::v1 as pb;
+pub use record::{Incoming, decode};
 use sipmba_queue::{Queue, QueueError, topics};
 use sipmba_runtime::Shutdown;
 use store::Store;
-use uuid::Uuid;
 
 /// Which partitions a replica consumes: those whose number modulo `replicas` is `replica`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,27 +45,6 @@ impl Ownership {
     pub fn owns(&self, partition: i32) -> bool {
         u32::try_from(partition).is_ok_and(|p| p % self.replicas.max(1) == self.replica)
     }
-}
-
-/// Decodes one telemetry record; an error for a poison record (the caller logs and skips it).
-pub fn decode(value: &[u8]) -> Result<Incoming, String> {
-    let record = pb::TelemetryRecord::decode(value).map_err(|e| e.to_string())?;
-    let thing = record
-        .thing
-        .as_ref()
-        .and_then(|t| Uuid::parse_str(&t.value).ok())
-        .ok_or("no valid thing id")?;
-    let reading = record.reading.ok_or("no reading")?;
-    let received_ms = record
-        .received_time
-        .as_ref()
-        .and_then(|t| sipmba_runtime::ids::timestamp_to_ms("received_time", t).ok())
-        .unwrap_or_else(sipmba_runtime::ids::now_ms);
-    Ok(Incoming {
-        thing,
-        reading,
-        received_ms,
-    })
 }
 
 /// The telemetry consumer of one replica.

@@ -30,8 +30,8 @@ use uuid::Uuid;
 
 use crate::{
     Ownership,
-    consume::Incoming,
     entity::{definitions, firings, states},
+    record::Incoming,
 };
 
 /// Firing states.

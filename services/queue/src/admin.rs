@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     QueueError,
-    security::{Sasl, Security, Stream},
+    security::{Sasl, Security},
 };
 
 /// No TLS, no SASL.
@@ -145,7 +145,7 @@ async fn call_within(
 ) -> Result<Vec<u8>, QueueError> {
     let addr = broker.addr;
     let exchange = async {
-        let mut stream = broker.security.connect(addr).await?;
+        let mut stream = connect(broker.security, addr).await?;
         exchange(&mut stream, addr, api_key, version, body, 100).await
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| {
@@ -155,6 +155,42 @@ async fn call_within(
         ))
     })?
 }
+
+/// Connects to `broker` (`host:port`): TCP, then TLS and SASL as `security` says.
+async fn connect(security: &Security, broker: &str) -> Result<Box<dyn Stream>, QueueError> {
+    let fail = |what: String| QueueError::Admin(format!("{broker}: {what}"));
+    let tcp = tokio::net::TcpStream::connect(broker)
+        .await
+        .map_err(|e| QueueError::Admin(format!("cannot reach {broker}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn Stream> = match &security.tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let host = broker.rsplit_once(':').map_or(broker, |(host, _)| host);
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| fail(format!("not a TLS server name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    QueueError::Refused(format!(
+                        "{broker}: TLS handshake failed: {e} (is queue.tls.ca_file the CA \
+                         that signed the brokers' certificates?)"
+                    ))
+                })?;
+            Box::new(tls)
+        }
+    };
+    if let Some(sasl) = &security.sasl {
+        authenticate(&mut stream, broker, sasl).await?;
+    }
+    Ok(stream)
+}
+
+/// A connection to a broker, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// One request and its response on `stream`; returns the response body.
 async fn exchange(
@@ -201,7 +237,7 @@ async fn exchange(
 
 /// SASL on a fresh connection: SaslHandshake v1 for the mechanism, then SaslAuthenticate v1
 /// rounds stepped by rsasl until the mechanism is done.
-pub(crate) async fn authenticate(
+async fn authenticate(
     stream: &mut Box<dyn Stream>,
     broker: &str,
     sasl: &Sasl,

@@ -7,10 +7,6 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use crate::QueueError;
-
 /// A SASL mechanism.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
@@ -152,40 +148,4 @@ impl Security {
             Mechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
         })
     }
-
-    /// Connects to `broker` (`host:port`): TCP, then TLS and SASL as configured.
-    pub(crate) async fn connect(&self, broker: &str) -> Result<Box<dyn Stream>, QueueError> {
-        let fail = |what: String| QueueError::Admin(format!("{broker}: {what}"));
-        let tcp = tokio::net::TcpStream::connect(broker)
-            .await
-            .map_err(|e| QueueError::Admin(format!("cannot reach {broker}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let mut stream: Box<dyn Stream> = match &self.tls {
-            None => Box::new(tcp),
-            Some(config) => {
-                let host = broker.rsplit_once(':').map_or(broker, |(host, _)| host);
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| fail(format!("not a TLS server name: {e}")))?;
-                let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| {
-                        QueueError::Refused(format!(
-                            "{broker}: TLS handshake failed: {e} (is queue.tls.ca_file the CA \
-                             that signed the brokers' certificates?)"
-                        ))
-                    })?;
-                Box::new(tls)
-            }
-        };
-        if let Some(sasl) = &self.sasl {
-            crate::admin::authenticate(&mut stream, broker, sasl).await?;
-        }
-        Ok(stream)
-    }
 }
-
-/// A connection to a broker, plain or TLS.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}

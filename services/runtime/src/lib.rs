@@ -11,6 +11,7 @@ pub mod objects;
 pub mod ratelimit;
 pub mod retry;
 pub mod server;
+mod shutdown;
 pub mod tls;
 
 pub use config::{
@@ -18,7 +19,8 @@ pub use config::{
     ServiceIdentity, TlsFiles,
 };
 pub use error::{ServiceError, ServiceResult, exhausted};
-pub use server::{Probe, ServeError, Server, Shutdown, ShutdownTrigger, termination_signal};
+pub use server::{Probe, ServeError, Server};
+pub use shutdown::{Shutdown, ShutdownTrigger, termination_signal};
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), text or JSON lines, on
 /// standard output (standard error under `--dev`).

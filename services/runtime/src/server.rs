@@ -11,10 +11,9 @@ use std::{
 };
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use futures::FutureExt;
 use sea_orm::DatabaseConnection;
 use sipmba_auth::{AccessPolicy, AuthLayer, Verifier};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tonic::{
     body::Body,
     server::NamedService,
@@ -26,6 +25,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     TlsFiles,
     metrics::{Metrics, MetricsLayer},
+    shutdown::Shutdown,
 };
 
 /// Why serving failed.
@@ -33,69 +33,13 @@ use crate::{
 pub enum ServeError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// Reflection could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(String),
-}
-
-/// Tells every part of the process that it is time to stop.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-}
-
-/// Triggers a [`Shutdown`].
-#[derive(Debug)]
-pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
-}
-
-impl ShutdownTrigger {
-    /// Starts the shutdown.
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
-    }
-}
-
-impl Shutdown {
-    /// A new shutdown signal and its trigger.
-    pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger { tx }, Shutdown { rx })
-    }
-
-    /// Completes once the shutdown has started (at once if it already has).
-    pub async fn wait(mut self) {
-        let _ = self.rx.wait_for(|stop| *stop).await;
-    }
-
-    /// True once the shutdown has started.
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => ctrl_c.await,
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 /// What a server process serves, gathered from its services.

@@ -18,7 +18,12 @@ use rustls::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{TlsFiles, server::ServeError, server::Shutdown};
+use crate::{TlsFiles, shutdown::Shutdown};
+
+/// Why a certificate, its key or its CA cannot be used (which file, and what is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
 
 /// How often the certificate's files are looked at. The kubelet updates a mounted Secret within
 /// about a minute of its change; this adds at most as much again.
@@ -43,7 +48,7 @@ impl std::fmt::Debug for ReloadingCert {
 
 impl ReloadingCert {
     /// The certificate of `files`, read now: an error names the file and what is wrong.
-    pub fn load(files: &TlsFiles) -> Result<Self, ServeError> {
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (bytes, key) = read(files, &provider)?;
         Ok(Self {
@@ -55,12 +60,12 @@ impl ReloadingCert {
 
     /// Reads the files again; true when they changed and the new certificate is now served.
     /// Files that no longer make a certificate leave the current one served.
-    pub fn reload(&self) -> Result<bool, ServeError> {
+    pub fn reload(&self) -> Result<bool, TlsError> {
         let (bytes, key) = read(&self.files, &self.provider)?;
         let mut current = self
             .current
             .write()
-            .map_err(|_| ServeError::Tls("the certificate lock is poisoned".into()))?;
+            .map_err(|_| TlsError("the certificate lock is poisoned".into()))?;
         if current.0 == bytes {
             return Ok(false);
         }
@@ -105,32 +110,31 @@ impl ResolvesServerCert for ReloadingCert {
 fn read(
     files: &TlsFiles,
     provider: &Arc<CryptoProvider>,
-) -> Result<(Vec<u8>, Arc<CertifiedKey>), ServeError> {
+) -> Result<(Vec<u8>, Arc<CertifiedKey>), TlsError> {
     let cert_bytes = std::fs::read(&files.cert)
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", files.cert.display())))?;
-    let key_bytes = std::fs::read(&files.key)
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", files.key.display())))?;
+        .map_err(|e| TlsError(format!("{}: {e}", files.cert.display())))?;
+    let key_bytes =
+        std::fs::read(&files.key).map_err(|e| TlsError(format!("{}: {e}", files.key.display())))?;
     let certs = certificates(&cert_bytes, &files.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
-        ServeError::Tls(format!(
+        TlsError(format!(
             "{}: no usable private key: {e}",
             files.key.display()
         ))
     })?;
-    let certified = CertifiedKey::from_der(certs, key, provider).map_err(|e| {
-        ServeError::Tls(format!("certificate and key do not form an identity: {e}"))
-    })?;
+    let certified = CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| TlsError(format!("certificate and key do not form an identity: {e}")))?;
     let mut bytes = cert_bytes;
     bytes.extend_from_slice(&key_bytes);
     Ok((bytes, Arc::new(certified)))
 }
 
-fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, ServeError> {
+fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", path.display())))?;
+        .map_err(|e| TlsError(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(ServeError::Tls(format!(
+        return Err(TlsError(format!(
             "{}: no certificate found",
             path.display()
         )));
@@ -139,10 +143,10 @@ fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>,
 }
 
 /// The acceptor serving `cert` (h2 first, HTTP/1.1 for probes and `/metrics`).
-pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+pub fn acceptor(cert: Arc<ReloadingCert>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(cert.provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(cert);
     // gRPC needs h2; HTTP/1.1 serves /metrics and probes for clients without HTTP/2.
