@@ -56,7 +56,7 @@ impl Platform {
         sipmba_testkit::init_logs();
         let db = TestDb::new(Backend::Sqlite).await.unwrap();
         let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
-        sipmba_collect::store::migrate(&conn).await.unwrap();
+        sipmba_collect::migrate(&conn).await.unwrap();
         let broker = TestBroker::start().await.unwrap();
         let queue = Queue::connect(&broker.brokers(), &broker.prefix)
             .await

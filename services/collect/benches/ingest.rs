@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let broker = TestBroker::start().await?;
     let db = TestDb::sqlite()?;
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
-    sipmba_collect::store::migrate(&conn).await?;
+    sipmba_collect::migrate(&conn).await?;
     let queue = Queue::connect(&broker.brokers(), &broker.prefix).await?;
     let producer = Producer::new(&queue, TELEMETRY_TOPIC, 4, BatchLimits::default()).await?;
     let issuer = TestIssuer::new();

@@ -3,12 +3,16 @@
 //! resends everything else. Pending commands go down the same stream (see [`inbox`]), and the
 //! thing's acknowledgements of them come back up.
 
+pub mod entity;
 mod grpc;
 pub mod inbox;
+pub mod migration;
 mod session;
 pub mod settings;
 pub mod store;
 pub mod validate;
+
+pub use migration::migrate;
 
 pub use settings::Settings;
 

@@ -6,79 +6,10 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
     sea_query::{Expr, OnConflict},
 };
-use sea_orm_migration::{async_trait, prelude::*};
 use sipmba_runtime::{ServiceResult, ids::now_ms};
 use uuid::Uuid;
 
-/// The `collect_acked` table.
-pub mod acked {
-    use sea_orm::entity::prelude::*;
-
-    /// A thing's acknowledged position.
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-    #[sea_orm(table_name = "collect_acked")]
-    pub struct Model {
-        /// The thing.
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub thing_id: Uuid,
-        /// Highest acknowledged seq.
-        pub seq: i64,
-        /// The thing's live session (any replica): the newest Hello wins.
-        pub session: String,
-        /// Last change (ms).
-        pub updated_ms: i64,
-    }
-
-    /// No declared relations.
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-/// The Collect migrator.
-#[derive(Debug)]
-pub struct Migrator;
-
-#[async_trait::async_trait]
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init)]
-    }
-
-    fn migration_table_name() -> DynIden {
-        "collect_migrations".into_iden()
-    }
-}
-
-struct Init;
-
-impl MigrationName for Init {
-    fn name(&self) -> &str {
-        "m20261125_000001_collect_init"
-    }
-}
-
-#[async_trait::async_trait]
-impl MigrationTrait for Init {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let schema = sea_orm::Schema::new(manager.get_database_backend());
-        manager
-            .create_table(schema.create_table_from_entity(acked::Entity))
-            .await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table("collect_acked").if_exists().to_owned())
-            .await
-    }
-}
-
-/// Applies the Collect migrations.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    sipmba_runtime::db::migrate::<Migrator>(db, 74000004).await
-}
+use crate::entity::acked;
 
 /// Reads and advances acknowledged positions.
 #[derive(Debug, Clone)]

@@ -3,14 +3,19 @@
 //! `sipmba.commands` and `sipmba.command-events` into its database to answer GetCommand,
 //! ListCommands and WatchCommand (commands issued by processing rules included).
 
+pub mod entity;
 mod grpc;
+pub mod migration;
 pub mod settings;
 pub mod store;
+
+pub use migration::migrate;
 
 pub use settings::Settings;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use entity::commands;
 use prost::Message;
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1 as pb;
@@ -21,7 +26,7 @@ use sipmba_runtime::{
     ids::{Page, now_ms, optional_id, required_id, timestamp_from_ms, timestamp_to_ms},
     ratelimit::RateLimiter,
 };
-use store::{Change, CommandRow, Store, commands};
+use store::{Change, CommandRow, Store};
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 use uuid::Uuid;

@@ -45,7 +45,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 async fn run(backend: Backend) -> anyhow::Result<()> {
     let db = TestDb::new(backend).await?;
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
-    sipmba_processing::migration::migrate(&conn).await?;
+    sipmba_processing::migrate(&conn).await?;
     let store = Store::new(conn);
     let name = format!("{backend:?}");
     // No rules: the store alone.

@@ -17,6 +17,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
+pub use migration::migrate;
 pub use record::{Incoming, decode};
 use sipmba_queue::{Queue, QueueError, topics};
 use sipmba_runtime::Shutdown;

@@ -108,7 +108,7 @@ async fn readings_produced_while_processing_is_down_are_all_stored_once(backend:
     sipmba_testkit::init_logs();
     let db = TestDb::new(backend).await.unwrap();
     let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
-    sipmba_processing::migration::migrate(&conn).await.unwrap();
+    sipmba_processing::migrate(&conn).await.unwrap();
     let broker = TestBroker::start().await.unwrap();
     let queue = Queue::connect(&broker.brokers(), &broker.prefix)
         .await

@@ -332,7 +332,7 @@ impl Platform {
         .context("creating the telemetry topic")?;
         let db = &self.db;
         retried("collect", "migrate its schema", &self.shutdown, || {
-            sipmba_collect::store::migrate(db)
+            sipmba_collect::migrate(db)
         })
         .await?;
         let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "collect".into());
@@ -374,7 +374,7 @@ impl Platform {
         .await?;
         let db = &self.db;
         retried("processing", "migrate its schema", &self.shutdown, || {
-            sipmba_processing::migration::migrate(db)
+            sipmba_processing::migrate(db)
         })
         .await?;
         // Created here too, so that processing can start before collect has produced anything.
@@ -450,7 +450,7 @@ impl Platform {
         .await?;
         let db = &self.db;
         retried("control", "migrate its schema", &self.shutdown, || {
-            sipmba_control::store::migrate(db)
+            sipmba_control::migrate(db)
         })
         .await?;
         let control = sipmba_control::Control::start(

@@ -451,3 +451,23 @@ pub fn free_port_pair() -> u16 {
         }
     }
 }
+
+/// Asserts the call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    match result {
+        Ok(v) => panic!("expected {code:?} ({needle}), got Ok({v:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "status: {status:?}");
+            assert!(
+                status.message().contains(needle),
+                "message {:?} should contain {needle:?}",
+                status.message()
+            );
+        }
+    }
+}

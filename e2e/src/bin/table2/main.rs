@@ -239,7 +239,7 @@ async fn platform(broker: &TestBroker, batch: u64) -> anyhow::Result<Platform> {
     let prefix = format!("{}{}.", broker.prefix, Uuid::new_v4().simple());
     let db = TestDb::sqlite()?;
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
-    sipmba_collect::store::migrate(&conn).await?;
+    sipmba_collect::migrate(&conn).await?;
     let queue = Queue::connect(&broker.brokers(), &prefix).await?;
     let producer = Producer::new(
         &queue,

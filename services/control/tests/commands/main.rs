@@ -9,10 +9,7 @@ use std::time::Duration;
 use sea_orm::EntityTrait;
 use sipmba_auth::{Kind, Verifier, scopes};
 use sipmba_collect::{Collect, inbox::Inbox, store::AckStore};
-use sipmba_control::{
-    Control, Settings,
-    store::{Store, statuses},
-};
+use sipmba_control::{Control, Settings, entity::statuses, store::Store};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient,
     control_service_client::ControlServiceClient, session_request, session_response,
@@ -20,7 +17,7 @@ use sipmba_proto::v1::{
 use sipmba_queue::{Queue, producer::BatchLimits};
 use sipmba_runtime::objects::{ObjectsClient, ServiceToken};
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
-use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, with_token as req};
+use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, assert_status, with_token as req};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
@@ -58,8 +55,8 @@ impl Harness {
         let db = TestDb::new(backend).await.unwrap();
         let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
         sipmba_objects::migrate(&conn).await.unwrap();
-        sipmba_control::store::migrate(&conn).await.unwrap();
-        sipmba_collect::store::migrate(&conn).await.unwrap();
+        sipmba_control::migrate(&conn).await.unwrap();
+        sipmba_collect::migrate(&conn).await.unwrap();
         let broker = TestBroker::start().await.unwrap();
         let queue = Queue::connect(&broker.brokers(), &broker.prefix)
             .await

@@ -4,21 +4,6 @@ use super::*;
 
 sipmba_testkit::on_both_databases!(commands_outside_the_users_reach_are_refused,);
 
-#[track_caller]
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    match result {
-        Ok(v) => panic!("expected {code:?} ({needle}), got Ok({v:?})"),
-        Err(status) => {
-            assert_eq!(status.code(), code, "{status:?}");
-            assert!(
-                status.message().contains(needle),
-                "{:?} does not mention {needle:?}",
-                status.message()
-            );
-        }
-    }
-}
-
 async fn commands_outside_the_users_reach_are_refused(backend: Backend) {
     let limits = Settings {
         commands_per_second: 1,

@@ -9,8 +9,9 @@ use sipmba_proto::v1::{
     thing_service_client::ThingServiceClient, user_service_client::UserServiceClient,
 };
 use sipmba_runtime::{Server, Shutdown, ShutdownTrigger};
+pub use sipmba_testkit::assert_status;
 use sipmba_testkit::{Backend, TestDb, TestIssuer};
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 use uuid::Uuid;
 
 pub struct Harness {
@@ -177,25 +178,5 @@ impl HasValue for pb::ThingId {
 impl HasValue for pb::ChannelId {
     fn value(&self) -> &str {
         &self.value
-    }
-}
-
-/// Asserts the call failed with `code` and a message containing `needle`.
-#[track_caller]
-pub fn assert_status<T: std::fmt::Debug>(
-    result: Result<T, tonic::Status>,
-    code: Code,
-    needle: &str,
-) {
-    match result {
-        Ok(v) => panic!("expected {code:?} ({needle}), got Ok({v:?})"),
-        Err(status) => {
-            assert_eq!(status.code(), code, "status: {status:?}");
-            assert!(
-                status.message().contains(needle),
-                "message {:?} should contain {needle:?}",
-                status.message()
-            );
-        }
     }
 }

@@ -29,7 +29,7 @@ use sipmba_runtime::{
     Server, Shutdown, ShutdownTrigger,
     objects::{ObjectsClient, ServiceToken},
 };
-use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, with_token as req};
+use sipmba_testkit::{Backend, TestBroker, TestDb, TestIssuer, assert_status, with_token as req};
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
@@ -71,8 +71,8 @@ impl Harness {
         let db = TestDb::new(backend).await.unwrap();
         let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
         sipmba_objects::migrate(&conn).await.unwrap();
-        sipmba_control::store::migrate(&conn).await.unwrap();
-        sipmba_processing::migration::migrate(&conn).await.unwrap();
+        sipmba_control::migrate(&conn).await.unwrap();
+        sipmba_processing::migrate(&conn).await.unwrap();
         let broker = TestBroker::start().await.unwrap();
         let queue = Queue::connect(&broker.brokers(), &broker.prefix)
             .await
@@ -279,21 +279,6 @@ impl Harness {
             .query_history(req(token, r))
             .await
             .map(tonic::Response::into_inner)
-    }
-}
-
-#[track_caller]
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    match result {
-        Ok(v) => panic!("expected {code:?} ({needle}), got Ok({v:?})"),
-        Err(status) => {
-            assert_eq!(status.code(), code, "{status:?}");
-            assert!(
-                status.message().contains(needle),
-                "{:?} does not mention {needle:?}",
-                status.message()
-            );
-        }
     }
 }
 
