@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use sipmba_auth::{client::ServiceCredentials, peer_tls::PeerCa};
+use sipmba_auth::{
+    client::{CredentialsError, ServiceCredentials, bearer},
+    peer_tls::PeerCa,
+};
 use sipmba_proto::{enrollment, v1 as pb};
 use sipmba_runtime::{
     ServiceError,
@@ -32,7 +35,7 @@ pub enum ProvisionError {
     },
     /// The operator's own token could not be had.
     #[error("the operator's token: {0}")]
-    Token(String),
+    Token(#[from] CredentialsError),
     /// A setting is wrong (a URL, a CA).
     #[error("{0}")]
     Config(String),
@@ -124,15 +127,6 @@ impl std::fmt::Debug for ThingToken {
     }
 }
 
-fn bearer<T>(token: &str, msg: T) -> Result<Request<T>, ProvisionError> {
-    let mut request = Request::new(msg);
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| ProvisionError::Token("not a header value".into()))?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(request)
-}
-
 fn thing_id(id: Uuid) -> Option<pb::ThingId> {
     Some(pb::ThingId {
         value: id.to_string(),
@@ -172,12 +166,7 @@ impl Operator {
     }
 
     async fn req<T>(&self, msg: T) -> Result<Request<T>, ProvisionError> {
-        let token = self
-            .credentials
-            .token()
-            .await
-            .map_err(|e| ProvisionError::Token(e.to_string()))?;
-        bearer(&token, msg)
+        Ok(bearer(&self.credentials.token().await?, msg))
     }
 
     /// Registers a thing named `name` for `owner`, or finds the one registered before (its

@@ -6,7 +6,10 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{ServiceError, ServiceResult};
-use sipmba_auth::{client::ServiceCredentials, peer_tls::PeerCa};
+use sipmba_auth::{
+    client::{ServiceCredentials, bearer},
+    peer_tls::PeerCa,
+};
 use sipmba_proto::v1 as pb;
 use tonic::{Code, Request, Status, transport::Channel};
 use uuid::Uuid;
@@ -46,18 +49,8 @@ impl ServiceToken {
 
     /// `msg` as a request carrying this service's bearer token.
     pub async fn request<T>(&self, msg: T) -> ServiceResult<Request<T>> {
-        let token = self.get().await?;
-        bearer(&token, msg)
-            .map_err(|_| ServiceError::Internal("service token is not a header value".into()))
+        Ok(bearer(&self.get().await?, msg))
     }
-}
-
-/// `msg` as a request carrying `token` as its bearer token (`Err` when it is no header value).
-fn bearer<T>(token: &str, msg: T) -> Result<Request<T>, ()> {
-    let mut request = Request::new(msg);
-    let value = format!("Bearer {token}").parse().map_err(|_| ())?;
-    request.metadata_mut().insert("authorization", value);
-    Ok(request)
 }
 
 /// A decision about a user and a thing.
@@ -309,8 +302,7 @@ impl ObjectsClient {
     ) -> ServiceResult<Option<String>> {
         let msg = pb::GetUserRequest { id: user_id(user) };
         let request = match as_user {
-            Some(token) => bearer(token, msg)
-                .map_err(|_| ServiceError::invalid("the bearer token is not a header value"))?,
+            Some(token) => bearer(token, msg),
             None => self.request(msg).await?,
         };
         match self.users().get_user(request).await {
