@@ -204,3 +204,43 @@ pub mod cursors {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// Authorization codes (RFC 6749 §4.1, with PKCE, RFC 7636): single-use, short-lived, stored
+/// hashed.
+pub mod authorization_codes {
+    use sea_orm::entity::prelude::*;
+
+    /// One code.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sso_authorization_codes")]
+    pub struct Model {
+        /// SHA-256 of the code.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub code_hash: String,
+        /// The public client it was issued to.
+        pub client_id: String,
+        /// The redirect URI of the request, matched again at the exchange.
+        pub redirect_uri: String,
+        /// The user who signed in.
+        pub user_id: Uuid,
+        /// Granted scopes, space-separated.
+        pub scopes: String,
+        /// BASE64URL(SHA-256(code_verifier)).
+        pub code_challenge: String,
+        /// The login family its tokens will belong to (revoked when the code is used twice).
+        pub family: Uuid,
+        /// Issue time (ms).
+        pub created_ms: i64,
+        /// Expiry (ms).
+        #[sea_orm(indexed)]
+        pub expires_ms: i64,
+        /// When it was exchanged; a second exchange is refused and revokes the family.
+        pub used_ms: Option<i64>,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,5 +1,6 @@
 //! The grants (RFC 6749 §4): password, refresh token (rotated, reuse revokes the family) and
-//! client credentials, with their throttling and scopes.
+//! client credentials, with their throttling and scopes. The authorization code grant is in
+//! [`crate::authorize`]; it signs users in through the same password check and login.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -31,7 +32,7 @@ pub struct Issued {
     pub scope: String,
 }
 
-fn resolve_scopes(requested: &str, allowed: &[&str]) -> Result<Vec<String>, OAuthError> {
+pub(crate) fn resolve_scopes(requested: &str, allowed: &[&str]) -> Result<Vec<String>, OAuthError> {
     let requested: Vec<&str> = requested.split_whitespace().collect();
     if requested.is_empty() {
         return Ok(allowed.iter().map(|s| (*s).to_owned()).collect());
@@ -192,6 +193,34 @@ impl Sso {
         scope: &str,
         address: Option<IpAddr>,
     ) -> Result<Issued, OAuthError> {
+        let user = self.check_password(username, password, address).await?;
+        let scopes = resolve_scopes(scope, scopes::USER_SCOPES)?;
+        let issued = self.login(user, &scopes, Uuid::new_v4()).await?;
+        tracing::info!(%user, "password login");
+        Ok(issued)
+    }
+
+    /// The user `username` names, when `password` is theirs and they are effectively ACTIVE.
+    pub(crate) async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Uuid, OAuthError> {
+        let user = self.verify_password(username, password, address).await?;
+        self.require_active_user(user).await?;
+        Ok(user)
+    }
+
+    /// The user `username` names, when `password` is theirs: throttled per username and address
+    /// (the token endpoint and the login page alike), and as slow for an unknown username as for
+    /// a known one. Whether the user may still sign in is the caller's next question.
+    pub(crate) async fn verify_password(
+        &self,
+        username: &str,
+        password: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Uuid, OAuthError> {
         if username.is_empty() || username.len() > 64 {
             return Err(OAuthError::invalid_request(
                 "`username` must be 1 to 64 characters",
@@ -222,18 +251,24 @@ impl Sso {
             self.inner.throttle.failed(username, address);
             return Err(OAuthError::invalid_grant("wrong username or password"));
         };
-        self.require_active_user(credential.user_id).await?;
-        let scopes = resolve_scopes(scope, scopes::USER_SCOPES)?;
         self.inner.throttle.succeeded(username);
-        let family = Uuid::new_v4();
+        Ok(credential.user_id)
+    }
+
+    /// A new login of `user` in `family`: a refresh token and an access token for `scopes`.
+    pub(crate) async fn login(
+        &self,
+        user: Uuid,
+        scopes: &[String],
+        family: Uuid,
+    ) -> Result<Issued, OAuthError> {
         let scope = scopes.join(" ");
         let refresh = self
-            .new_refresh_token(&self.inner.db, credential.user_id, family, &scope)
+            .new_refresh_token(&self.inner.db, user, family, &scope)
             .await?;
         let issued = self
-            .issue_access(Kind::User, credential.user_id, None, &scopes, Some(family))
+            .issue_access(Kind::User, user, None, scopes, Some(family))
             .await?;
-        tracing::info!(user = %credential.user_id, "password login");
         Ok(Issued {
             refresh_token: Some(refresh),
             ..issued

@@ -1,5 +1,9 @@
-//! HTTP endpoints: the token endpoint (RFC 6749), introspection (RFC 7662), revocation
-//! (RFC 7009), the JWKS and OIDC discovery. Errors are RFC 6749 §5.2 JSON bodies.
+//! HTTP endpoints: the authorization endpoint and its login page ([`login`]), the token endpoint
+//! (RFC 6749), introspection (RFC 7662), revocation (RFC 7009), the JWKS and the authorization
+//! server's metadata (RFC 8414). Errors of the token, introspection and revocation endpoints are
+//! RFC 6749 §5.2 JSON bodies.
+
+mod login;
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -20,10 +24,13 @@ use crate::{Introspection, OAuthError, OAuthErrorCode, Sso};
 /// The HTTP routes of sso.
 pub fn router(sso: Sso) -> Router {
     Router::new()
+        .route("/oauth2/authorize", get(login::show).post(login::sign_in))
+        .route("/oauth2/login.css", get(login::stylesheet))
         .route("/oauth2/token", post(token))
         .route("/oauth2/introspect", post(introspect))
         .route("/oauth2/revoke", post(revoke))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(discovery))
         .route("/.well-known/openid-configuration", get(discovery))
         .with_state(sso)
 }
@@ -158,6 +165,15 @@ async fn token(
                     .await
             }
             Some("refresh_token") => sso.refresh_grant(field(&form, "refresh_token")?, scope).await,
+            Some("authorization_code") => {
+                sso.code_grant(
+                    field(&form, "code")?,
+                    field(&form, "client_id")?,
+                    field(&form, "redirect_uri")?,
+                    field(&form, "code_verifier")?,
+                )
+                .await
+            }
             Some("client_credentials") => {
                 let (id, secret) = match basic {
                     Some(pair) => pair,
@@ -170,7 +186,7 @@ async fn token(
             }
             Some(other) => Err(OAuthError::new(
                 OAuthErrorCode::UnsupportedGrantType,
-                format!("grant_type {other:?} is not supported; use password, refresh_token or client_credentials"),
+                format!("grant_type {other:?} is not supported; use authorization_code, password, refresh_token or client_credentials"),
             )),
             None => Err(bad_request("`grant_type` is required")),
         }
@@ -314,6 +330,8 @@ async fn jwks(State(sso): State<Sso>) -> Response {
     response
 }
 
+/// The authorization server's metadata (RFC 8414), served at both well-known paths: exactly what
+/// is offered. sso issues access and refresh tokens, no ID tokens.
 async fn discovery(State(sso): State<Sso>) -> Json<serde_json::Value> {
     let issuer = sso.inner.config.issuer.trim_end_matches('/').to_owned();
     let mut scopes: Vec<&str> = scopes::USER_SCOPES.to_vec();
@@ -322,15 +340,20 @@ async fn discovery(State(sso): State<Sso>) -> Json<serde_json::Value> {
     scopes.dedup();
     Json(json!({
         "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-        "grant_types_supported": ["password", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "response_types_supported": ["token"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": [
+            "authorization_code", "password", "refresh_token", "client_credentials"
+        ],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": [
+            "none", "client_secret_basic", "client_secret_post"
+        ],
         "scopes_supported": scopes,
     }))
 }

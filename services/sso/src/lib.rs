@@ -7,6 +7,7 @@
 //! whole family (RFC 9700 §4.14). Things and services use `client_credentials`.
 
 mod accounts;
+pub mod authorize;
 pub mod entity;
 mod events;
 mod grants;
@@ -61,6 +62,8 @@ pub struct SsoConfig {
     pub key_rotation: Duration,
     /// What an `https://` Objects' certificate is checked against.
     pub peer_ca: sipmba_auth::peer_tls::PeerCa,
+    /// Where the web console may be sent back after a sign-in (none: the issuer's origin, `/`).
+    pub console_redirect_uris: Vec<String>,
 }
 
 impl SsoConfig {
@@ -80,6 +83,18 @@ impl SsoConfig {
             objects_url: objects_url.to_owned(),
             key_rotation: Duration::from_secs(30 * 24 * 3600),
             peer_ca: sipmba_auth::peer_tls::PeerCa::none(),
+            console_redirect_uris: Vec::new(),
+        }
+    }
+
+    /// The console's redirect URIs: those set, or the issuer's origin.
+    pub fn console_redirect_uris(&self) -> Vec<String> {
+        if !self.console_redirect_uris.is_empty() {
+            return self.console_redirect_uris.clone();
+        }
+        match url::Url::parse(&self.issuer) {
+            Ok(issuer) => vec![format!("{}/", issuer.origin().ascii_serialization())],
+            Err(_) => Vec::new(),
         }
     }
 

@@ -3,7 +3,9 @@
 use sea_orm::{EntityTrait, Schema};
 use sea_orm_migration::{async_trait, prelude::*};
 
-use crate::entity::{clients, credentials, cursors, issued, keys, refresh_tokens, revocations};
+use crate::entity::{
+    authorization_codes, clients, credentials, cursors, issued, keys, refresh_tokens, revocations,
+};
 
 /// The SSO migrator.
 #[derive(Debug)]
@@ -12,7 +14,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init)]
+        vec![Box::new(Init), Box::new(AuthorizationCodes)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -68,5 +70,32 @@ impl MigrationTrait for Init {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The authorization code grant's codes.
+struct AuthorizationCodes;
+
+impl MigrationName for AuthorizationCodes {
+    fn name(&self) -> &str {
+        "m20261203_000002_sso_authorization_codes"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AuthorizationCodes {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create(manager, authorization_codes::Entity).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table("sso_authorization_codes")
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

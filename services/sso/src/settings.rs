@@ -49,6 +49,10 @@ pub struct Settings {
     /// Service clients created (or updated) at start.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub service_clients: Vec<ServiceClient>,
+    /// Where the web console may be sent back after a sign-in, matched exactly (none: the
+    /// issuer's origin, `/`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console_redirect_uris: Vec<String>,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             key_rotation_days: 30,
             failed_logins_per_account: 5,
             service_clients: Vec::new(),
+            console_redirect_uris: Vec::new(),
         }
     }
 }
@@ -108,6 +113,7 @@ impl Settings {
         config.refresh_token_lifetime = Duration::from_secs(self.refresh_token_lifetime_secs);
         config.key_rotation = Duration::from_secs(self.key_rotation_days.saturating_mul(DAY));
         config.throttle.per_account = self.failed_logins_per_account;
+        config.console_redirect_uris = self.console_redirect_uris.clone();
         config
     }
 
@@ -162,6 +168,17 @@ impl Settings {
             1,
             1000,
         )?;
+        for uri in &self.console_redirect_uris {
+            match url::Url::parse(uri) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.fragment().is_none() => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        "sso.console_redirect_uris",
+                        format!("{uri:?} is not an absolute http(s) URL without a fragment"),
+                    ));
+                }
+            }
+        }
         for client in &self.service_clients {
             if client.id.is_empty() || client.id.len() > 128 {
                 return Err(ConfigError::new(

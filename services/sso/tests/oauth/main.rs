@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 mod accounts;
+mod code;
 mod logs;
 mod revocation;
 mod tokens;

@@ -216,7 +216,7 @@ async fn wrong_passwords_are_throttled_and_disabled_users_refused(backend: Backe
     // Bad requests get RFC 6749 bodies.
     let response = reqwest::Client::new()
         .post(format!("{}/oauth2/token", p.base))
-        .form(&[("grant_type", "authorization_code")])
+        .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:device_code")])
         .send()
         .await
         .unwrap();
