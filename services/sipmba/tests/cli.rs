@@ -41,6 +41,15 @@ fn interrupt(mut dev: DevServer) {
     );
 }
 
+/// Kills the process with this id unless forgotten (a failing test leaves nothing running).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        sipmba_testkit::signal(self.0, sipmba_testkit::Signal::KILL);
+    }
+}
+
 /// The CLI as a user with its own login cache runs it.
 struct User {
     url: String,
@@ -111,6 +120,60 @@ impl User {
             .get_output()
             .clone();
         String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `sipmba login --no-open`, with a browser's part played by
+    /// [`sipmba_testkit::browser::sign_in`] at the address the CLI prints.
+    fn login_in_browser(&self, username: &str, password: &str) {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(BIN)
+            .args(["login", "--no-open"])
+            .env("SIPMBA_SERVER", &self.url)
+            .env("SIPMBA_CONFIG_DIR", &self.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let killed = KillOnDrop(child.id());
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        let url = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "the CLI ended before printing an address: {said}"
+            );
+            said.push_str(&line);
+            if let Some(url) = line.trim().strip_prefix("http")
+                && line.contains("/oauth2/authorize?")
+            {
+                break format!("http{url}");
+            }
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let location = runtime
+            .block_on(sipmba_testkit::browser::sign_in(&url, username, password))
+            .unwrap();
+        assert!(
+            location.starts_with("http://127.0.0.1:") && location.contains("code="),
+            "{location}"
+        );
+        let landed = runtime.block_on(async { reqwest::get(&location).await?.text().await });
+        assert!(
+            landed.unwrap().contains("Signed in."),
+            "the browser is told"
+        );
+        let status = child.wait().unwrap();
+        std::mem::forget(killed);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        assert!(status.success(), "{said}{rest}");
+        assert!(rest.contains(&format!("as {username}")), "{said}{rest}");
     }
 
     fn login(&self, username: &str, password: &str) {
@@ -226,6 +289,23 @@ fn a_user_logs_in_creates_a_thing_sees_its_readings_and_commands_it_to_acked() {
         "the login can be refreshed"
     );
     assert_eq!(admin.json(&["whoami"])["username"], "admin");
+
+    // In a browser, no password crosses the terminal: the CLI prints sso's address, the browser
+    // signs in there, and the CLI takes the code at its loopback address.
+    let browsing = User {
+        url: dev.url.clone(),
+        config: dir.path().join("browser-cli"),
+    };
+    browsing.login_in_browser("admin", &password);
+    assert_eq!(browsing.json(&["whoami"])["username"], "admin");
+    assert!(
+        !browsing
+            .json(&["things", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the browser's login works for commands"
+    );
 
     // Services at addresses of their own (as a SipMba on Kubernetes runs them): with
     // --endpoint, each call goes to its service's address and the login to sso's, while the

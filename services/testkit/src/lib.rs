@@ -18,6 +18,7 @@ use sipmba_auth::{
 use uuid::Uuid;
 
 mod broker;
+pub mod browser;
 mod dev;
 mod wait;
 pub use broker::{Flavour, KafkaCluster, TestBroker};

@@ -81,15 +81,22 @@ pub enum Command {
     Rules(rules::Rules),
 }
 
-/// Arguments of `sipmba login`.
+/// Arguments of `sipmba login`: in a browser, unless a username or `--password-stdin` is given.
 #[derive(Debug, clap::Args)]
 pub struct LoginArgs {
-    /// Your username (asked when missing).
+    /// Your username: sign in with a password here instead of in a browser (asked for on the
+    /// terminal, or read with --password-stdin).
     #[arg(long, short = 'u', env = "SIPMBA_USERNAME")]
     username: Option<String>,
-    /// Read the password from the first line of standard input instead of asking.
+    /// Read the password from the first line of standard input (for scripts).
     #[arg(long)]
     password_stdin: bool,
+    /// Sign in in a browser (the default without --username).
+    #[arg(long, conflicts_with_all = ["username", "password_stdin"])]
+    browser: bool,
+    /// With the browser: print the address only, do not open it.
+    #[arg(long)]
+    no_open: bool,
 }
 
 /// What an exit code means.
@@ -256,14 +263,22 @@ pub async fn run(global: Global, command: Command) -> Result<(), CliError> {
 async fn login(ctx: &Ctx, args: LoginArgs) -> Result<(), CliError> {
     use std::io::IsTerminal;
     let username = match args.username {
-        Some(u) => u,
-        None if std::io::stdin().is_terminal() => {
+        Some(u) if !args.browser => u,
+        _ if args.browser || !args.password_stdin => {
+            let session = ctx.target.login_in_browser(!args.no_open).await?;
+            eprintln!(
+                "logged in to {} as {} ({})",
+                ctx.target.server, session.username, session.user
+            );
+            return Ok(());
+        }
+        _ if std::io::stdin().is_terminal() => {
             eprint!("username: ");
             read_line()?
         }
-        None => {
+        _ => {
             return Err(CliError::usage(
-                "no username: pass --username (or set SIPMBA_USERNAME)",
+                "--password-stdin needs --username (or SIPMBA_USERNAME)",
             ));
         }
     };

@@ -1,4 +1,5 @@
-//! Logging in (OAuth 2.0 password grant, with the `oauth2` crate), the login cache with refresh,
+//! Logging in (OAuth 2.0, with the `oauth2` crate: the password grant, or the authorization code
+//! grant in a browser, [`browser`]), the login cache with refresh,
 //! and the gRPC channel every command uses: one address for the whole platform (`sipmba server`
 //! runs every service behind one port), or one per service where they run apart (a `SipMba` on
 //! Kubernetes: `--endpoint processing=https://...`).
@@ -22,6 +23,8 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use super::{CliError, Exit};
+
+mod browser;
 use crate::local_io::write_private;
 use sipmba_auth::client::bearer;
 
@@ -262,7 +265,11 @@ impl Target {
             .request_async(&|r| send(&http, r))
             .await
             .map_err(|e| self.token_error(e, LOGGING_IN))?;
-        let login = Login::from_answer(username, &answer)?;
+        self.remember(Login::from_answer(username, &answer)?)
+    }
+
+    /// Caches `login` as this server's; returns its session.
+    fn remember(&self, login: Login) -> Result<Session, CliError> {
         let _lock = self.lock()?;
         let mut logins = self.read_cache();
         logins.insert(self.server.clone(), login.clone());

@@ -70,24 +70,7 @@ async fn open(url: &str) -> LoginForm {
     assert!(!set_cookie.contains("Secure"), "no TLS here: {set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let html = response.text().await.unwrap();
-    let mut fields = Vec::new();
-    for input in html.split("<input type=\"hidden\" ").skip(1) {
-        let name = input
-            .split("name=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let value = input
-            .split("value=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        fields.push((name.to_owned(), value.replace("&amp;", "&")));
-    }
+    let fields = sipmba_testkit::browser::hidden_fields(&html);
     LoginForm {
         fields,
         cookie,
