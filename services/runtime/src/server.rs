@@ -1,5 +1,6 @@
-//! One listener per process serving gRPC (the services, health, reflection) and HTTP (`/metrics`,
-//! `/healthz`, `/readyz`, and whatever a service adds), over TLS unless plaintext was asked for.
+//! One listener per process serving gRPC (the services, health, reflection), the same services as
+//! gRPC-Web for browsers (translated by tonic-web), and HTTP (`/metrics`, `/healthz`, `/readyz`,
+//! and whatever a service adds), over TLS unless plaintext was asked for.
 
 use std::{
     convert::Infallible,
@@ -21,6 +22,7 @@ use tonic::{
     transport::server::TcpIncoming,
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::ServiceExt;
 
 use crate::{
     TlsFiles,
@@ -230,8 +232,34 @@ impl Server {
             .routes()
             .into_axum_router()
             .layer(AuthLayer::new(verifier, (*policy).clone()));
-        let app = grpc
-            .merge(http)
+        // gRPC-Web calls (the web console's) become gRPC calls before the token check: the same
+        // check, the same handlers, their answers turned back into gRPC-Web. Every path the
+        // HTTP routes do not take is the services' (a request that is no gRPC call gets a 404).
+        let grpc = tower::ServiceBuilder::new()
+            .layer(tonic_web::GrpcWebLayer::new())
+            .map_response(|r: http::Response<axum::body::Body>| r.map(Body::new))
+            .service(grpc);
+        let services = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+            let grpc = grpc.clone();
+            async move {
+                let is_grpc = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|t| t.starts_with("application/grpc"));
+                if !is_grpc {
+                    return Ok::<_, Infallible>(
+                        (StatusCode::NOT_FOUND, "not found").into_response(),
+                    );
+                }
+                match grpc.oneshot(request).await {
+                    Ok(response) => Ok(response.into_response()),
+                    Err(never) => match never {},
+                }
+            }
+        });
+        let app = http
+            .fallback_service(services)
             .merge(
                 Router::new()
                     .route("/metrics", get(metrics_handler))

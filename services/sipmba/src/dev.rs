@@ -257,6 +257,7 @@ impl Dev {
         };
         out(format_args!(
             "\nSIP-MBA is running (development mode; data in {dir})\n\n  \
+             console      {url}/  (sign in as {ADMIN})\n  \
              API          {url}  (gRPC with reflection; OAuth 2.0 at /oauth2/token; /metrics)\n  \
              broker       {broker}\n  \
              admin user   {admin}\n  \

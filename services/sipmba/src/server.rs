@@ -191,7 +191,7 @@ impl Platform {
     }
 
     /// Every step the plan asks for, in order: the log, Objects, sso, Collect, Processing,
-    /// Control.
+    /// Control; and the web console when the process runs every service.
     pub async fn start(&mut self) -> Result<(), Failure> {
         self.connect_log().await?;
         if self.plan.runs(Target::Objects) {
@@ -216,6 +216,10 @@ impl Platform {
                 "collect, control and processing need queue.brokers; running without them"
             ),
             false => {}
+        }
+        // The console calls every service on the origin it was loaded from.
+        if self.plan.target == Target::All {
+            self.server.http(crate::console::router());
         }
         Ok(())
     }

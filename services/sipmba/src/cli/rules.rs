@@ -373,4 +373,28 @@ mod tests {
         assert_eq!(condition("> 30").unwrap_err().exit, Exit::Usage);
         assert_eq!(condition("t > warm").unwrap_err().exit, Exit::Usage);
     }
+
+    /// The cases the console's parser is held to as well (console/tests/condition.spec.ts).
+    #[test]
+    fn conditions_parse_as_the_console_parses_them() {
+        let cases: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../testdata/rule-conditions.json"))
+                .unwrap();
+        for case in cases["valid"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let (metric, comparison, threshold) =
+                condition(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            assert_eq!(metric, case["metric"].as_str().unwrap(), "{text:?}");
+            assert_eq!(
+                comparison_text(comparison as i32),
+                case["op"].as_str().unwrap(),
+                "{text:?}"
+            );
+            assert_eq!(threshold, case["threshold"].as_f64().unwrap(), "{text:?}");
+        }
+        for case in cases["invalid"].as_array().unwrap() {
+            let text = case.as_str().unwrap();
+            assert!(condition(text).is_err(), "{text:?} is refused");
+        }
+    }
 }
