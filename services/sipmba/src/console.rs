@@ -56,8 +56,8 @@ pub fn built() -> bool {
     option_env!("SIPMBA_CONSOLE_BUILT") == Some("1")
 }
 
-async fn index() -> Response {
-    file("index.html", None)
+async fn index(headers: HeaderMap) -> Response {
+    file("index.html", headers.get(header::IF_NONE_MATCH))
 }
 
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
@@ -120,4 +120,62 @@ fn secured(mut response: Response, caching: &'static str) -> Response {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(path: &str, etag: Option<&str>) -> Response {
+        let mut request = Request::get(path);
+        if let Some(etag) = etag {
+            request = request.header(header::IF_NONE_MATCH, etag);
+        }
+        router()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_carry_the_policy_and_are_never_cached() {
+        for path in ["/", "/things/0b6e4f", "/rules", "/session"] {
+            let response = get(path, None).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let h = response.headers();
+            assert_eq!(h[header::CONTENT_TYPE], "text/html", "{path}");
+            assert_eq!(h[header::CACHE_CONTROL], "no-store", "{path}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+            let policy = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert!(
+                policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'self'")
+            );
+            assert!(!policy.contains("unsafe"), "{policy}");
+            assert!(h.get(header::SET_COOKIE).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_known_etag_is_not_sent_again_and_a_missing_asset_is_a_404() {
+        let first = get("/", None).await;
+        let etag = first.headers()[header::ETAG].to_str().unwrap().to_owned();
+        let again = get("/", Some(&etag)).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again.headers()[header::CACHE_CONTROL], "no-store");
+        let changed = get("/", Some("\"another\"")).await;
+        assert_eq!(changed.status(), StatusCode::OK);
+        let missing = get("/assets/none.js", None).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(missing.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(
+            get("/elsewhere", None).await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
 }
