@@ -90,3 +90,21 @@ export function useNow(ms = 1000): number {
   }, [ms]);
   return now;
 }
+
+/** Runs an action a person asked for: its failure is kept as `problem` (cleared at the next
+ *  action); after a success, `after` runs (a list read again). */
+export function useAction(after?: () => void) {
+  const [problem, setProblem] = useState<string | null>(null);
+  const act = async (what: () => Promise<unknown>): Promise<boolean> => {
+    setProblem(null);
+    try {
+      await what();
+      after?.();
+      return true;
+    } catch (e) {
+      setProblem(describe(e));
+      return false;
+    }
+  };
+  return { act, problem, setProblem };
+}

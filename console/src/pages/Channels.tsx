@@ -1,11 +1,11 @@
 import { useState, type FormEvent } from "react";
 import { timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { channels, describe, users } from "../api";
+import { channels, users } from "../api";
 import { Confirm, Page, Problem } from "../components/ui";
 import { ChannelPermission } from "../gen/sipmba/v1/common_pb";
 import type { Channel, User } from "../gen/sipmba/v1/objects_pb";
 import { parseDuration, short, time } from "../format";
-import { usePoll } from "../hooks";
+import { useAction, usePoll } from "../hooks";
 import { useSession } from "../session";
 import { reachableThings } from "./Things";
 
@@ -20,25 +20,13 @@ export function ChannelsPage() {
   const { identity } = useSession();
   const me = identity.subject;
   const list = usePoll(async (signal) => (await channels.listChannels({ page: { pageSize: 100 } }, { signal })).channels, [], 10_000);
+  const { act, problem } = useAction(list.reload);
   const known = usePoll((signal) => reachableThings(me, signal), [me], 30_000);
   const tree = usePoll(async (signal) => (await users.listUsers({ root: { value: me }, page: { pageSize: 100 } }, { signal })).users, [me], 30_000);
   const [name, setName] = useState("");
-  const [problem, setProblem] = useState<string | null>(null);
   const [deleting, setDeleting] = useState<Channel | null>(null);
   const thingNames = new Map((known.data?.things ?? []).map((t) => [t.id!.value, t.name]));
   const userNames = new Map((tree.data ?? []).map((u) => [u.id!.value, u.username]));
-
-  async function act(what: () => Promise<unknown>) {
-    setProblem(null);
-    try {
-      await what();
-      list.reload();
-      return true;
-    } catch (e) {
-      setProblem(describe(e));
-      return false;
-    }
-  }
 
   async function submit(e: FormEvent) {
     e.preventDefault();

@@ -6,7 +6,7 @@ import { Confirm, Page, Problem, StateBadge } from "../components/ui";
 import type { Rule } from "../gen/sipmba/v1/processing_pb";
 import { comparisonText, parseCondition } from "../condition";
 import { parseDuration, parseLabels, short, time } from "../format";
-import { usePoll } from "../hooks";
+import { useAction, usePoll } from "../hooks";
 import { formatValue } from "../components/Plot";
 import { useSession } from "../session";
 import { reachableThings } from "./Things";
@@ -25,11 +25,11 @@ async function allRules(signal: AbortSignal) {
 export function RulesPage() {
   const { identity } = useSession();
   const list = usePoll(allRules, [], 5_000);
+  const { act, problem } = useAction(list.reload);
   const known = usePoll((signal) => reachableThings(identity.subject, signal), [identity.subject], 30_000);
   const chans = usePoll(async (signal) => (await channels.listChannels({}, { signal })).channels, [], 30_000);
   const [open, setOpen] = useState<string | null>(null);
   const [deleting, setDeleting] = useState<Rule | null>(null);
-  const [problem, setProblem] = useState<string | null>(null);
   const names = new Map((known.data?.things ?? []).map((t) => [t.id!.value, t.name]));
   const channelNames = new Map((chans.data ?? []).map((c) => [c.id!.value, c.name]));
 
@@ -39,16 +39,6 @@ export function RulesPage() {
     if (s.case === "channel") return `channel ${channelNames.get(s.value.value) ?? short(s.value.value)}`;
     if (s.case === "labels") return `labels ${s.value.selectors.map((l) => (l.value ? `${l.key}=${l.value}` : l.key)).join(",")}`;
     return "—";
-  }
-
-  async function act(what: () => Promise<unknown>) {
-    setProblem(null);
-    try {
-      await what();
-      list.reload();
-    } catch (e) {
-      setProblem(describe(e));
-    }
   }
 
   return (

@@ -6,7 +6,7 @@ import { ObjectState } from "../gen/sipmba/v1/common_pb";
 import type { Thing } from "../gen/sipmba/v1/objects_pb";
 import type { ThingPresence } from "../gen/sipmba/v1/processing_pb";
 import { ago, date, labelText, parseLabels, stateName } from "../format";
-import { useNow, usePoll } from "../hooks";
+import { useAction, useNow, usePoll } from "../hooks";
 import { useSession } from "../session";
 
 /** Every thing the user reaches (its subtree's and those shared with it), 100 at a time. */
@@ -31,8 +31,8 @@ export function ThingsPage() {
   const now = useNow();
   const [filter, setFilter] = useState("");
   const [secret, setSecret] = useState<{ title: string; clientId: string; secret: string } | null>(null);
-  const [problem, setProblem] = useState<string | null>(null);
   const list = usePoll((signal) => reachableThings(identity.subject, signal), [identity.subject], 10_000);
+  const { act, problem } = useAction(list.reload);
   const ids = useMemo(() => (list.data?.things ?? []).map((t) => t.id!.value), [list.data]);
   const seen = usePoll(
     async (signal) => {
@@ -49,16 +49,6 @@ export function ThingsPage() {
   );
 
   const shown = (list.data?.things ?? []).filter((t) => matches(t, filter));
-
-  async function act(what: () => Promise<unknown>) {
-    setProblem(null);
-    try {
-      await what();
-      list.reload();
-    } catch (e) {
-      setProblem(describe(e));
-    }
-  }
 
   return (
     <Page title="Things">

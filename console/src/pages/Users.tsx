@@ -4,7 +4,7 @@ import { Confirm, Page, Problem, StateBadge } from "../components/ui";
 import { ObjectState } from "../gen/sipmba/v1/common_pb";
 import type { User } from "../gen/sipmba/v1/objects_pb";
 import { stateName } from "../format";
-import { usePoll } from "../hooks";
+import { useAction, usePoll } from "../hooks";
 import { useSession } from "../session";
 
 async function subtree(root: string, signal: AbortSignal) {
@@ -47,21 +47,11 @@ export function UsersPage() {
   const { identity } = useSession();
   const me = identity.subject;
   const list = usePoll((signal) => subtree(me, signal), [me], 10_000);
-  const [problem, setProblem] = useState<string | null>(null);
+  const { act, problem, setProblem } = useAction(list.reload);
   const [disabling, setDisabling] = useState<{ user: User; users: User[]; things: number } | null>(null);
   const [passwordFor, setPasswordFor] = useState<User | null>(null);
   const ordered = treeOrder(list.data ?? [], me);
   const rootDepth = ordered[0]?.depth ?? 0;
-
-  async function act(what: () => Promise<unknown>) {
-    setProblem(null);
-    try {
-      await what();
-      list.reload();
-    } catch (e) {
-      setProblem(describe(e));
-    }
-  }
 
   async function askDisable(user: User) {
     try {

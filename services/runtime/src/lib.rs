@@ -2,6 +2,7 @@
 //! mapping to gRPC statuses, request-field parsing, metrics, and the server with health,
 //! reflection, TLS and graceful shutdown.
 
+pub mod browser;
 pub mod config;
 pub mod db;
 mod error;

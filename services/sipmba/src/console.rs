@@ -95,26 +95,12 @@ fn file(path: &str, if_none_match: Option<&HeaderValue>) -> Response {
     secured(response, caching)
 }
 
-fn secured(mut response: Response, caching: &'static str) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(POLICY),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(
+fn secured(response: Response, caching: &'static str) -> Response {
+    let mut response = sipmba_runtime::browser::page(response, POLICY, caching);
+    response.headers_mut().insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(caching));
     response
 }
 

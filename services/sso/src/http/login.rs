@@ -208,7 +208,7 @@ fn escape(text: &str) -> String {
 
 /// The security headers of every page here; `form_target` is the origin a form may be sent on
 /// to (the client's redirect URI), besides this one.
-fn secured(mut response: Response, form_target: Option<&str>) -> Response {
+fn secured(response: Response, form_target: Option<&str>) -> Response {
     let form_action = match form_target {
         Some(origin) => format!("'self' {origin}"),
         None => "'self'".into(),
@@ -217,21 +217,7 @@ fn secured(mut response: Response, form_target: Option<&str>) -> Response {
         "default-src 'none'; style-src 'self'; form-action {form_action}; frame-ancestors 'none'; \
          base-uri 'none'"
     );
-    let headers = response.headers_mut();
-    if let Ok(csp) = HeaderValue::from_str(&csp) {
-        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
-    }
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    sipmba_runtime::browser::page(response, &csp, "no-store")
 }
 
 fn origin(uri: &str) -> Option<String> {
