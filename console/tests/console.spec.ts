@@ -1,6 +1,8 @@
 // The console in a real browser against `sipmba server --dev`: signing in through sso's login
-// page, the demo thing live, its plot growing, a command reaching ACKED, a rule firing, a child
-// user who sees none of the parent's things, signing out. Every page is checked with axe-core
+// page, the demo thing live, its plot growing, a command reaching ACKED, a rule firing, a thing
+// created with its secret shown once, rotated and disabled, a channel sharing it, a user disabled
+// after the dialog says what goes with it, a child user who sees none of the parent's things, the
+// access token renewed, signing out. Every page is checked with axe-core
 // (no serious or critical violation) and at 375 px width, and photographed.
 
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -149,6 +151,75 @@ test("a child user created in the console signs in and sees none of the parent's
   await page.getByRole("link", { name: "Commands" }).click();
   await expect(page.locator("tr[data-command]")).toHaveCount(0);
   await page.screenshot({ path: `${shots}/child-things.png`, fullPage: true });
+});
+
+test("a thing created in the console shows its secret once; rotated, disabled; a channel connects and shares it", async ({ page, request }) => {
+  const token = (id: string, secret: string) =>
+    request.post("/oauth2/token", { form: { grant_type: "client_credentials", client_id: id, client_secret: secret } });
+  await signIn(page, "admin", password);
+  await page.getByLabel("New thing", { exact: true }).fill("greenhouse-2");
+  await page.getByLabel("Labels", { exact: true }).fill("site=north");
+  await page.getByRole("button", { name: "Create" }).click();
+  const dialog = page.getByRole("dialog");
+  await expect(dialog).toContainText("greenhouse-2 is created");
+  const clientId = (await dialog.getByTestId("client-id").textContent())!;
+  const secret = (await dialog.getByTestId("client-secret").textContent())!;
+  expect((await token(clientId, secret)).status(), "the secret shown is the thing's").toBe(200);
+  await page.screenshot({ path: `${shots}/thing-secret.png`, fullPage: true });
+  await dialog.getByRole("button", { name: "I have kept it" }).click();
+  await expect(dialog).toBeHidden();
+  await expect(page.getByTestId("client-secret")).toHaveCount(0);
+  const row = page.locator("tr[data-thing='greenhouse-2']");
+  await expect(row).toContainText("site=north");
+  await page.getByLabel("Filter", { exact: true }).fill("site=north");
+  await expect(page.locator("tr[data-thing]")).toHaveCount(1);
+  await page.getByLabel("Filter", { exact: true }).fill("demo");
+  await expect(page.locator("tr[data-thing]")).toHaveCount(1);
+  await expect(page.locator("tr[data-thing='demo-thing']")).toBeVisible();
+  await page.getByLabel("Filter", { exact: true }).fill("");
+
+  await row.getByRole("button", { name: "Rotate secret" }).click();
+  const rotated = (await page.getByRole("dialog").getByTestId("client-secret").textContent())!;
+  expect(rotated).not.toBe(secret);
+  expect((await token(clientId, rotated)).status(), "the new secret works").toBe(200);
+  expect((await token(clientId, secret)).status(), "the old secret no longer does").not.toBe(200);
+  await page.getByRole("dialog").getByRole("button", { name: "I have kept it" }).click();
+
+  await row.getByRole("button", { name: "Disable" }).click();
+  await expect(row).toContainText("disabled");
+  expect((await token(clientId, rotated)).status(), "a disabled thing gets no token").not.toBe(200);
+  await row.getByRole("button", { name: "Enable" }).click();
+  await expect(row).toContainText("active");
+
+  await page.getByRole("link", { name: "Channels" }).click();
+  await page.getByLabel("New channel", { exact: true }).fill("north-e2e");
+  await page.getByRole("button", { name: "Create" }).click();
+  const channel = page.locator("[data-channel='north-e2e']");
+  await channel.getByLabel("Connect", { exact: true }).selectOption({ label: "greenhouse-2" });
+  await channel.getByRole("button", { name: "Connect" }).click();
+  await expect(channel.getByRole("listitem").filter({ hasText: "greenhouse-2" })).toBeVisible();
+  await channel.getByLabel("Grant to", { exact: true }).fill("carol-e2e");
+  await channel.getByLabel("send commands", { exact: true }).check();
+  await channel.getByLabel("Expires in", { exact: true }).fill("2h");
+  await channel.getByRole("button", { name: "Grant" }).click();
+  const grant = channel.getByRole("listitem").filter({ hasText: "carol-e2e" });
+  await expect(grant).toContainText("read telemetry, send commands, until");
+  await page.screenshot({ path: `${shots}/channel-shared.png`, fullPage: true });
+  await grant.getByRole("button", { name: "Revoke" }).click();
+  await expect(grant).toHaveCount(0);
+  await channel.getByRole("listitem").filter({ hasText: "greenhouse-2" }).getByRole("button", { name: "Disconnect" }).click();
+  await expect(channel.getByRole("listitem").filter({ hasText: "greenhouse-2" })).toHaveCount(0);
+
+  await page.getByRole("link", { name: "Users" }).click();
+  const carol = page.locator("li[data-user='carol-e2e']");
+  await carol.getByRole("button", { name: "Disable" }).click();
+  const confirm = page.getByRole("dialog");
+  await expect(confirm).toContainText("This disables carol-e2e, and with them no thing.");
+  await expect(confirm).toContainText("stops working within a second");
+  await confirm.getByRole("button", { name: "Disable carol-e2e" }).click();
+  await expect(carol).toContainText("disabled");
+  await carol.getByRole("button", { name: "Enable" }).click();
+  await expect(carol).toContainText("active");
 });
 
 test("the console renews its access token before it expires and keeps working", async ({ page }) => {

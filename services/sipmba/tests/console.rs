@@ -1,6 +1,7 @@
 //! The web console in a real headless Chromium (Debian's, driven by Playwright from
 //! `console/tests`) against a `sipmba server --dev` process: the sign-in through sso's login page,
-//! the demo thing live, its plot growing, a command to ACKED, a rule firing, a child user's view,
+//! the demo thing live, its plot growing, a command to ACKED, a rule firing, a thing created with
+//! its secret shown once, rotated and disabled, a channel sharing it, a child user's view,
 //! renewing the access token, signing out; axe-core and 375 px on every page. Screenshots land in
 //! `target/console-e2e/screenshots`, the time to the first plot in `target/console-e2e/figures.json`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
@@ -89,7 +90,7 @@ async fn the_console_signs_in_shows_the_fleet_live_and_commands_it() {
     assert_eq!(stats["skipped"], 0, "no browser test is skipped: {stats}");
     assert_eq!(stats["unexpected"], 0, "{stats}");
     assert!(
-        stats["expected"].as_u64().unwrap_or(0) >= 8,
+        stats["expected"].as_u64().unwrap_or(0) >= 9,
         "the browser tests ran: {stats}"
     );
 }

@@ -40,8 +40,9 @@
 //! 13. `helm uninstall` removes the operator and leaves the CRDs.
 //!
 //! The platform's PostgreSQL and log: with `SIPMBA_E2E_DATABASE` (`ip:port`),
-//! `SIPMBA_E2E_DATABASE_URL` (naming the host `postgresql`) and `SIPMBA_E2E_KAFKA` (`ip:port`),
-//! servers outside the cluster, named to the platform as Services without selectors; without
+//! `SIPMBA_E2E_DATABASE_URL` (naming the host `postgresql`), `SIPMBA_E2E_UPGRADE_DATABASE_URL`
+//! (another database of that server, empty, for the previous release's platform) and
+//! `SIPMBA_E2E_KAFKA` (`ip:port`), servers outside the cluster, named to the platform as Services without selectors; without
 //! them, the chart's trial PostgreSQL and Redpanda (images pulled from their registries). Other
 //! settings: `SIPMBA_E2E_HELM` (default `helm`), `SIPMBA_E2E_CLI` (default
 //! `target/release/sipmba`), `SIPMBA_E2E_EDGE` (default `target/release/sipmba-edge`),
@@ -112,6 +113,9 @@ fn env(var: &str, default: &str) -> String {
 struct External {
     database: String,
     database_url: String,
+    /// An empty database for the previous release's platform (a database a newer release
+    /// migrated is not one an older release can open).
+    upgrade_database_url: String,
     kafka: String,
 }
 
@@ -167,11 +171,13 @@ async fn main() {
     let external = match (
         std::env::var("SIPMBA_E2E_DATABASE"),
         std::env::var("SIPMBA_E2E_DATABASE_URL"),
+        std::env::var("SIPMBA_E2E_UPGRADE_DATABASE_URL"),
         std::env::var("SIPMBA_E2E_KAFKA"),
     ) {
-        (Ok(database), Ok(database_url), Ok(kafka)) => Some(External {
+        (Ok(database), Ok(database_url), Ok(upgrade_database_url), Ok(kafka)) => Some(External {
             database,
             database_url,
+            upgrade_database_url,
             kafka,
         }),
         _ => None,

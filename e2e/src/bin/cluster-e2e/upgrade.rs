@@ -7,6 +7,11 @@
 use super::*;
 use crate::rollout::Roll;
 
+/// The Secret naming the upgrade platform's database (outside the cluster).
+const UPGRADE_DATABASE: &str = "e2e-database-upgrade";
+/// The upgrade platform's topic prefix.
+const UPGRADE_PREFIX: &str = "upgrade-";
+
 /// The previous release: its chart and the tag its images were imported under.
 pub(super) struct Previous {
     pub(super) chart: String,
@@ -79,6 +84,7 @@ impl Suite {
             },
         )
         .await?;
+        self.fresh_upgrade_data().await?;
         for resource in previous_grant(&self.operator_ns) {
             apply(&self.client, NS, resource).await?;
         }
@@ -240,12 +246,60 @@ impl Suite {
         Ok(())
     }
 
+    /// The previous release starts on data of its own, as its users' platforms did: a database
+    /// this release migrated is not one an older release can open (sea-orm refuses migrations it
+    /// does not know). Outside the cluster, an empty database of the same server; with the trial
+    /// PostgreSQL and Redpanda, their volumes of the earlier steps deleted.
+    async fn fresh_upgrade_data(&self) -> anyhow::Result<()> {
+        match &self.external {
+            Some(external) => {
+                apply(
+                    &self.client,
+                    NS,
+                    json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": UPGRADE_DATABASE, "namespace": NS},
+                        "stringData": {"url": external.upgrade_database_url}
+                    }),
+                )
+                .await
+            }
+            None => {
+                let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                    Api::namespaced(self.client.clone(), &self.operator_ns);
+                for name in [
+                    "data-sipmba-trial-postgresql-0",
+                    "data-sipmba-trial-redpanda-0",
+                ] {
+                    if claims.get_opt(name).await?.is_some() {
+                        claims.delete(name, &DeleteParams::default()).await?;
+                    }
+                }
+                wait_for(
+                    "the trial volumes of the earlier steps gone",
+                    Duration::from_secs(120),
+                    || async {
+                        let left = claims.list(&ListParams::default()).await?.items.len();
+                        Ok(if left == 0 {
+                            Ok(())
+                        } else {
+                            Err(format!("{left} claims"))
+                        })
+                    },
+                )
+                .await
+            }
+        }
+    }
+
     fn upgrade_spec(&self, tag: &str) -> serde_json::Value {
-        // The first platform's database and topics (prefix ""), as a SipMba re-created on its
-        // data: Processing keeps its position in each topic in the database, so a database serves
-        // one platform's topics and never another prefix's.
-        let mut spec = self.platform_spec("", REPLICAS as i32);
+        // Topics of its own (Processing keeps its position in each topic in the database, so a
+        // database serves one platform's topics), and a database of its own when outside.
+        let mut spec = self.platform_spec(UPGRADE_PREFIX, REPLICAS as i32);
         spec["image"] = json!(format!("ghcr.io/sipmba/sipmba:{tag}"));
+        if self.external.is_some() {
+            spec["database"] = json!({"urlSecretRef": {"name": UPGRADE_DATABASE, "key": "url"}});
+        }
         spec
     }
 
