@@ -111,6 +111,32 @@ impl Suite {
             "  the previous release installed: {} with images :{}",
             previous.chart, previous.tag
         );
+        // On an empty database sso has no signing key yet, and the previous release's sso
+        // replicas starting together may each make one (and sign with a key the other does not
+        // publish until it re-reads the keys, a minute later): one replica makes it, then the
+        // platform grows to its size.
+        let mut first = self.upgrade_spec(&previous.tag);
+        first["services"]["sso"]["replicas"] = json!(1);
+        self.apply_platform("demo", first).await?;
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        wait_for(
+            "the first sso replica Ready on the empty database",
+            Duration::from_secs(300),
+            || async {
+                let ready = deployments
+                    .get_opt("demo-sso")
+                    .await?
+                    .and_then(|d| d.status)
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                Ok(if ready >= 1 {
+                    Ok(())
+                } else {
+                    Err(format!("{ready} ready"))
+                })
+            },
+        )
+        .await?;
         self.apply_platform("demo", self.upgrade_spec(&previous.tag))
             .await?;
         self.platform_converged(&previous.tag, false).await?;
