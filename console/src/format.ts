@@ -1,6 +1,7 @@
 // How the console writes ids, times and states.
 
-import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { create } from "@bufbuild/protobuf";
+import { DurationSchema, timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { ObjectState } from "./gen/sipmba/v1/common_pb";
 import { CommandState } from "./gen/sipmba/v1/control_pb";
 
@@ -60,4 +61,9 @@ export function parseDuration(text: string): number | null {
   if (!m) return null;
   const unit = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as "s" | "m" | "h" | "d"];
   return Number(m[1]) * unit;
+}
+
+/** Milliseconds as a protobuf Duration of whole seconds. */
+export function pbDuration(ms: number): Duration {
+  return create(DurationSchema, { seconds: BigInt(Math.round(ms / 1000)) });
 }

@@ -91,12 +91,14 @@ export function useNow(ms = 1000): number {
   return now;
 }
 
-/** Runs an action a person asked for: its failure is kept as `problem` (cleared at the next
- *  action); after a success, `after` runs (a list read again). */
+/** Runs an action a person asked for: `busy` while it runs, its failure kept as `problem`
+ *  (cleared at the next action); after a success, `after` runs (a list read again). */
 export function useAction(after?: () => void) {
   const [problem, setProblem] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
   const act = async (what: () => Promise<unknown>): Promise<boolean> => {
     setProblem(null);
+    setBusy(true);
     try {
       await what();
       after?.();
@@ -104,7 +106,9 @@ export function useAction(after?: () => void) {
     } catch (e) {
       setProblem(describe(e));
       return false;
+    } finally {
+      setBusy(false);
     }
   };
-  return { act, problem, setProblem };
+  return { act, busy, problem, setProblem };
 }

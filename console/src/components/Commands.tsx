@@ -2,13 +2,11 @@
 // the list is read again every two seconds.
 
 import { useState, type FormEvent } from "react";
-import { create } from "@bufbuild/protobuf";
-import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { Link } from "wouter";
-import { control, describe } from "../api";
+import { control } from "../api";
 import { CommandState, type Command } from "../gen/sipmba/v1/control_pb";
-import { FINAL_COMMAND_STATES, commandStateName, parseDuration, short, time } from "../format";
-import { useStream } from "../hooks";
+import { FINAL_COMMAND_STATES, commandStateName, parseDuration, pbDuration, short, time } from "../format";
+import { useAction, useStream } from "../hooks";
 import { Problem, StateBadge } from "./ui";
 
 export function SendCommand(props: {
@@ -20,8 +18,7 @@ export function SendCommand(props: {
   const [name, setName] = useState("");
   const [payload, setPayload] = useState("");
   const [ttl, setTtl] = useState("");
-  const [problem, setProblem] = useState<string | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { act, busy, problem, setProblem } = useAction();
   async function submit(e: FormEvent) {
     e.preventDefault();
     const target = props.thing ?? thing;
@@ -31,22 +28,16 @@ export function SendCommand(props: {
       ttlMs = parseDuration(ttl);
       if (ttlMs === null) return setProblem(`Time to live ${JSON.stringify(ttl)}: write it like 30s, 15m, 2h or 1d.`);
     }
-    setBusy(true);
-    setProblem(null);
-    try {
+    await act(async () => {
       const command = await control.sendCommand({
         thing: { value: target },
         name: name.trim(),
         payload: new TextEncoder().encode(payload),
-        ttl: ttlMs === null ? undefined : create(DurationSchema, { seconds: BigInt(Math.round(ttlMs / 1000)) }),
+        ttl: ttlMs === null ? undefined : pbDuration(ttlMs),
         idempotencyKey: crypto.randomUUID(),
       });
       props.onSent(command);
-    } catch (err) {
-      setProblem(describe(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   }
   return (
     <form className="inline" onSubmit={submit} aria-label="Send a command">

@@ -1,11 +1,11 @@
 import { useState, type FormEvent } from "react";
 import { create } from "@bufbuild/protobuf";
-import { DurationSchema, FieldMaskSchema } from "@bufbuild/protobuf/wkt";
+import { FieldMaskSchema, type Duration } from "@bufbuild/protobuf/wkt";
 import { channels, describe, rules } from "../api";
 import { Confirm, Page, Problem, StateBadge } from "../components/ui";
 import type { Rule } from "../gen/sipmba/v1/processing_pb";
 import { comparisonText, parseCondition } from "../condition";
-import { parseDuration, parseLabels, short, time } from "../format";
+import { parseDuration, parseLabels, pbDuration, short, time } from "../format";
 import { useAction, usePoll } from "../hooks";
 import { formatValue } from "../components/Plot";
 import { useSession } from "../session";
@@ -158,12 +158,12 @@ function CreateRule(props: {
     e.preventDefault();
     const condition = parseCondition(form.when);
     if ("error" in condition) return setProblem(`When ${condition.error}`);
-    const durations: Record<"hold" | "cooldown", ReturnType<typeof create<typeof DurationSchema>> | undefined> = { hold: undefined, cooldown: undefined };
+    const durations: Record<"hold" | "cooldown", Duration | undefined> = { hold: undefined, cooldown: undefined };
     for (const key of ["hold", "cooldown"] as const) {
       if (!form[key].trim()) continue;
       const ms = parseDuration(form[key]);
       if (ms === null) return setProblem(`${key === "hold" ? "Hold" : "Cooldown"} ${JSON.stringify(form[key])}: write it like 30s, 5m, 2h or 1d.`);
-      durations[key] = create(DurationSchema, { seconds: BigInt(Math.round(ms / 1000)) });
+      durations[key] = pbDuration(ms);
     }
     let selector;
     if (form.watch.startsWith("thing:")) selector = { case: "thing" as const, value: { value: form.watch.slice(6) } };

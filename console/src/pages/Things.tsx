@@ -1,6 +1,6 @@
 import { useMemo, useState, type FormEvent } from "react";
 import { Link } from "wouter";
-import { accounts, describe, presence, things } from "../api";
+import { accounts, presence, things } from "../api";
 import { Online, Page, Problem, SecretDialog, StateBadge } from "../components/ui";
 import { ObjectState } from "../gen/sipmba/v1/common_pb";
 import type { Thing } from "../gen/sipmba/v1/objects_pb";
@@ -152,25 +152,18 @@ function matches(t: Thing, filter: string): boolean {
 function CreateThing(props: { onCreated: (title: string, clientId: string, secret: string) => void }) {
   const [name, setName] = useState("");
   const [labels, setLabels] = useState("");
-  const [problem, setProblem] = useState<string | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { act, busy, problem, setProblem } = useAction();
   async function submit(e: FormEvent) {
     e.preventDefault();
     const parsed = parseLabels(labels);
     if ("error" in parsed) return setProblem(parsed.error as string);
-    setBusy(true);
-    setProblem(null);
-    try {
+    await act(async () => {
       const thing = await things.createThing({ name: name.trim(), labels: parsed as Record<string, string> });
       const issued = await accounts.issueThingSecret({ thing: thing.id });
       setName("");
       setLabels("");
       props.onCreated(`${thing.name} is created`, issued.clientId, issued.clientSecret);
-    } catch (err) {
-      setProblem(describe(err));
-    } finally {
-      setBusy(false);
-    }
+    });
   }
   return (
     <form className="inline" onSubmit={submit} aria-label="Create a thing">
