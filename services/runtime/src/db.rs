@@ -70,6 +70,22 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTra
     .await
 }
 
+/// A write transaction that holds the advisory lock `lock` on PostgreSQL until it ends, so that
+/// replicas doing the same read-then-write (such as "make the first key when there is none") do
+/// it one after the other. On SQLite [`begin_write`] alone serialises writers.
+pub async fn begin_locked(
+    db: &DatabaseConnection,
+    lock: i64,
+) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::{ConnectionTrait, DatabaseBackend};
+    let txn = begin_write(db).await?;
+    if db.get_database_backend() == DatabaseBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({lock})"))
+            .await?;
+    }
+    Ok(txn)
+}
+
 /// True when `db` answers a trivial query.
 pub async fn is_reachable(db: &DatabaseConnection) -> bool {
     db.ping().await.is_ok()

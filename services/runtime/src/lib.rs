@@ -3,6 +3,7 @@
 //! reflection, TLS and graceful shutdown.
 
 pub mod browser;
+pub mod clock;
 pub mod config;
 pub mod db;
 mod error;
@@ -15,6 +16,7 @@ pub mod server;
 mod shutdown;
 pub mod tls;
 
+pub use clock::Clock;
 pub use config::{
     AuthConfig, Config, ConfigArgs, ConfigError, Defaults, LogFormat, QueueSettings, Sections,
     ServiceIdentity, TlsFiles,

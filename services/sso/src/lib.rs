@@ -33,7 +33,7 @@ pub use objects::SSO_SERVICE_ID;
 pub use revocation::Introspection;
 use sea_orm::DatabaseConnection;
 use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
-use sipmba_runtime::{ServiceError, ServiceResult, objects::ObjectsClient};
+use sipmba_runtime::{Clock, ServiceError, ServiceResult, objects::ObjectsClient};
 
 /// Settings of the SSO service.
 #[derive(Debug, Clone)]
@@ -170,7 +170,11 @@ impl Sso {
     ) -> ServiceResult<Self> {
         let keep_retired =
             i64::try_from(config.longest_access_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
-        let keys = Arc::new(keys::KeyRing::load(db.clone(), keep_retired).await?);
+        let timing = keys::KeyTiming {
+            keep_retired_ms: keep_retired,
+            publish_ahead_ms: keys::KeyTiming::PUBLISH_AHEAD_MS,
+        };
+        let keys = Arc::new(keys::KeyRing::load(db.clone(), timing, Clock::system()).await?);
         let objects = ObjectsClient::new(
             &config.objects_url,
             objects::own_token(keys.clone(), &config.issuer, &config.audience),
@@ -215,7 +219,8 @@ impl Sso {
         self.inner.keys.jwks()
     }
 
-    /// Starts signing with a new key; the old one stays published until its tokens expire.
+    /// Publishes a new key that takes over signing two minutes later (by then every replica
+    /// publishes it); the old one stays published until its tokens expire. Returns the new `kid`.
     pub async fn rotate_keys(&self) -> ServiceResult<String> {
         self.inner.keys.rotate().await
     }
@@ -225,13 +230,7 @@ impl Sso {
     pub async fn refresh_keys(&self) -> ServiceResult<Option<String>> {
         let period = i64::try_from(self.inner.config.key_rotation.as_millis()).unwrap_or(i64::MAX);
         self.inner.keys.reload().await?;
-        let age = sipmba_runtime::ids::now_ms() - self.inner.keys.current_created_ms();
-        if age < period {
-            return Ok(None);
-        }
-        let kid = self.inner.keys.rotate().await?;
-        tracing::info!(%kid, "rotated the signing key");
-        Ok(Some(kid))
+        self.inner.keys.rotate_when_older(period).await
     }
 
     /// Keeps the keys fresh until `shutdown`: re-reads them every minute (other replicas may have

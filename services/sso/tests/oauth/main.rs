@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 mod accounts;
 mod code;
+mod keys;
 mod logs;
 mod revocation;
 mod tokens;
