@@ -233,3 +233,133 @@ impl DevPlatform {
         }
     }
 }
+
+/// CPU time and resident memory of a live process, from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStats {
+    /// User and system CPU time so far.
+    pub cpu: Duration,
+    /// Resident memory now (KiB).
+    pub rss_kib: u64,
+    /// Peak resident memory (KiB).
+    pub peak_kib: u64,
+}
+
+impl ProcStats {
+    /// The figures of process `pid` now.
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("process {pid} is gone"))?;
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        let rest = stat.rsplit_once(')').context("stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        let hz = rustix::param::clock_ticks_per_second();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Self {
+            cpu: Duration::from_millis(ticks * 1000 / hz),
+            rss_kib: kib("VmRSS:"),
+            peak_kib: kib("VmHWM:"),
+        })
+    }
+}
+
+/// Raises this process's open-file limit (soft and hard, as root may) to at least `files`; the
+/// processes it starts inherit it. Returns the limit in force.
+pub fn raise_file_limit(files: u64) -> anyhow::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current.is_some_and(|c| c >= files) {
+        return Ok(now.current.unwrap_or(files));
+    }
+    let hard = now.maximum.map_or(files, |m| m.max(files));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(files),
+            maximum: Some(hard),
+        },
+    )
+    .or_else(|_| {
+        // Not allowed above the hard limit: take what it allows.
+        let maximum = now.maximum;
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: maximum,
+                maximum,
+            },
+        )
+    })
+    .context("raising the open-file limit")?;
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(files))
+}
+
+/// Mosquitto on a free loopback port, with its defaults otherwise (no persistence, anonymous
+/// clients); it dies with this process and is killed on drop.
+pub struct Mosquitto {
+    /// Its port.
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts it (installed by `.ci/setup mosquitto`) and waits until it listens.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )?;
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|b| Path::new(b).exists())
+            .unwrap_or("mosquitto");
+        let child = sipmba_testkit::tied_command(Path::new(bin))
+            .arg("-c")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start mosquitto ({e}): run .ci/setup mosquitto")
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

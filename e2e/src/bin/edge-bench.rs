@@ -71,37 +71,6 @@ fn timestamp(i: u64) -> prost_types::Timestamp {
     }
 }
 
-/// CPU time, resident and peak resident memory (KiB) of a live process.
-fn proc_stats(pid: u32) -> anyhow::Result<(Duration, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let hz: u64 = String::from_utf8(
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .parse()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((
-        Duration::from_millis(ticks * 1000 / hz),
-        kib("VmRSS:"),
-        kib("VmHWM:"),
-    ))
-}
-
 struct Row {
     name: &'static str,
     readings: u64,
@@ -206,7 +175,11 @@ async fn agent_row(args: &Args) -> anyhow::Result<Row> {
     };
     // Let the session end (final Ack, Goodbye), then read the process.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (cpu, rss_kib, peak_kib) = proc_stats(pid)?;
+    let sipmba_e2e::ProcStats {
+        cpu,
+        rss_kib,
+        peak_kib,
+    } = sipmba_e2e::ProcStats::of(pid)?;
     let bytes = proxy.bytes();
     sigterm(child, "the agent").await?;
     platform.stop().await?;
@@ -248,7 +221,11 @@ async fn mqtt_row(args: &Args) -> anyhow::Result<Row> {
         other => bail!("the MQTT publisher failed: {other:?}"),
     }
     let elapsed = started.elapsed();
-    let (cpu, rss_kib, peak_kib) = proc_stats(pid)?;
+    let sipmba_e2e::ProcStats {
+        cpu,
+        rss_kib,
+        peak_kib,
+    } = sipmba_e2e::ProcStats::of(pid)?;
     let bytes = proxy.bytes();
     drop(child.stdin.take());
     child.wait().await?;

@@ -24,7 +24,7 @@ use std::{
 
 use futures::FutureExt as _;
 use prost::Message;
-use session::{CommandSession, GROUP_BATCHES, Recording, recorded, wake};
+use session::{CommandSession, GROUP_BATCHES, Recording, Settled, recorded, wake};
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1::{self as pb, session_request, session_response};
 use sipmba_queue::producer::Producer;
@@ -82,8 +82,12 @@ struct Inner {
 }
 
 /// Collect's own metrics (no per-thing labels: the fleet is unbounded).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct CollectMetrics {
+    /// Time for the log to commit a group of readings.
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Time to record a committed group's position.
+    record_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Readings committed to the log.
     committed: prometheus_client::metrics::counter::Counter,
     /// Resent readings dropped as duplicates.
@@ -92,6 +96,24 @@ struct CollectMetrics {
     rate_limited: prometheus_client::metrics::counter::Counter,
     /// Live sessions.
     sessions: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Default for CollectMetrics {
+    fn default() -> Self {
+        let seconds = || {
+            prometheus_client::metrics::histogram::Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
+        };
+        Self {
+            commit_seconds: seconds(),
+            record_seconds: seconds(),
+            committed: Default::default(),
+            duplicates: Default::default(),
+            rate_limited: Default::default(),
+            sessions: Default::default(),
+        }
+    }
 }
 
 /// The Collect service. Cheap to clone.
@@ -191,6 +213,16 @@ impl Collect {
                 m.rate_limited,
             );
             registry.register(
+                "collect_commit_seconds",
+                "Time for the log to commit a group of readings",
+                m.commit_seconds,
+            );
+            registry.register(
+                "collect_record_seconds",
+                "Time to record a committed group's acknowledged position",
+                m.record_seconds,
+            );
+            registry.register(
                 "collect_sessions",
                 "Live thing sessions on this instance",
                 m.sessions,
@@ -235,8 +267,14 @@ impl Collect {
         self.inner.metrics.duplicates.inc_by(batch_len - accepted);
         if !values.is_empty() {
             // One produce for the whole group, in order, in the thing's partition.
+            let started = std::time::Instant::now();
             let commit = self.inner.producer.send_many(key.as_bytes(), values).await;
-            match commit.await {
+            let committed = commit.await;
+            self.inner
+                .metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match committed {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     return Err(ServiceError::Unavailable(format!(
@@ -379,10 +417,7 @@ impl Collect {
                 tokio::select! {
                 m = inbound.message() => m,
                 _ = closed.changed() => {
-                    let closing = session_response::Frame::Closing(session_response::Closing {
-                        reason: "a newer session of this thing replaced this one".into(),
-                    });
-                    let _ = tx.send(frame(closing)).await;
+                    let _ = tx.send(Ok(session::replaced())).await;
                     break Ok(());
                 }
                 () = self.inner.shutdown.clone().wait() => {
@@ -396,10 +431,14 @@ impl Collect {
                 recorded = recorded(recording.as_mut()), if recording.is_some() => {
                     recording = None;
                     match recorded {
-                        Ok(seq) => {
+                        Ok(Settled::Ack(seq)) => {
                             if tx.send(ack(seq)).await.is_err() {
                                 break Ok(());
                             }
+                        }
+                        Ok(Settled::Superseded) => {
+                            let _ = tx.send(Ok(session::replaced())).await;
+                            break Ok(());
                         }
                         Err(status) => break Err(status),
                     }
@@ -439,20 +478,6 @@ impl Collect {
                         Ok(last) => last,
                         Err(e) => break Err(Status::from(e)),
                     };
-                    // A newer session of this thing, on this replica or another, ends this one.
-                    match self.inner.acks.is_live(thing, &session_id).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            let closing =
-                                session_response::Frame::Closing(session_response::Closing {
-                                    reason: "a newer session of this thing replaced this one"
-                                        .into(),
-                                });
-                            let _ = tx.send(frame(closing)).await;
-                            break Ok(());
-                        }
-                        Err(e) => break Err(Status::from(e)),
-                    }
                     if let Err(wait) = self.take_budget(thing, batch.readings.len()) {
                         // Not committed: the thing resends this batch after the pause.
                         paused_until = Some(tokio::time::Instant::now() + wait);
@@ -514,10 +539,14 @@ impl Collect {
                             // Acks go out in order: the previous group's first.
                             if let Some(mut previous) = recording.take() {
                                 match recorded(Some(&mut previous)).await {
-                                    Ok(seq) => {
+                                    Ok(Settled::Ack(seq)) => {
                                         if tx.send(ack(seq)).await.is_err() {
                                             break Ok(());
                                         }
+                                    }
+                                    Ok(Settled::Superseded) => {
+                                        let _ = tx.send(Ok(session::replaced())).await;
+                                        break Ok(());
                                     }
                                     Err(status) => break Err(status),
                                 }
@@ -525,10 +554,17 @@ impl Collect {
                             if highest > acked {
                                 // Recorded before the Ack: Welcome never shows less than was
                                 // acknowledged (a thing that lost its outbox numbers from it).
-                                // The next group is produced meanwhile.
+                                // Recorded only while this is the thing's live session: a newer
+                                // one, on this replica or another, ends this one. The next group
+                                // is produced meanwhile.
                                 let acks = self.inner.acks.clone();
+                                let session_id = session_id.clone();
+                                let took = self.inner.metrics.record_seconds.clone();
                                 recording = Some(tokio::spawn(async move {
-                                    acks.advance(thing, highest).await.map(|()| highest)
+                                    let started = std::time::Instant::now();
+                                    let outcome = acks.record(thing, &session_id, highest).await;
+                                    took.observe(started.elapsed().as_secs_f64());
+                                    Ok((highest, outcome?))
                                 }));
                                 acked = highest;
                             } else if tx.send(ack(acked)).await.is_err() {
@@ -566,8 +602,14 @@ impl Collect {
         // Whatever ended the session, a committed group's position is recorded, and acknowledged
         // if the thing still listens (a Goodbye is answered with the final Ack).
         if let Some(mut last) = recording.take() {
-            if let Ok(seq) = recorded(Some(&mut last)).await {
-                let _ = tx.send(ack(seq)).await;
+            match recorded(Some(&mut last)).await {
+                Ok(Settled::Ack(seq)) => {
+                    let _ = tx.send(ack(seq)).await;
+                }
+                Ok(Settled::Superseded) => {
+                    let _ = tx.send(Ok(session::replaced())).await;
+                }
+                Err(_) => {}
             }
         } else if goodbye {
             let _ = tx.send(ack(acked)).await;

@@ -9,22 +9,42 @@ use uuid::Uuid;
 use sipmba_proto::v1::{self as pb, session_request, session_response};
 use tokio::sync::mpsc;
 
-use crate::inbox;
+use crate::{inbox, store::Recorded};
 
 /// A committed group's position being recorded: the seq to acknowledge once it is.
-pub(crate) type Recording = tokio::task::JoinHandle<ServiceResult<u64>>;
+pub(crate) type Recording = tokio::task::JoinHandle<ServiceResult<(u64, Recorded)>>;
 
-/// Waits for `recording` (forever when there is none) and says what to acknowledge.
-pub(crate) async fn recorded(recording: Option<&mut Recording>) -> Result<u64, Status> {
+/// What a recorded position lets the session do.
+pub(crate) enum Settled {
+    /// Acknowledge up to this seq.
+    Ack(u64),
+    /// Close: a newer session of the thing took over before the position was stored.
+    Superseded,
+}
+
+/// Waits for `recording` (forever when there is none) and says what to do.
+pub(crate) async fn recorded(recording: Option<&mut Recording>) -> Result<Settled, Status> {
     let Some(recording) = recording else {
         return std::future::pending().await;
     };
     match recording.await {
-        Ok(Ok(seq)) => Ok(seq),
+        Ok(Ok((seq, Recorded::Stored))) => Ok(Settled::Ack(seq)),
+        Ok(Ok((_, Recorded::Superseded))) => Ok(Settled::Superseded),
         Ok(Err(e)) => Err(Status::from(e)),
         Err(e) => Err(Status::internal(format!(
             "recording the acknowledged position failed: {e}"
         ))),
+    }
+}
+
+/// The frame that closes a session another one replaced.
+pub(crate) fn replaced() -> pb::SessionResponse {
+    pb::SessionResponse {
+        frame: Some(session_response::Frame::Closing(
+            session_response::Closing {
+                reason: "a newer session of this thing replaced this one".into(),
+            },
+        )),
     }
 }
 

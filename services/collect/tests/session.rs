@@ -418,7 +418,8 @@ async fn a_newer_session_on_another_replica_ends_the_older_one(backend: Backend)
     );
     new_tx.send(batch(11..=20)).await.unwrap();
     assert_eq!(next_ack(&mut new_in).await, 20);
-    // The older session's next batch is refused with Closing, and not committed.
+    // The older session's next batch is answered with Closing, not an Ack: its position is not
+    // recorded (whatever of it reached the log is a duplicate the new session resends).
     old_tx.send(batch(11..=30)).await.unwrap();
     match old_in.message().await.unwrap().unwrap().frame {
         Some(session_response::Frame::Closing(c)) => assert!(c.reason.contains("newer session")),

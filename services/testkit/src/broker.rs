@@ -185,18 +185,23 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Starts `command` so that it dies with this process: through `setpriv --pdeathsig KILL` where
-/// util-linux offers it, so that a test killed by its runner leaves no broker behind.
-fn spawn_tied(program: &Path, args: &[&str], dir: &Path) -> std::io::Result<Child> {
+/// A command for `program` that dies with this process: run through `setpriv --pdeathsig KILL`
+/// where util-linux offers it (setpriv execs `program`, so the child's pid is the program's), so
+/// that a test or benchmark killed by its runner leaves nothing behind.
+pub fn tied_command(program: &Path) -> Command {
     let setpriv = Path::new("/usr/bin/setpriv");
-    let mut command = if setpriv.exists() {
+    if setpriv.exists() {
         let mut c = Command::new(setpriv);
         c.args(["--pdeathsig", "KILL", "--"]).arg(program);
         c
     } else {
         Command::new(program)
-    };
-    command
+    }
+}
+
+/// Starts `program` with [`tied_command`], its output discarded.
+fn spawn_tied(program: &Path, args: &[&str], dir: &Path) -> std::io::Result<Child> {
+    tied_command(program)
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())

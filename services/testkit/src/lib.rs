@@ -21,7 +21,7 @@ mod broker;
 pub mod browser;
 mod dev;
 mod wait;
-pub use broker::{Flavour, KafkaCluster, TestBroker};
+pub use broker::{Flavour, KafkaCluster, TestBroker, tied_command};
 pub use dev::{DevOptions, DevServer};
 pub use wait::{Outcome, Signal, eventually, eventually_blocking, signal, sigterm};
 

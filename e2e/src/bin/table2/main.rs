@@ -40,7 +40,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 mod paths;
-use paths::{Mosquitto, through_collect, through_log, through_mosquitto};
+use paths::{through_collect, through_log, through_mosquitto};
+use sipmba_e2e::Mosquitto;
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
