@@ -34,7 +34,6 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
 use prost::Message;
-use sipmba_auth::{Kind, scopes};
 use sipmba_e2e::{Mosquitto, ProcStats};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
@@ -121,6 +120,7 @@ impl IdleStep {
 }
 
 /// The busy figures of one side.
+#[derive(Default)]
 struct Busy {
     sent: u64,
     acked: u64,
@@ -323,17 +323,7 @@ fn thing_tokens(issuer: &TestIssuer, things: &[Uuid]) -> Vec<String> {
     let owner = Uuid::new_v4();
     things
         .iter()
-        .map(|&thing| {
-            issuer.sign(
-                &issuer
-                    .claims(
-                        Kind::Thing,
-                        thing,
-                        &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
-                    )
-                    .with_owner(owner),
-            )
-        })
+        .map(|&thing| issuer.thing_token(thing, owner))
         .collect()
 }
 
@@ -402,15 +392,7 @@ async fn busy_collect(
         let first = start + period * u32::try_from(i).unwrap() / n;
         tasks.push(tokio::spawn(device_busy(device, first, period, run)));
     }
-    let mut busy = Busy {
-        sent: 0,
-        acked: 0,
-        read_back: None,
-        lost: 0,
-        duplicates: None,
-        latencies_us: Vec::new(),
-        cpu: Duration::ZERO,
-    };
+    let mut busy = Busy::default();
     let mut acked_up_to = Vec::new();
     for task in tasks {
         let (sent, acked, latencies) = task.await??;
@@ -648,15 +630,7 @@ async fn busy_mosquitto(mosquitto: &Mosquitto, args: &Args) -> anyhow::Result<Bu
         let first = start + period * u32::try_from(i).unwrap() / n;
         tasks.push(tokio::spawn(mqtt_busy(port, i, first, period, run)));
     }
-    let mut busy = Busy {
-        sent: 0,
-        acked: 0,
-        read_back: None,
-        lost: 0,
-        duplicates: None,
-        latencies_us: Vec::new(),
-        cpu: Duration::ZERO,
-    };
+    let mut busy = Busy::default();
     for task in tasks {
         let (sent, acked, latencies) = task.await??;
         busy.sent += sent;

@@ -211,15 +211,7 @@ impl Platform {
 }
 
 fn thing_token(issuer: &TestIssuer, thing: Uuid) -> String {
-    issuer.sign(
-        &issuer
-            .claims(
-                Kind::Thing,
-                thing,
-                &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
-            )
-            .with_owner(Uuid::new_v4()),
-    )
+    issuer.thing_token(thing, Uuid::new_v4())
 }
 
 fn config(state_dir: &std::path::Path) -> Config {

@@ -114,16 +114,7 @@ async fn start_with(backend: Backend, limits: Settings) -> Harness {
 
 impl Harness {
     fn thing_token(&self, thing: Uuid) -> String {
-        self.issuer.sign(
-            &self
-                .issuer
-                .claims(
-                    Kind::Thing,
-                    thing,
-                    &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
-                )
-                .with_owner(Uuid::new_v4()),
-        )
+        self.issuer.thing_token(thing, Uuid::new_v4())
     }
 
     /// Opens a session and sends Hello; returns the outbound sender, the inbound stream and

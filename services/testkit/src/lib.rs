@@ -217,6 +217,17 @@ impl TestIssuer {
         self.key.sign(claims).expect("sign token")
     }
 
+    /// A thing's token with the scopes provisioning gives (`telemetry:write commands:read`),
+    /// owned by `owner`.
+    pub fn thing_token(&self, thing: Uuid, owner: Uuid) -> String {
+        use sipmba_auth::scopes::{COMMANDS_READ, TELEMETRY_WRITE};
+        self.sign(
+            &self
+                .claims(Kind::Thing, thing, &[TELEMETRY_WRITE, COMMANDS_READ])
+                .with_owner(owner),
+        )
+    }
+
     /// A user token with every user scope.
     pub fn user_token(&self, user: Uuid) -> String {
         self.sign(&self.claims(Kind::User, user, sipmba_auth::scopes::USER_SCOPES))

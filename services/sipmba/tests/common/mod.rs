@@ -257,16 +257,7 @@ pub async fn telemetry_seqs(
 }
 
 pub fn thing_token(issuer: &TestIssuer, thing: uuid::Uuid) -> String {
-    use sipmba_auth::{Kind, scopes};
-    issuer.sign(
-        &issuer
-            .claims(
-                Kind::Thing,
-                thing,
-                &[scopes::TELEMETRY_WRITE, scopes::COMMANDS_READ],
-            )
-            .with_owner(uuid::Uuid::new_v4()),
-    )
+    issuer.thing_token(thing, uuid::Uuid::new_v4())
 }
 
 /// A `sipmba server --target collect` process with its broker and key set, a thing streaming
