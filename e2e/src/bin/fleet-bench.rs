@@ -20,7 +20,8 @@
 //! Run: `cargo build --release -p sipmba && cargo run --release -p sipmba-e2e --bin fleet-bench`
 //! (`.ci/setup postgres kafka tansu mosquitto` runs first and installs what is missing);
 //! `--broker tansu` for the embedded log, `--idle`, `--busy-things`, `--rate`, `--seconds` for
-//! the sizes, `--only sipmba` or `--only mosquitto` for one side.
+//! the sizes, `--only sipmba` or `--only mosquitto` for one side; `FLEET_COLLECT_LOG=<file>` keeps
+//! Collect's log there.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 use std::{

@@ -24,7 +24,7 @@ use std::{
 
 use futures::FutureExt as _;
 use prost::Message;
-use session::{CommandSession, GROUP_BATCHES, Recording, Settled, recorded, wake};
+use session::{CommandSession, GROUP_BATCHES, Recording, recorded, wake};
 use sipmba_auth::{Access, Kind, Principal, Verifier, scopes};
 use sipmba_proto::v1::{self as pb, session_request, session_response};
 use sipmba_queue::producer::Producer;
@@ -431,14 +431,10 @@ impl Collect {
                 recorded = recorded(recording.as_mut()), if recording.is_some() => {
                     recording = None;
                     match recorded {
-                        Ok(Settled::Ack(seq)) => {
-                            if tx.send(ack(seq)).await.is_err() {
+                        Ok(settled) => {
+                            if !session::answer(settled, &tx).await {
                                 break Ok(());
                             }
-                        }
-                        Ok(Settled::Superseded) => {
-                            let _ = tx.send(Ok(session::replaced())).await;
-                            break Ok(());
                         }
                         Err(status) => break Err(status),
                     }
@@ -539,14 +535,10 @@ impl Collect {
                             // Acks go out in order: the previous group's first.
                             if let Some(mut previous) = recording.take() {
                                 match recorded(Some(&mut previous)).await {
-                                    Ok(Settled::Ack(seq)) => {
-                                        if tx.send(ack(seq)).await.is_err() {
+                                    Ok(settled) => {
+                                        if !session::answer(settled, &tx).await {
                                             break Ok(());
                                         }
-                                    }
-                                    Ok(Settled::Superseded) => {
-                                        let _ = tx.send(Ok(session::replaced())).await;
-                                        break Ok(());
                                     }
                                     Err(status) => break Err(status),
                                 }
@@ -601,16 +593,10 @@ impl Collect {
         };
         // Whatever ended the session, a committed group's position is recorded, and acknowledged
         // if the thing still listens (a Goodbye is answered with the final Ack).
-        if let Some(mut last) = recording.take() {
-            match recorded(Some(&mut last)).await {
-                Ok(Settled::Ack(seq)) => {
-                    let _ = tx.send(ack(seq)).await;
-                }
-                Ok(Settled::Superseded) => {
-                    let _ = tx.send(Ok(session::replaced())).await;
-                }
-                Err(_) => {}
-            }
+        if let Some(mut last) = recording.take()
+            && let Ok(settled) = recorded(Some(&mut last)).await
+        {
+            session::answer(settled, &tx).await;
         } else if goodbye {
             let _ = tx.send(ack(acked)).await;
         }

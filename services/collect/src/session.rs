@@ -37,6 +37,26 @@ pub(crate) async fn recorded(recording: Option<&mut Recording>) -> Result<Settle
     }
 }
 
+/// Sends what a recorded position allows: its Ack, or Closing when a newer session replaced this
+/// one. False when the session is over (replaced, or the thing stopped listening).
+pub(crate) async fn answer(
+    settled: Settled,
+    tx: &mpsc::Sender<Result<pb::SessionResponse, Status>>,
+) -> bool {
+    match settled {
+        Settled::Ack(seq) => {
+            let ack = session_response::Frame::Ack(session_response::Ack { acked_seq: seq });
+            tx.send(Ok(pb::SessionResponse { frame: Some(ack) }))
+                .await
+                .is_ok()
+        }
+        Settled::Superseded => {
+            let _ = tx.send(Ok(replaced())).await;
+            false
+        }
+    }
+}
+
 /// The frame that closes a session another one replaced.
 pub(crate) fn replaced() -> pb::SessionResponse {
     pb::SessionResponse {

@@ -91,6 +91,16 @@ async fn rows(db: &impl ConnectionTrait) -> ServiceResult<Vec<keys::Model>> {
         .await?)
 }
 
+/// A new key that takes over at `starts_ms` from every key not yet retired; returns its `kid`.
+async fn succeed(db: &impl ConnectionTrait, starts_ms: i64) -> ServiceResult<String> {
+    keys::Entity::update_many()
+        .col_expr(keys::Column::RetiredMs, Expr::value(starts_ms))
+        .filter(keys::Column::RetiredMs.is_null())
+        .exec(db)
+        .await?;
+    insert(db, starts_ms).await
+}
+
 /// A new key that starts signing at `starts_ms`.
 async fn insert(db: &impl ConnectionTrait, starts_ms: i64) -> ServiceResult<String> {
     let kid = format!("k-{}", Uuid::new_v4().simple());
@@ -151,12 +161,7 @@ impl KeyRing {
         let mut rows = rows(&txn).await?;
         if !rows.iter().any(|k| signs_at(k, now)) {
             // Whatever is left unretired never signs now (its start is ahead of this clock).
-            keys::Entity::update_many()
-                .col_expr(keys::Column::RetiredMs, Expr::value(now))
-                .filter(keys::Column::RetiredMs.is_null())
-                .exec(&txn)
-                .await?;
-            let kid = insert(&txn, now).await?;
+            let kid = succeed(&txn, now).await?;
             tracing::info!(%kid, "created a signing key");
             rows = self::rows(&txn).await?;
         }
@@ -203,12 +208,7 @@ impl KeyRing {
             .clock
             .now_ms()
             .saturating_add(self.timing.publish_ahead_ms);
-        keys::Entity::update_many()
-            .col_expr(keys::Column::RetiredMs, Expr::value(starts))
-            .filter(keys::Column::RetiredMs.is_null())
-            .exec(&txn)
-            .await?;
-        let kid = insert(&txn, starts).await?;
+        let kid = succeed(&txn, starts).await?;
         txn.commit().await?;
         self.reload().await?;
         tracing::info!(%kid, starts_ms = starts, "published the next signing key");
