@@ -126,3 +126,45 @@ impl Metrics {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// The chart's alert rules and dashboard use only operator metrics this registry exports.
+    #[test]
+    fn the_charts_monitoring_uses_only_exported_operator_metrics() {
+        let metrics = super::Metrics::default();
+        // Families appear once they have a series.
+        metrics.record("thing", "ok", std::time::Duration::from_millis(1));
+        let text = metrics.encode();
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect();
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/sipmba/files/monitoring"
+        );
+        let mut used = Vec::new();
+        for file in ["alerts.yaml", "dashboard.json"] {
+            let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+            for (at, _) in text.match_indices("sipmba_operator_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let base = name.strip_suffix("_total").unwrap_or(&name).to_owned();
+                used.push(base);
+            }
+        }
+        assert!(used.len() >= 3, "{used:?}");
+        for name in &used {
+            assert!(
+                exported.contains(&name.as_str()),
+                "{name} is not exported:\n{text}"
+            );
+        }
+    }
+}

@@ -97,6 +97,10 @@ struct Inner {
     ready: AtomicBool,
     undecodable: prometheus_client::metrics::counter::Counter,
     pending: prometheus_client::metrics::gauge::Gauge,
+    outcomes: prometheus_client::metrics::family::Family<
+        OutcomeLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 /// The command inbox of one Collect replica. Cheap to clone.
@@ -165,6 +169,7 @@ impl Inbox {
                 ready: AtomicBool::new(false),
                 undecodable: Default::default(),
                 pending: Default::default(),
+                outcomes: Default::default(),
             }),
         };
         for p in 0..command_partitions {
@@ -209,6 +214,16 @@ impl Inbox {
 
     /// Registers the inbox's metrics.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        // Every outcome from zero, so that the first of each counts in `rate()`.
+        for state in [
+            pb::CommandState::Acked,
+            pb::CommandState::Failed,
+            pb::CommandState::Expired,
+        ] {
+            let _ = self.inner.outcomes.get_or_create(&OutcomeLabels {
+                state: outcome_label(state),
+            });
+        }
         registry.register(
             "collect_commands_pending",
             "Commands waiting for their thing, as this replica knows them",
@@ -218,6 +233,11 @@ impl Inbox {
             "collect_command_records_undecodable",
             "Records of the command topics skipped because they could not be decoded",
             self.inner.undecodable.clone(),
+        );
+        registry.register(
+            "collect_command_outcomes",
+            "Commands that reached a final state here, committed to the log, by state (acked, failed, expired)",
+            self.inner.outcomes.clone(),
         );
     }
 
@@ -472,6 +492,12 @@ impl Inbox {
             .await;
         match commit.await {
             Ok(Ok(_)) => {
+                self.inner
+                    .outcomes
+                    .get_or_create(&OutcomeLabels {
+                        state: outcome_label(state),
+                    })
+                    .inc();
                 let mut s = self.state();
                 self.remove(&mut s, command);
                 Ok(())
@@ -528,5 +554,20 @@ impl Inbox {
                 self.report_expired(thing, command);
             }
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OutcomeLabels {
+    state: &'static str,
+}
+
+/// The bounded label of a final state.
+fn outcome_label(state: pb::CommandState) -> &'static str {
+    match state {
+        pb::CommandState::Acked => "acked",
+        pb::CommandState::Failed => "failed",
+        pb::CommandState::Expired => "expired",
+        _ => "other",
     }
 }

@@ -213,7 +213,8 @@ impl Control {
         for topic in [topics::COMMANDS, topics::COMMAND_EVENTS] {
             for partition in 0..queue.partition_count(topic).await? {
                 let client = queue.partition(topic, partition).await?;
-                tokio::spawn(control.clone().follow(topic, client, shutdown.clone()));
+                let lag = queue.lag("control", topic, partition).await;
+                tokio::spawn(control.clone().follow(topic, client, lag, shutdown.clone()));
             }
         }
         Ok(control)
@@ -234,6 +235,7 @@ impl Control {
         self,
         topic: &'static str,
         client: sipmba_queue::PartitionClient,
+        lag: sipmba_queue::lag::PartitionLag,
         stop: Shutdown,
     ) {
         let partition = client.partition();
@@ -241,6 +243,7 @@ impl Control {
         sipmba_queue::follow_stored(
             client,
             sipmba_queue::IDLE_FETCH_WAIT,
+            Some(lag),
             move || {
                 let store = offsets.clone();
                 async move { store.offset(topic, partition).await }

@@ -84,10 +84,11 @@ impl Consumer {
         };
         for partition in owned {
             let client = queue.partition(topics::TELEMETRY, partition).await?;
+            let lag = queue.lag("processing", topics::TELEMETRY, partition).await;
             tokio::spawn(
                 consumer
                     .clone()
-                    .run(store.clone(), client, shutdown.clone()),
+                    .run(store.clone(), client, lag, shutdown.clone()),
             );
         }
         Ok(consumer)
@@ -117,7 +118,13 @@ impl Consumer {
         );
     }
 
-    async fn run(self, store: Store, client: sipmba_queue::PartitionClient, stop: Shutdown) {
+    async fn run(
+        self,
+        store: Store,
+        client: sipmba_queue::PartitionClient,
+        lag: sipmba_queue::lag::PartitionLag,
+        stop: Shutdown,
+    ) {
         let partition = client.partition();
         let topic = topics::TELEMETRY;
         let offsets = store.clone();
@@ -125,6 +132,7 @@ impl Consumer {
         sipmba_queue::follow_stored(
             client,
             sipmba_queue::IDLE_FETCH_WAIT,
+            Some(lag),
             move || {
                 let store = offsets.clone();
                 async move { store.offset(topic, partition).await }

@@ -4,6 +4,7 @@
 //! rskafka has no consumer groups: a follower keeps its own offset.
 
 pub mod admin;
+pub mod lag;
 pub mod producer;
 pub mod revocations;
 pub mod security;
@@ -92,6 +93,10 @@ pub struct Queue {
     security: Arc<Security>,
     /// Whether a broker answered the last check (every second).
     answering: Arc<std::sync::atomic::AtomicBool>,
+    /// The lag of this process's consumers.
+    lag: lag::LagMetrics,
+    /// Each topic's retention (ms, `None`: for ever) as the broker reported it.
+    retention_seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<i64>>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -188,6 +193,8 @@ impl Queue {
             replicas: None,
             security: Arc::new(security),
             answering: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            lag: lag::LagMetrics::default(),
+            retention_seen: Arc::default(),
         };
         queue.apply_nodelay();
         tokio::spawn(watch_brokers(
@@ -236,6 +243,68 @@ impl Queue {
     pub fn with_replicas(mut self, replicas: Option<i16>) -> Self {
         self.replicas = replicas;
         self
+    }
+
+    /// Consumer lag is measured against `clock` (tests move it instead of waiting).
+    pub fn with_clock(mut self, clock: sipmba_runtime::Clock) -> Self {
+        self.lag = lag::LagMetrics::with_clock(clock);
+        self
+    }
+
+    /// The lag metrics of this queue's consumers, to register once per process.
+    pub fn lag_metrics(&self) -> &lag::LagMetrics {
+        &self.lag
+    }
+
+    /// The lag of `consumer` on `partition` of topic `name`, beside the topic's retention as the
+    /// broker reports it (or as this queue creates topics, when no broker says).
+    pub async fn lag(
+        &self,
+        consumer: &'static str,
+        name: &str,
+        partition: i32,
+    ) -> lag::PartitionLag {
+        let retention = self.retention_ms(name).await;
+        self.lag.partition(consumer, name, partition, retention)
+    }
+
+    /// How long the log keeps the records of topic `name` (ms; `None`: for ever).
+    pub async fn retention_ms(&self, name: &str) -> Option<i64> {
+        if let Some(known) = self
+            .retention_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return *known;
+        }
+        let mut reported = None;
+        for broker in self.brokers.iter() {
+            if let Ok(configs) = admin::describe_topic(self.target(broker), &self.topic(name)).await
+            {
+                reported = Some(
+                    configs
+                        .iter()
+                        .find(|(key, _)| key == "retention.ms")
+                        .and_then(|(_, value)| value.parse::<i64>().ok())
+                        .filter(|ms| *ms >= 0),
+                );
+                break;
+            }
+        }
+        let retention = match reported {
+            Some(retention) => retention,
+            // No broker said: what this process creates the topic with, if anything.
+            None => self
+                .retention
+                .get(name)
+                .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX)),
+        };
+        self.retention_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), retention);
+        retention
     }
 
     /// True while some broker of the cluster answers (as of the last check: every second, each
@@ -472,6 +541,44 @@ pub struct Reader {
     idle_wait: Duration,
     /// The wait of the next fetch.
     current: Duration,
+    /// When the first record of the last fetch was written (ms since the epoch).
+    oldest_ms: Option<i64>,
+}
+
+/// Where a reader whose position the log no longer holds goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// The log had deleted the records before `to` (past its retention): `skipped` of them were
+    /// never read.
+    Skipped {
+        /// Records deleted unread.
+        skipped: u64,
+        /// The earliest record the log holds, read next.
+        to: i64,
+    },
+    /// The position `from` was past the partition's end `end` (the topic was made again, or the
+    /// log lost committed records): reading goes on from its earliest record `to`.
+    Rewound {
+        /// The position that was past the end.
+        from: i64,
+        /// The partition's end.
+        end: i64,
+        /// The earliest record the log holds, read next.
+        to: i64,
+    },
+    /// The position is in range after all (it moved meanwhile): nothing changed.
+    InRange,
+}
+
+/// Whether `error` says that the offset fetched is not on the log.
+pub fn is_out_of_range(error: &QueueError) -> bool {
+    matches!(
+        error,
+        QueueError::Broker(KafkaError::ServerError {
+            protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+            ..
+        })
+    )
 }
 
 impl std::fmt::Debug for Reader {
@@ -493,7 +600,44 @@ impl Reader {
             wait: FETCH_WAIT,
             idle_wait: IDLE_FETCH_WAIT,
             current: FETCH_WAIT,
+            oldest_ms: None,
         }
+    }
+
+    /// When the first record of the last fetch was written (ms since the epoch; `None` when it
+    /// brought none).
+    pub fn oldest_ms(&self) -> Option<i64> {
+        self.oldest_ms
+    }
+
+    /// The offset read next (`None`: the earliest record on the log).
+    pub fn position(&self) -> Option<i64> {
+        self.offset
+    }
+
+    /// After a fetch failed because its offset is not on the log ([`is_out_of_range`]): moves
+    /// to the partition's earliest record, and says what was skipped.
+    pub async fn resume_in_range(&mut self) -> Result<Resumed, QueueError> {
+        let earliest = self.partition.get_offset(OffsetAt::Earliest).await?;
+        let end = self.partition.get_offset(OffsetAt::Latest).await?;
+        let at = self.offset.unwrap_or(earliest);
+        let resumed = if at < earliest {
+            Resumed::Skipped {
+                skipped: u64::try_from(earliest - at).unwrap_or(0),
+                to: earliest,
+            }
+        } else if at > end {
+            Resumed::Rewound {
+                from: at,
+                end,
+                to: earliest,
+            }
+        } else {
+            return Ok(Resumed::InRange);
+        };
+        self.offset = Some(earliest);
+        self.current = self.wait;
+        Ok(resumed)
     }
 
     /// Waits at most `wait` at the end of the partition while records come (default
@@ -540,6 +684,10 @@ impl Reader {
             .await?;
         let mut next = start;
         let mut out = Vec::with_capacity(records.len());
+        self.oldest_ms = records
+            .iter()
+            .find(|r| r.offset >= start)
+            .map(|r| r.record.timestamp.timestamp_millis());
         for r in records {
             if r.offset < next {
                 continue;
@@ -578,6 +726,7 @@ pub async fn follow<F, C>(
     follow_stored(
         partition,
         idle_wait,
+        None,
         || std::future::ready(Ok::<_, std::convert::Infallible>(offset)),
         |records: Arc<[(i64, Vec<u8>)]>, _next| {
             for (offset, value) in records.iter() {
@@ -597,10 +746,14 @@ pub async fn follow<F, C>(
 /// to resume from — it is retried with the same batch until it succeeds, so the position moves
 /// only with the work. `caught_up` is called once the end the partition had at start is reached.
 /// Fetches wait up to `idle_wait` once the partition stays empty (see [`IDLE_FETCH_WAIT`]).
-/// Retries with backoff while the broker or the store fails; returns when `stop` fires.
+/// `lag`, when given, follows how far behind the partition's end the work is. A position the log
+/// no longer holds (its records deleted past the retention) moves to the earliest record the log
+/// has, and the records lost are counted and logged as an error. Retries with backoff while the
+/// broker or the store fails; returns when `stop` fires.
 pub async fn follow_stored<E, S, A>(
     partition: PartitionClient,
     idle_wait: Duration,
+    lag: Option<lag::PartitionLag>,
     mut start: impl FnMut() -> S,
     mut apply: impl FnMut(Arc<[(i64, Vec<u8>)]>, i64) -> A,
     mut caught_up: impl FnMut(),
@@ -640,18 +793,54 @@ pub async fn follow_stored<E, S, A>(
         };
         let (records, next, high_watermark) = match result {
             Ok(step) => step,
+            Err(e) if is_out_of_range(&e) => {
+                match reader.resume_in_range().await {
+                    Ok(Resumed::Skipped { skipped, to }) => {
+                        tracing::error!(
+                            topic,
+                            partition = index,
+                            skipped,
+                            resume_at = to,
+                            "the log deleted records (past its retention) before they were read: \
+                             they are lost to this consumer; reading on from the earliest it holds"
+                        );
+                        if let Some(lag) = &lag {
+                            lag.skipped(skipped);
+                        }
+                    }
+                    Ok(Resumed::Rewound { from, end, to }) => tracing::warn!(
+                        topic,
+                        partition = index,
+                        position = from,
+                        end,
+                        resume_at = to,
+                        "the stored position is past the partition's end (was the topic made \
+                         again?): reading from its earliest record"
+                    ),
+                    Ok(Resumed::InRange) => {}
+                    Err(e) => back_off!("cannot read the log", e),
+                }
+                continue;
+            }
             Err(e) => {
                 back_off!("cannot read the log", e);
                 continue;
             }
         };
         pause = Duration::from_millis(100);
+        if let Some(lag) = &lag {
+            let position = records.first().map_or(next, |(offset, _)| *offset);
+            lag.fetched(position, high_watermark, reader.oldest_ms());
+        }
         if !records.is_empty() {
             let records: Arc<[(i64, Vec<u8>)]> = records.into();
             while let Err(e) = apply(records.clone(), next).await {
                 back_off!("cannot apply records yet", e);
             }
             pause = Duration::from_millis(100);
+        }
+        if let Some(lag) = &lag {
+            lag.applied(next, high_watermark);
         }
         if !reached_end && next >= high_watermark {
             reached_end = true;

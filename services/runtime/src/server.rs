@@ -209,12 +209,13 @@ impl Server {
         );
 
         let ready = Arc::new(AtomicBool::new(false));
+        let ready_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
         tokio::spawn(watch_readiness(
             reporter,
             grpc_names,
             probes,
             recheck,
-            ready.clone(),
+            (ready.clone(), ready_gauge.clone()),
             shutdown.clone(),
         ));
 
@@ -223,6 +224,11 @@ impl Server {
         let metrics = Metrics::new(
             move |path| known.known_path(path),
             |registry| {
+                registry.register(
+                    "ready",
+                    "1 while every dependency of this process answers (what /readyz reports), 0 otherwise",
+                    ready_gauge,
+                );
                 for register in metric_registrations {
                     register(registry);
                 }
@@ -343,7 +349,7 @@ async fn watch_readiness(
     names: Vec<&'static str>,
     probes: Vec<(Option<Vec<&'static str>>, Probe)>,
     recheck: Arc<tokio::sync::Notify>,
-    ready: Arc<AtomicBool>,
+    (ready, ready_gauge): (Arc<AtomicBool>, prometheus_client::metrics::gauge::Gauge),
     shutdown: Shutdown,
 ) {
     let mut last: Option<Vec<bool>> = None;
@@ -355,6 +361,7 @@ async fn watch_readiness(
                     .await;
             }
             ready.store(false, Ordering::Relaxed);
+            ready_gauge.set(0);
             return;
         }
         let mut passed = Vec::with_capacity(probes.len());
@@ -380,6 +387,7 @@ async fn watch_readiness(
                 reporter.set_service_status(name, status).await;
             }
             ready.store(all, Ordering::Relaxed);
+            ready_gauge.set(i64::from(all));
             if all {
                 tracing::info!("dependencies reachable: serving");
             } else {

@@ -249,6 +249,8 @@ impl Platform {
             let ready = ready.clone();
             Box::pin(async move { ready.load(Ordering::Relaxed) })
         }));
+        let lag = queue.lag_metrics().clone();
+        self.server.metrics(move |registry| lag.register(registry));
         self.queue = Some(queue);
         Ok(())
     }
@@ -413,7 +415,7 @@ impl Platform {
             Failure::Runtime(anyhow::anyhow!("stopped before processing could start"))
         })?;
         let (live, _) = tokio::sync::broadcast::channel(1024);
-        sipmba_processing::Consumer::start(
+        let consumer = sipmba_processing::Consumer::start(
             store.clone(),
             &queue,
             ownership,
@@ -435,6 +437,8 @@ impl Platform {
             sipmba_processing::rules_api::RulesApi::new(rules, settings.max_rules_per_owner);
         queries.register(&mut self.server);
         rules.register(&mut self.server);
+        self.server
+            .metrics(move |registry| consumer.register_metrics(registry));
         Ok(())
     }
 

@@ -119,6 +119,32 @@ async fn dev_mode_serves_on_embedded_defaults_with_a_usable_admin_token() {
         reply.contains(r#""scope":"objects:admin users:write""#),
         "{reply}"
     );
+    // /metrics: every platform metric the chart's alerts and dashboard use is exported, Control's
+    // consumer lag is there and back to zero once the command is applied, and the process is ready.
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let metrics = http_get(addr, "/metrics").await;
+    let exported: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let used = monitored_metrics();
+    assert!(used.len() >= 15, "{used:?}");
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| !exported.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the chart's alerts or dashboard use metrics nobody exports: {missing:?}\n{metrics}"
+    );
+    assert!(metrics.contains("\nsipmba_ready 1\n"), "{metrics}");
+    let lag = r#"sipmba_log_consumer_lag_records{consumer="control",topic="sipmba.commands",partition="0"} 0"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(addr, "/metrics").await.contains(lag) {
+        assert!(Instant::now() < deadline, "{lag} never seen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     common::stop_dev(server).await;
 
     // A restart keeps the key, the data and the token valid.
@@ -337,4 +363,34 @@ async fn dev_mode_rules_command_things_through_control_as_their_owner() {
         Some(pb::command_issuer::Issuer::Rule(rule.id.unwrap()))
     );
     common::stop_dev(server).await;
+}
+
+/// The platform metrics (not the operator's: its own test checks those) that the chart's alert
+/// rules and Grafana dashboard use, by the name in a `# TYPE` line.
+fn monitored_metrics() -> std::collections::BTreeSet<String> {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../charts/sipmba/files/monitoring"
+    );
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["alerts.yaml", "dashboard.json"] {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("sipmba_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            if name.starts_with("sipmba_operator_") {
+                continue;
+            }
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            names.insert(base.to_owned());
+        }
+    }
+    names
 }
