@@ -16,7 +16,7 @@ mod verifier;
 
 pub use layer::{Access, AccessPolicy, AuthLayer, AuthService};
 pub use principal::{Kind, NoPrincipal, Principal, scopes};
-pub use revocations::Revocations;
+pub use revocations::{GRACE_SECS, Revocations};
 pub use verifier::{AuthError, JwksSource, Lapsed, Verifier, VerifierConfig};
 
 /// Largest leeway accepted for `exp`/`nbf` checks; a larger clock skew is a broken clock.

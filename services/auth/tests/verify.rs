@@ -196,7 +196,9 @@ async fn revoked_tokens_and_subjects_are_refused() {
     ));
     assert!(verifier.verify(&other).await.is_ok(), "only that jti");
     // Subject-wide: everything issued before the cut-off.
-    verifier.revocations().revoke_subject(user, unix_now() + 1);
+    verifier
+        .revocations()
+        .revoke_subject(user, unix_now() + 1, unix_now() + 3600, unix_now());
     assert!(matches!(
         verifier.verify(&other).await,
         Err(AuthError::Revoked)
@@ -204,6 +206,27 @@ async fn revoked_tokens_and_subjects_are_refused() {
     let mut later = issuer.claims(Kind::User, user, &[]);
     later.iat = unix_now() + 2;
     assert!(verifier.verify(&issuer.sign(&later)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_revoked_token_in_its_leeway_stays_refused_after_the_list_is_pruned() {
+    let issuer = TestIssuer::new();
+    let (verifier, _jwks) = setup(&issuer).await;
+    let mut claims = issuer.claims(Kind::User, Uuid::new_v4(), &[]);
+    claims.exp = unix_now() - 2; // expired, but within the 5 s leeway: still accepted
+    let token = issuer.sign(&claims);
+    assert!(verifier.verify(&token).await.is_ok());
+    verifier
+        .revocations()
+        .revoke_token(claims.jti.clone(), claims.exp, unix_now());
+    // Another revocation prunes the list; the first must survive it.
+    verifier
+        .revocations()
+        .revoke_token("another", unix_now() + 60, unix_now());
+    assert!(matches!(
+        verifier.verify(&token).await,
+        Err(AuthError::Revoked)
+    ));
 }
 
 #[tokio::test]

@@ -22,17 +22,27 @@ fn secs(ts: &Option<prost_types::Timestamp>) -> i64 {
     ts.as_ref().map_or(0, |t| t.seconds)
 }
 
+/// A record's expiry in seconds; one without an expiry is kept for good rather than dropped.
+fn expires(record: &pb::Revocation) -> i64 {
+    record.expires.as_ref().map_or(i64::MAX, |t| t.seconds)
+}
+
 /// Applies one encoded [`pb::Revocation`] to `revocations`.
 pub fn apply(revocations: &Revocations, value: &[u8], now_secs: i64) -> Result<(), String> {
     let record = pb::Revocation::decode(value).map_err(|e| e.to_string())?;
     match record.target {
         Some(pb::revocation::Target::Jti(jti)) => {
-            revocations.revoke_token(jti, secs(&record.expires), now_secs);
+            revocations.revoke_token(jti, expires(&record), now_secs);
         }
         Some(pb::revocation::Target::Subject(s)) => {
             let subject = Uuid::parse_str(&s.subject).map_err(|e| e.to_string())?;
             // The record says "iat at or before not_before"; the list says "iat before".
-            revocations.revoke_subject(subject, secs(&s.not_before) + 1);
+            revocations.revoke_subject(
+                subject,
+                secs(&s.not_before) + 1,
+                expires(&record),
+                now_secs,
+            );
         }
         None => return Err("a revocation without a target".into()),
     }

@@ -14,6 +14,9 @@ use crate::{
 
 use crate::{OAuthError, grants::kind_number};
 
+/// How long past its expiry a row still matters: the largest leeway a verifier accepts.
+const GRACE_MS: i64 = sipmba_auth::GRACE_SECS * 1000;
+
 /// The answer of introspection (RFC 7662 §2.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Introspection {
@@ -169,7 +172,8 @@ impl Sso {
             .await?;
         let live = issued::Entity::find()
             .filter(issued::Column::Family.eq(family))
-            .filter(issued::Column::ExpiresMs.gt(now_ms()))
+            // A token past its exp is still accepted within a verifier's leeway.
+            .filter(issued::Column::ExpiresMs.gt(now_ms() - GRACE_MS))
             .all(&self.inner.db)
             .await?;
         for token in live {
@@ -190,18 +194,21 @@ impl Sso {
         let not_before = at_ms / 1000 + 1;
         let keep = i64::try_from(self.inner.config.longest_access_lifetime().as_millis())
             .unwrap_or(i64::MAX / 2);
+        let expires_ms = at_ms.saturating_add(keep);
         revocations::Entity::insert(revocations::ActiveModel {
             jti: Set(None),
             subject: Set(Some(subject)),
             not_before_ms: Set(Some(not_before * 1000)),
             kind: Set(kind.map_or(0, kind_number)),
-            expires_ms: Set(at_ms.saturating_add(keep)),
+            expires_ms: Set(expires_ms),
             ..Default::default()
         })
         .exec_without_returning(&self.inner.db)
         .await?;
         self.inner.revoked.notify_waiters();
-        self.inner.revocations.revoke_subject(subject, not_before);
+        self.inner
+            .revocations
+            .revoke_subject(subject, not_before, expires_ms / 1000, at_ms / 1000);
         refresh_tokens::Entity::update_many()
             .col_expr(refresh_tokens::Column::Revoked, Expr::value(true))
             .filter(refresh_tokens::Column::UserId.eq(subject))
@@ -211,15 +218,16 @@ impl Sso {
         Ok(())
     }
 
-    /// Loads the live revocations into the in-memory list (at start).
+    /// Loads the live revocations into the in-memory list (at start), and deletes the rows past
+    /// their expiry and any verifier's leeway.
     pub(crate) async fn load_revocations(&self) -> ServiceResult<()> {
         let now = now_ms();
         revocations::Entity::delete_many()
-            .filter(revocations::Column::ExpiresMs.lt(now))
+            .filter(revocations::Column::ExpiresMs.lt(now - GRACE_MS))
             .exec(&self.inner.db)
             .await?;
         issued::Entity::delete_many()
-            .filter(issued::Column::ExpiresMs.lt(now))
+            .filter(issued::Column::ExpiresMs.lt(now - GRACE_MS))
             .exec(&self.inner.db)
             .await?;
         for row in revocations::Entity::find().all(&self.inner.db).await? {
@@ -229,9 +237,12 @@ impl Sso {
                         .revocations
                         .revoke_token(jti, row.expires_ms / 1000, now / 1000)
                 }
-                (None, Some(subject), Some(nbf)) => {
-                    self.inner.revocations.revoke_subject(subject, nbf / 1000)
-                }
+                (None, Some(subject), Some(nbf)) => self.inner.revocations.revoke_subject(
+                    subject,
+                    nbf / 1000,
+                    row.expires_ms / 1000,
+                    now / 1000,
+                ),
                 _ => {}
             }
         }
