@@ -42,6 +42,23 @@ const LIST_SCAN: u64 = 5_000;
 /// Namespace of the command ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_8b0d_4c3a_9e57_21d8_c0a4_5b19);
 
+/// The rows Control prunes: a command accepted more than `retention` (the command topic's) ago,
+/// and its status. Its record has left the log by then, and its time to live — never longer than
+/// the retention — is over, so it is in a final state.
+pub fn prune_rules(retention: Duration) -> Vec<sipmba_runtime::prune::Rule> {
+    use sipmba_runtime::prune::Rule;
+    let keep = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    vec![
+        Rule::new("control_statuses", "command_id", move |now| {
+            format!(
+                "command_id IN (SELECT id FROM control_commands WHERE created_ms < {})",
+                now.saturating_sub(keep)
+            )
+        }),
+        Rule::older_than("control_commands", "id", "created_ms", retention),
+    ]
+}
+
 /// What each Control method needs.
 pub fn access_policy() -> Vec<(&'static str, Access)> {
     vec![

@@ -23,6 +23,17 @@ use sipmba_queue::{Queue, QueueError, topics};
 use sipmba_runtime::Shutdown;
 use store::Store;
 
+/// The rows Processing prunes: rule firings older than `retention` (the telemetry topic's: the
+/// readings that made them have left the log).
+pub fn prune_rules(retention: std::time::Duration) -> Vec<sipmba_runtime::prune::Rule> {
+    vec![sipmba_runtime::prune::Rule::older_than(
+        "processing_firings",
+        "id",
+        "fired_ms",
+        retention,
+    )]
+}
+
 /// Which partitions a replica consumes: those whose number modulo `replicas` is `replica`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ownership {

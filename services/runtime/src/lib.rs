@@ -10,6 +10,7 @@ mod error;
 pub mod ids;
 pub mod metrics;
 pub mod objects;
+pub mod prune;
 pub mod ratelimit;
 pub mod retry;
 pub mod server;

@@ -123,7 +123,12 @@ pub struct Platform {
     log_up: Vec<Arc<AtomicBool>>,
     sso: Option<sipmba_sso::Sso>,
     verifier: Option<Verifier>,
+    /// The rows the services run here prune (one pruner for them all, started at bind).
+    prune: Vec<sipmba_runtime::prune::Rule>,
 }
+
+/// How often the pruner looks for rows past their time.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Platform {
     /// Logging (`dev`: to standard error, the demo agent quiet), the TLS provider, the peer CA,
@@ -155,6 +160,7 @@ impl Platform {
             log_up: Vec::new(),
             sso: None,
             verifier: None,
+            prune: Vec::new(),
         })
     }
 
@@ -318,6 +324,7 @@ impl Platform {
         if !self.plan.runs(Target::Objects) {
             self.server.requires_database(self.db.clone());
         }
+        self.prune.extend(sipmba_sso::prune_rules());
         self.sso = Some(sso);
         Ok(())
     }
@@ -439,6 +446,9 @@ impl Platform {
         rules.register(&mut self.server);
         self.server
             .metrics(move |registry| consumer.register_metrics(registry));
+        self.prune.extend(sipmba_processing::prune_rules(
+            self.plan.config.queue.telemetry_retention,
+        ));
         Ok(())
     }
 
@@ -473,6 +483,9 @@ impl Platform {
         .await
         .context("creating the command topics")?;
         control.register(&mut self.server);
+        self.prune.extend(sipmba_control::prune_rules(
+            self.plan.config.queue.command_retention,
+        ));
         Ok(())
     }
 
@@ -541,6 +554,16 @@ impl Platform {
         tracing::info!(%addr, target = self.plan.target.name(), "listening");
         if let Some(sso) = &self.sso {
             sso.follow_objects(self.shutdown.clone());
+        }
+        if !self.prune.is_empty() {
+            let pruner = sipmba_runtime::prune::Pruner::new(
+                self.db.clone(),
+                std::mem::take(&mut self.prune),
+            );
+            let metrics = pruner.clone();
+            self.server
+                .metrics(move |registry| metrics.register_metrics(registry));
+            pruner.spawn(PRUNE_EVERY, self.shutdown.clone());
         }
         Ok(Bound {
             platform: self,

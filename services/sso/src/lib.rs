@@ -252,6 +252,25 @@ impl Sso {
     }
 }
 
+/// The rows sso prunes, each once it can no longer matter: authorization codes past their expiry;
+/// issued-token records, revocations and refresh tokens past theirs and any verifier's leeway (a
+/// revocation must outlive the token it names).
+pub fn prune_rules() -> Vec<sipmba_runtime::prune::Rule> {
+    use sipmba_runtime::prune::Rule;
+    let grace = Duration::from_secs(sipmba_auth::GRACE_SECS.unsigned_abs());
+    vec![
+        Rule::older_than(
+            "sso_authorization_codes",
+            "code_hash",
+            "expires_ms",
+            Duration::ZERO,
+        ),
+        Rule::older_than("sso_issued", "jti", "expires_ms", grace),
+        Rule::older_than("sso_revocations", "seq", "expires_ms", grace),
+        Rule::older_than("sso_refresh_tokens", "id", "expires_ms", grace),
+    ]
+}
+
 /// Applies the SSO migrations (one transaction under an advisory lock on PostgreSQL).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
     sipmba_runtime::db::migrate::<migration::Migrator>(db, 74000003).await
