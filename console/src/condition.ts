@@ -37,8 +37,11 @@ export function parseCondition(text: string): Condition | { error: string } {
   if (!best) return { error: conditionError(text) };
   const metric = text.slice(0, best.at).trim();
   const number = text.slice(best.at + best.op.length).trim();
-  if (!metric || !NUMBER.test(number)) return { error: conditionError(text) };
-  return { metric, comparison: best.comparison, threshold: Number(number) };
+  const threshold = Number(number);
+  if (!metric || !NUMBER.test(number) || !Number.isFinite(threshold)) {
+    return { error: conditionError(text) };
+  }
+  return { metric, comparison: best.comparison, threshold };
 }
 
 export function comparisonText(c: Comparison): string {

@@ -231,6 +231,9 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     let line = text[line_start..].lines().next()?;
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
+    if key.is_empty() {
+        return None; // `= value`: no key to name; the caller names the line
+    }
     let mut table = String::new();
     let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for header in text[..line_start].lines().map(str::trim) {
@@ -275,8 +278,19 @@ impl Config {
                 }
                 None
             };
+            // Failing a key, the line: counted in bytes, so any offset is safe.
+            let line = || {
+                e.span().map(|span| {
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    format!(
+                        "line {}",
+                        before.iter().filter(|b| **b == b'\n').count() + 1
+                    )
+                })
+            };
             let key = by_span
                 .or_else(|| by_name().and_then(|at| key_at(text, at)))
+                .or_else(line)
                 .unwrap_or_else(|| "<file>".into());
             ConfigError::new(key, e.message().trim().to_owned())
         })?;
@@ -531,6 +545,15 @@ pin = 27
         assert_eq!(c.sensors.len(), 3);
         assert_eq!(c.outputs[0].name, "fan");
         assert!(c.provisioning.unwrap().tls.is_some());
+    }
+
+    /// Found by the `config_toml` fuzz target: a line with no key before its `=` was reported
+    /// under an empty key.
+    #[test]
+    fn a_line_without_a_key_is_named_by_its_number() {
+        refused("state_dir = \"/tmp\"\n=address = 0x76\n", "line 2", "");
+        let e = Config::parse("\u{e9}\n= 1").unwrap_err();
+        assert!(!e.key.is_empty(), "{e}");
     }
 
     #[test]

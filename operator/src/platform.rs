@@ -74,9 +74,13 @@ impl crate::reconcile::Failure for Error {
     }
 }
 
-/// A spec the operator cannot run, with what to change.
+/// A spec the operator cannot run, with what to change: what every service's own validation
+/// would refuse at start (its pods would crash-loop) is refused here first.
 pub fn invalid(platform: &SipMba) -> Option<String> {
     let spec = &platform.spec;
+    if let Err(e) = queue_settings(&spec.queue) {
+        return Some(e);
+    }
     let partitions = spec.queue.telemetry_partitions.unwrap_or(4);
     let processing = desired::replicas(platform, Component::Processing);
     if processing > partitions {
@@ -91,6 +95,55 @@ pub fn invalid(platform: &SipMba) -> Option<String> {
         }
     }
     None
+}
+
+/// The log's settings the spec hands to every service, checked as the services check them.
+fn queue_settings(queue: &crate::api::QueueSpec) -> Result<(), String> {
+    use sipmba_runtime::config::{check_brokers, replication_factor, within};
+    let named =
+        |e: sipmba_runtime::ConfigError, field: &str| format!("queue.{field}: {}", e.problem);
+    check_brokers(&queue.brokers).map_err(|e| named(e, "brokers"))?;
+    if let Some(n) = queue.replication_factor {
+        replication_factor(i64::from(n)).map_err(|e| named(e, "replicationFactor"))?;
+    }
+    if let Some(n) = queue.command_partitions {
+        within(
+            "queue.command_partitions",
+            u64::try_from(n).unwrap_or(0),
+            1,
+            1024,
+        )
+        .map_err(|e| named(e, "commandPartitions"))?;
+    }
+    if let Some(h) = queue.telemetry_retention_hours {
+        within(
+            "queue.telemetry_retention_hours",
+            u64::try_from(h).unwrap_or(0),
+            1,
+            100 * 365 * 24,
+        )
+        .map_err(|e| named(e, "telemetryRetentionHours"))?;
+    }
+    if let Some(sasl) = &queue.sasl {
+        let mechanism = sasl.mechanism.to_ascii_uppercase();
+        if !sipmba_runtime::config::SASL_MECHANISMS.contains(&mechanism.as_str()) {
+            return Err(format!(
+                "queue.sasl.mechanism: {:?} is not one of {}",
+                sasl.mechanism,
+                sipmba_runtime::config::SASL_MECHANISMS.join(", ")
+            ));
+        }
+        if mechanism == "PLAIN" && queue.tls.is_none() {
+            return Err(
+                "queue.sasl.mechanism: PLAIN sends the password in the clear: add queue.tls, or use SCRAM-SHA-512"
+                    .into(),
+            );
+        }
+        if sasl.username.is_empty() {
+            return Err("queue.sasl.username: is not set: the brokers' SASL user".into());
+        }
+    }
+    Ok(())
 }
 
 /// Digest of what is applied: stored on the child, compared before the next apply.

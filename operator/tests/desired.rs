@@ -27,22 +27,7 @@ fn load(
     dir: &Path,
     replica: Option<u32>,
 ) -> Result<sipmba::config::Loaded, sipmba_runtime::ConfigError> {
-    for file in [
-        "tls/tls.crt",
-        "tls/tls.key",
-        "tls/ca.crt",
-        "clients/control",
-        "clients/processing",
-        "clients/operator",
-        "log/ca.crt",
-        "log/tls.crt",
-        "log/tls.key",
-        "log/password",
-    ] {
-        let path = dir.join(file);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, "0123456789abcdef0123456789abcdef0123456789").unwrap();
-    }
+    sipmba_testkit::operator_mounted_files(dir).unwrap();
     let text = desired::config(platform, component).replace(desired::ROOT, dir.to_str().unwrap());
     let args = sipmba::config::Args {
         shared: sipmba_runtime::ConfigArgs {
@@ -497,4 +482,49 @@ fn a_services_settings_in_the_spec_reach_its_file_and_bad_ones_are_named() {
             .unwrap_err()
             .contains("no settings")
     );
+}
+
+/// Found by the `operator_spec` fuzz target: a spec whose log settings every service refuses at
+/// start (a broker without a port) was accepted, and its pods would have crash-looped. The
+/// operator now refuses each such setting, naming it, and accepts what the binary loads.
+#[test]
+fn log_settings_the_services_refuse_are_refused_by_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |adjust: &dyn Fn(&mut SipMba), field: &str| {
+        let mut p = platform();
+        adjust(&mut p);
+        let problem =
+            sipmba_operator::platform::invalid(&p).unwrap_or_else(|| panic!("{field}: accepted"));
+        assert!(problem.starts_with(&format!("queue.{field}")), "{problem}");
+        // And the binary refuses what the operator refuses.
+        assert!(
+            load(&p, Component::Collect, dir.path(), None).is_err(),
+            "{field}"
+        );
+    };
+    refused(
+        &|p| p.spec.queue.brokers = vec!["sipmba-trial-redpanda:9p92".into()],
+        "brokers",
+    );
+    refused(
+        &|p| p.spec.queue.replication_factor = Some(0),
+        "replicationFactor",
+    );
+    refused(
+        &|p| p.spec.queue.command_partitions = Some(0),
+        "commandPartitions",
+    );
+    refused(
+        &|p| p.spec.queue.telemetry_retention_hours = Some(1_000_000_000),
+        "telemetryRetentionHours",
+    );
+    let p = platform();
+    assert_eq!(sipmba_operator::platform::invalid(&p), None);
+    assert!(load(&p, Component::Collect, dir.path(), None).is_ok());
+    // Token lifetimes go into sso's settings: checked there, named under `tokens`.
+    let mut zero = platform();
+    zero.spec.tokens.thing_seconds = Some(0);
+    let problem = sipmba_operator::platform::invalid(&zero).expect("a zero lifetime accepted");
+    assert!(problem.starts_with("tokens.thingSeconds"), "{problem}");
+    assert!(load(&zero, Component::Sso, dir.path(), None).is_err());
 }

@@ -84,27 +84,8 @@ pub fn config_file(platform: &SipMba, component: Component) -> Result<ConfigFile
     let secret = |key: &str| Some(format!("{ROOT}/clients/{key}").into());
     match component {
         Component::Sso => {
-            let mut sso_settings: sipmba_sso::settings::Settings = section(platform, component)?;
+            let mut sso_settings = sso_settings(platform)?;
             sso_settings.objects_url = Some(objects);
-            let tokens = &spec.tokens;
-            for (setting, value) in [
-                (
-                    &mut sso_settings.user_token_lifetime_secs,
-                    tokens.user_seconds,
-                ),
-                (
-                    &mut sso_settings.thing_token_lifetime_secs,
-                    tokens.thing_seconds,
-                ),
-                (
-                    &mut sso_settings.refresh_token_lifetime_secs,
-                    tokens.refresh_seconds,
-                ),
-            ] {
-                if let Some(secs) = value.and_then(|v| u64::try_from(v).ok()) {
-                    *setting = secs;
-                }
-            }
             sso_settings.service_clients = CLIENTS
                 .iter()
                 .map(|(id, key, scopes)| sipmba_sso::settings::ServiceClient {
@@ -150,12 +131,51 @@ pub fn config_file(platform: &SipMba, component: Component) -> Result<ConfigFile
     Ok(file)
 }
 
+/// sso's settings from `services.sso.settings` with the token lifetimes of `tokens` applied.
+fn sso_settings(platform: &SipMba) -> Result<sipmba_sso::settings::Settings, String> {
+    let mut settings: sipmba_sso::settings::Settings = section(platform, Component::Sso)?;
+    let tokens = &platform.spec.tokens;
+    for (setting, value) in [
+        (&mut settings.user_token_lifetime_secs, tokens.user_seconds),
+        (
+            &mut settings.thing_token_lifetime_secs,
+            tokens.thing_seconds,
+        ),
+        (
+            &mut settings.refresh_token_lifetime_secs,
+            tokens.refresh_seconds,
+        ),
+    ] {
+        if let Some(secs) = value.and_then(|v| u64::try_from(v).ok()) {
+            *setting = secs;
+        }
+    }
+    Ok(settings)
+}
+
 /// Whether the spec's settings of `component` are ones the service accepts (its own
-/// validation); the problem, naming the setting, when not.
+/// validation, sso's with the token lifetimes of `tokens` applied); the problem, naming the
+/// setting, when not.
 pub fn check_settings(platform: &SipMba, component: Component) -> Result<(), String> {
     let checked = match component {
         Component::Sso => {
-            section::<sipmba_sso::settings::Settings>(platform, component)?.validate()
+            // A lifetime set under `tokens` is named there.
+            let tokens = &platform.spec.tokens;
+            return sso_settings(platform)?.validate().map_err(|e| {
+                let field = match e.setting.as_str() {
+                    "sso.user_token_lifetime_secs" if tokens.user_seconds.is_some() => {
+                        "userSeconds"
+                    }
+                    "sso.thing_token_lifetime_secs" if tokens.thing_seconds.is_some() => {
+                        "thingSeconds"
+                    }
+                    "sso.refresh_token_lifetime_secs" if tokens.refresh_seconds.is_some() => {
+                        "refreshSeconds"
+                    }
+                    _ => return format!("services.sso.settings: {e}"),
+                };
+                format!("tokens.{field}: {}", e.problem)
+            });
         }
         Component::Collect => section::<sipmba_collect::Settings>(platform, component)?.validate(),
         Component::Control => section::<sipmba_control::Settings>(platform, component)?.validate(),

@@ -246,20 +246,16 @@ impl Collect {
     ) -> ServiceResult<(u64, u64)> {
         let key = thing.to_string();
         let received = Some(timestamp_from_ms(sipmba_runtime::ids::now_ms()));
-        let mut highest = acked;
         let batch_len = readings.len() as u64;
+        let (highest, fresh) = validate::unacked(readings, acked);
         let mut record = pb::TelemetryRecord {
             thing: Some(pb::ThingId { value: key.clone() }),
             reading: None,
             received_time: received,
             collect_instance: self.inner.instance.clone(),
         };
-        let mut values = Vec::with_capacity(readings.len());
-        for reading in readings {
-            highest = highest.max(reading.seq);
-            if reading.seq <= acked {
-                continue; // a resent reading that is already committed
-            }
+        let mut values = Vec::with_capacity(fresh.len());
+        for reading in fresh {
             record.reading = Some(reading);
             values.push(record.encode_to_vec());
         }

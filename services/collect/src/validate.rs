@@ -77,6 +77,16 @@ pub fn reading(r: &pb::Reading, previous: u64, limits: &Settings) -> ServiceResu
     Ok(())
 }
 
+/// Splits a group of validated readings of one thing into those not yet committed — seq above
+/// `acked`, in their order — and the highest seq in the group (at least `acked`). A thing resends
+/// what it has not seen acknowledged; what was committed before is dropped here, so each seq is
+/// committed once.
+pub fn unacked(readings: Vec<pb::Reading>, acked: u64) -> (u64, Vec<pb::Reading>) {
+    let highest = readings.iter().map(|r| r.seq).fold(acked, u64::max);
+    let fresh = readings.into_iter().filter(|r| r.seq > acked).collect();
+    (highest, fresh)
+}
+
 /// Checks a batch: its size and every reading, in order.
 pub fn batch(readings: &[pb::Reading], mut previous: u64, limits: &Settings) -> ServiceResult<u64> {
     if readings.is_empty() || readings.len() > limits.max_batch_readings as usize {
@@ -91,4 +101,64 @@ pub fn batch(readings: &[pb::Reading], mut previous: u64, limits: &Settings) -> 
         previous = r.seq;
     }
     Ok(previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn reading(seq: u64) -> pb::Reading {
+        pb::Reading {
+            seq,
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        /// The readings above the acknowledged position are kept, in order; the highest seq is
+        /// the group's, or the position when the group is all resent.
+        #[test]
+        fn unacked_keeps_exactly_the_readings_above_the_position(
+            seqs in proptest::collection::btree_set(1u64..500, 0..64),
+            acked in 0u64..500,
+        ) {
+            let seqs: Vec<u64> = seqs.into_iter().collect();
+            let (highest, fresh) = unacked(seqs.iter().copied().map(reading).collect(), acked);
+            let fresh: Vec<u64> = fresh.iter().map(|r| r.seq).collect();
+            let above: Vec<u64> = seqs.iter().copied().filter(|s| *s > acked).collect();
+            prop_assert_eq!(fresh, above);
+            prop_assert_eq!(highest, seqs.last().copied().unwrap_or(0).max(acked));
+        }
+
+        /// A thing that loses acknowledgements resends from what it last saw acknowledged, over
+        /// new sessions; across all of them every seq it sent is committed exactly once.
+        #[test]
+        fn resends_over_lost_acks_commit_every_seq_once(
+            steps in proptest::collection::vec((1u64..20, any::<bool>()), 1..40),
+        ) {
+            let limits = Settings::default();
+            let (mut device_acked, mut collect_acked, mut sent) = (0u64, 0u64, 0u64);
+            let mut committed = Vec::new();
+            for (more, ack_arrives) in steps {
+                // A new session: the outbox sends everything above what it saw acknowledged.
+                sent = sent.max(device_acked) + more;
+                let batch: Vec<pb::Reading> = (device_acked + 1..=sent).map(reading).collect();
+                // Order is checked within a session, which starts from nothing.
+                let mut previous = 0;
+                for group in batch.chunks(limits.max_batch_readings as usize) {
+                    previous = super::batch(group, previous, &limits)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let (highest, fresh) = unacked(group.to_vec(), collect_acked);
+                    committed.extend(fresh.iter().map(|r| r.seq));
+                    collect_acked = highest;
+                }
+                if ack_arrives {
+                    device_acked = collect_acked;
+                }
+            }
+            prop_assert_eq!(committed, (1..=sent).collect::<Vec<_>>());
+        }
+    }
 }

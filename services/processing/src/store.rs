@@ -27,6 +27,22 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// The start of the bucket of `width` ms (> 0) holding `ms`: buckets are aligned to the epoch, and
+/// a time before it falls in the bucket that starts at or before it (floor, not truncation
+/// toward zero). [`Store::buckets`] groups by the same arithmetic in SQL.
+pub fn bucket_start(ms: i64, width: i64) -> i64 {
+    ms.saturating_sub(ms.rem_euclid(Ord::max(width, 1)))
+}
+
+/// [`bucket_start`] of `device_ms` in SQL: PostgreSQL and SQLite both truncate `/` and `%`
+/// toward zero, so the remainder is made non-negative first. The width is an integer literal
+/// (not a bind parameter), so that PostgreSQL sees the grouped expression and the selected one as
+/// the same.
+fn bucket_sql(width: i64) -> String {
+    let width = Ord::max(width, 1);
+    format!("(device_ms - ((device_ms % {width}) + {width}) % {width})")
+}
+
 /// Reads and writes stored telemetry.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -112,9 +128,7 @@ impl Store {
         limit: u64,
     ) -> ServiceResult<Vec<Bucket>> {
         use sea_orm::{FromQueryResult, QueryOrder, QuerySelect};
-        // The width is an integer literal (not a bind parameter), so that PostgreSQL sees the
-        // grouped expression and the selected one as the same.
-        let bucket = Expr::cust(format!("(device_ms / {width}) * {width}"));
+        let bucket = Expr::cust(bucket_sql(width));
         let mut query = metrics::Entity::find()
             .select_only()
             .column_as(bucket.clone(), "start_ms")
@@ -190,5 +204,37 @@ impl Store {
             .filter(readings::Column::ThingId.eq(thing))
             .count(&self.db)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::bucket_start;
+
+    proptest! {
+        /// Every time falls in exactly one bucket, which starts on a multiple of the width at or
+        /// before it, before the epoch too.
+        #[test]
+        fn a_bucket_holds_its_time_and_starts_on_the_grid(
+            ms in -1_000_000_000_000_000i64..1_000_000_000_000_000,
+            width in 1i64..1_000_000_000,
+        ) {
+            let start = bucket_start(ms, width);
+            prop_assert!(start <= ms && ms < start + width);
+            prop_assert_eq!(start.rem_euclid(width), 0);
+            prop_assert_eq!(bucket_start(start, width), start);
+            prop_assert_eq!(bucket_start(start + width, width), start + width);
+        }
+    }
+
+    #[test]
+    fn times_before_the_epoch_fall_in_the_bucket_before_it() {
+        assert_eq!(bucket_start(-1, 1000), -1000);
+        assert_eq!(bucket_start(-1000, 1000), -1000);
+        assert_eq!(bucket_start(-1001, 1000), -2000);
+        assert_eq!(bucket_start(999, 1000), 0);
+        assert_eq!(bucket_start(i64::MIN, 1000), i64::MIN);
     }
 }

@@ -267,4 +267,78 @@ mod tests {
         );
         assert_eq!(murmur2(b"abc"), 479470107);
     }
+
+    /// Kafka's `Utils.murmur2` as its Java source reads — signed ints, `>>>`, the tail's switch
+    /// falling through — the oracle for the word-wise version above.
+    fn java_murmur2(data: &[u8]) -> i32 {
+        let length = data.len() as i32;
+        let seed = 0x9747_b28c_u32 as i32;
+        let m: i32 = 0x5bd1_e995;
+        let r = 24;
+        let byte = |i: usize| i32::from(data[i]) & 0xff;
+        let mut h = seed ^ length;
+        let length4 = length / 4;
+        for i in 0..length4 {
+            let i4 = (i * 4) as usize;
+            let mut k = byte(i4)
+                .wrapping_add(byte(i4 + 1) << 8)
+                .wrapping_add(byte(i4 + 2) << 16)
+                .wrapping_add(byte(i4 + 3) << 24);
+            k = k.wrapping_mul(m);
+            k ^= ((k as u32) >> r) as i32;
+            k = k.wrapping_mul(m);
+            h = h.wrapping_mul(m);
+            h ^= k;
+        }
+        let tail = (length & !3) as usize;
+        let rest = length % 4;
+        if rest == 3 {
+            h ^= byte(tail + 2) << 16;
+        }
+        if rest >= 2 {
+            h ^= byte(tail + 1) << 8;
+        }
+        if rest >= 1 {
+            h ^= byte(tail);
+            h = h.wrapping_mul(m);
+        }
+        h ^= ((h as u32) >> 13) as i32;
+        h = h.wrapping_mul(m);
+        h ^= ((h as u32) >> 15) as i32;
+        h
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn murmur2_agrees_with_kafkas_java_for_any_key(
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            proptest::prop_assert_eq!(murmur2(&key), java_murmur2(&key));
+        }
+
+        /// The partition is Kafka's `toPositive(murmur2(key)) % partitions`, always in range, and
+        /// a thing's key always lands on the same partition.
+        #[test]
+        fn a_key_lands_on_kafkas_partition(
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            partitions in 1i32..4096,
+        ) {
+            let p = partition_for(&key, partitions);
+            proptest::prop_assert!((0..partitions).contains(&p));
+            proptest::prop_assert_eq!(p, (java_murmur2(&key) & 0x7fff_ffff) % partitions);
+            proptest::prop_assert_eq!(p, partition_for(&key.clone(), partitions));
+        }
+
+        /// A thing's id as Collect keys it spreads over the partitions.
+        #[test]
+        fn thing_ids_use_every_partition(seed in proptest::prelude::any::<u64>()) {
+            let mut seen = [0u32; 8];
+            for i in 0..800u64 {
+                let id = uuid::Uuid::from_u64_pair(seed, i).to_string();
+                seen[partition_for(id.as_bytes(), 8) as usize] += 1;
+            }
+            // 100 expected per partition; binomial spread stays far above 40.
+            proptest::prop_assert!(seen.iter().all(|n| *n > 40), "{:?}", seen);
+        }
+    }
 }

@@ -30,19 +30,15 @@ fn expires(record: &pb::Revocation) -> i64 {
 /// Applies one encoded [`pb::Revocation`] to `revocations`.
 pub fn apply(revocations: &Revocations, value: &[u8], now_secs: i64) -> Result<(), String> {
     let record = pb::Revocation::decode(value).map_err(|e| e.to_string())?;
+    let expires = expires(&record);
     match record.target {
         Some(pb::revocation::Target::Jti(jti)) => {
-            revocations.revoke_token(jti, expires(&record), now_secs);
+            revocations.revoke_token(jti, expires, now_secs);
         }
         Some(pb::revocation::Target::Subject(s)) => {
             let subject = Uuid::parse_str(&s.subject).map_err(|e| e.to_string())?;
             // The record says "iat at or before not_before"; the list says "iat before".
-            revocations.revoke_subject(
-                subject,
-                secs(&s.not_before) + 1,
-                expires(&record),
-                now_secs,
-            );
+            revocations.revoke_subject(subject, secs(&s.not_before) + 1, expires, now_secs);
         }
         None => return Err("a revocation without a target".into()),
     }

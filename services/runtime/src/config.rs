@@ -75,6 +75,33 @@ pub fn http_url(setting: &str, url: Option<&str>) -> Result<(), ConfigError> {
     }
 }
 
+/// Bootstrap brokers as `queue.brokers` takes them: each `host:port`.
+pub fn check_brokers(brokers: &[String]) -> Result<(), ConfigError> {
+    match brokers.iter().find(|b| {
+        b.rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    }) {
+        Some(bad) => Err(ConfigError::new(
+            "queue.brokers",
+            format!("{bad:?} is not host:port"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `queue.replication_factor`: 1 or more, at most what Kafka takes (an `i16`).
+pub fn replication_factor(n: i64) -> Result<i16, ConfigError> {
+    i16::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+        ConfigError::new(
+            "queue.replication_factor",
+            format!(
+                "{n} is not a replication factor (1 or more; leave it out for the brokers' \
+                 default.replication.factor)"
+            ),
+        )
+    })
+}
+
 /// `path` of `setting` a readable file.
 pub fn readable(setting: &str, path: &Path) -> Result<(), ConfigError> {
     if path.is_file() {
@@ -465,27 +492,12 @@ impl Config {
                 .collect(),
             None => file.queue.brokers.unwrap_or_default(),
         };
-        if let Some(bad) = brokers.iter().find(|b| {
-            b.rsplit_once(':')
-                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        }) {
-            return Err(ConfigError::new(
-                "queue.brokers",
-                format!("{bad:?} is not host:port"),
-            ));
-        }
-        let replication_factor = match file.queue.replication_factor {
-            None => None,
-            Some(n) => Some(i16::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
-                ConfigError::new(
-                    "queue.replication_factor",
-                    format!(
-                        "{n} is not a replication factor (1 or more; leave it out for the \
-                                 brokers' default.replication.factor)"
-                    ),
-                )
-            })?),
-        };
+        check_brokers(&brokers)?;
+        let replication_factor = file
+            .queue
+            .replication_factor
+            .map(replication_factor)
+            .transpose()?;
         let queue_tls = match file.queue.tls {
             None => None,
             Some(tls) => {
@@ -573,13 +585,25 @@ impl Config {
                 .command_partitions
                 .unwrap_or(defaults.partitions.unwrap_or(4)),
             telemetry_retention: Duration::from_secs(
-                3600 * file.queue.telemetry_retention_hours.unwrap_or(7 * 24),
+                // Saturating: an absurd number of hours is refused below, not wrapped.
+                file.queue
+                    .telemetry_retention_hours
+                    .unwrap_or(7 * 24)
+                    .saturating_mul(3600),
             ),
             command_retention: Duration::from_secs(
-                3600 * file.queue.command_retention_hours.unwrap_or(8 * 24),
+                // Saturating: an absurd number of hours is refused below, not wrapped.
+                file.queue
+                    .command_retention_hours
+                    .unwrap_or(8 * 24)
+                    .saturating_mul(3600),
             ),
             revocation_retention: Duration::from_secs(
-                3600 * file.queue.revocation_retention_hours.unwrap_or(2 * 24),
+                // Saturating: an absurd number of hours is refused below, not wrapped.
+                file.queue
+                    .revocation_retention_hours
+                    .unwrap_or(2 * 24)
+                    .saturating_mul(3600),
             ),
         };
 

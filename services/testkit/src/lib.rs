@@ -69,6 +69,31 @@ macro_rules! on_both_databases {
     };
 }
 
+/// Writes a placeholder for every file a configuration rendered by the operator names — the TLS
+/// files, the service clients' secrets, the log's credentials — under `dir`, which stands for the
+/// operator's mount root (`/etc/sipmba`), so that the `sipmba` binary's loader can read it.
+pub fn operator_mounted_files(dir: &std::path::Path) -> std::io::Result<()> {
+    for file in [
+        "tls/tls.crt",
+        "tls/tls.key",
+        "tls/ca.crt",
+        "clients/control",
+        "clients/processing",
+        "clients/operator",
+        "log/ca.crt",
+        "log/tls.crt",
+        "log/tls.key",
+        "log/password",
+    ] {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, "0123456789abcdef0123456789abcdef0123456789")?;
+    }
+    Ok(())
+}
+
 /// A database that exists for one test and is removed when dropped (also when the test panics).
 #[derive(Debug)]
 pub struct TestDb {

@@ -8,6 +8,7 @@ mod commands;
 mod names;
 pub mod output;
 mod rules;
+pub use rules::condition;
 pub mod session;
 mod telemetry;
 mod things;

@@ -79,7 +79,7 @@ pub enum Rules {
 }
 
 /// Parses "temperature > 30" into (metric, comparison, threshold).
-pub(super) fn condition(text: &str) -> Result<(String, pb::Comparison, f64), CliError> {
+pub fn condition(text: &str) -> Result<(String, pb::Comparison, f64), CliError> {
     let ops = [
         (">=", pb::Comparison::Ge),
         ("<=", pb::Comparison::Le),
@@ -99,11 +99,51 @@ pub(super) fn condition(text: &str) -> Result<(String, pb::Comparison, f64), Cli
         .min_by_key(|(at, op, _)| (*at, std::cmp::Reverse(op.len())))
         .ok_or_else(bad)?;
     let metric = text[..at].trim();
-    let threshold: f64 = text[at + op.len()..].trim().parse().map_err(|_| bad())?;
+    let number = text[at + op.len()..].trim();
+    // The console's grammar, and a finite value: Rust alone would also take `inf` and `NaN`.
+    let threshold: f64 = Some(number)
+        .filter(|n| is_decimal(n))
+        .and_then(|n| n.parse().ok())
+        .filter(|t: &f64| t.is_finite())
+        .ok_or_else(bad)?;
     if metric.is_empty() {
         return Err(bad());
     }
     Ok((metric.to_owned(), comparison, threshold))
+}
+
+/// A decimal number as the console's rule form takes it:
+/// `[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?`.
+fn is_decimal(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let whole = digits(i);
+    let mut fraction = 0;
+    let mut end = whole;
+    if b.get(whole) == Some(&b'.') {
+        end = digits(whole + 1);
+        fraction = end - whole - 1;
+    }
+    if whole == i && fraction == 0 {
+        return false;
+    }
+    i = end;
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        i += usize::from(matches!(b.get(i), Some(b'+' | b'-')));
+        let exponent = digits(i);
+        if exponent == i {
+            return false;
+        }
+        i = exponent;
+    }
+    i == b.len()
 }
 
 pub(super) fn comparison_text(c: i32) -> &'static str {
