@@ -106,14 +106,21 @@ fn queue_settings(queue: &crate::api::QueueSpec) -> Result<(), String> {
     if let Some(n) = queue.replication_factor {
         replication_factor(i64::from(n)).map_err(|e| named(e, "replicationFactor"))?;
     }
-    if let Some(n) = queue.command_partitions {
-        within(
+    for (partitions, setting, field) in [
+        (
+            queue.command_partitions,
             "queue.command_partitions",
-            u64::try_from(n).unwrap_or(0),
-            1,
-            1024,
-        )
-        .map_err(|e| named(e, "commandPartitions"))?;
+            "commandPartitions",
+        ),
+        (
+            queue.telemetry_partitions,
+            "collect.telemetry_partitions",
+            "telemetryPartitions",
+        ),
+    ] {
+        if let Some(n) = partitions {
+            within(setting, u64::try_from(n).unwrap_or(0), 1, 1024).map_err(|e| named(e, field))?;
+        }
     }
     if let Some(h) = queue.telemetry_retention_hours {
         within(

@@ -514,6 +514,11 @@ fn log_settings_the_services_refuse_are_refused_by_the_operator() {
         &|p| p.spec.queue.command_partitions = Some(0),
         "commandPartitions",
     );
+    // Found by fuzzing: the partitions go into Collect's settings, which were checked before.
+    refused(
+        &|p| p.spec.queue.telemetry_partitions = Some(0),
+        "telemetryPartitions",
+    );
     refused(
         &|p| p.spec.queue.telemetry_retention_hours = Some(1_000_000_000),
         "telemetryRetentionHours",

@@ -97,11 +97,7 @@ pub fn config_file(platform: &SipMba, component: Component) -> Result<ConfigFile
             file.sso = sso_settings;
         }
         Component::Collect => {
-            let mut collect: sipmba_collect::Settings = section(platform, component)?;
-            if spec.queue.telemetry_partitions.is_some() {
-                collect.telemetry_partitions = spec.queue.telemetry_partitions;
-            }
-            file.collect = collect;
+            file.collect = collect_settings(platform)?;
         }
         Component::Control => {
             let mut control: sipmba_control::Settings = section(platform, component)?;
@@ -153,9 +149,18 @@ fn sso_settings(platform: &SipMba) -> Result<sipmba_sso::settings::Settings, Str
     Ok(settings)
 }
 
+/// Collect's settings from `services.collect.settings` with `queue.telemetryPartitions` applied.
+fn collect_settings(platform: &SipMba) -> Result<sipmba_collect::Settings, String> {
+    let mut settings: sipmba_collect::Settings = section(platform, Component::Collect)?;
+    if let Some(partitions) = platform.spec.queue.telemetry_partitions {
+        settings.telemetry_partitions = Some(partitions);
+    }
+    Ok(settings)
+}
+
 /// Whether the spec's settings of `component` are ones the service accepts (its own
-/// validation, sso's with the token lifetimes of `tokens` applied); the problem, naming the
-/// setting, when not.
+/// validation, with what the spec sets elsewhere applied: sso's token lifetimes of `tokens`,
+/// Collect's partitions of `queue`); the problem, naming the setting, when not.
 pub fn check_settings(platform: &SipMba, component: Component) -> Result<(), String> {
     let checked = match component {
         Component::Sso => {
@@ -177,7 +182,7 @@ pub fn check_settings(platform: &SipMba, component: Component) -> Result<(), Str
                 format!("tokens.{field}: {}", e.problem)
             });
         }
-        Component::Collect => section::<sipmba_collect::Settings>(platform, component)?.validate(),
+        Component::Collect => collect_settings(platform)?.validate(),
         Component::Control => section::<sipmba_control::Settings>(platform, component)?.validate(),
         Component::Processing => {
             section::<sipmba_processing::settings::Settings>(platform, component)?.validate()
