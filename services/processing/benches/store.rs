@@ -1,14 +1,15 @@
 //! Processing's store: readings stored per second (batches as the consumer writes them, with the
 //! offset in the same transaction) next to one transaction per reading, and the latency of a
 //! downsampled history query over 1,000,000 stored readings next to fetching the raw points and
-//! aggregating them in the client — on PostgreSQL and on SQLite.
+//! aggregating them in the client, and the same query answered from the minute and from the hour
+//! rollups (raw values past their retention) — on PostgreSQL and on SQLite.
 //!
 //! Run: `cargo bench -p sipmba-processing --bench store` (PostgreSQL at 127.0.0.1:5432).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 use std::time::{Duration, Instant};
 
-use sipmba_processing::{Incoming, store::Store};
+use sipmba_processing::{Incoming, rollup::Retention, store::Store};
 use sipmba_proto::v1 as pb;
 use sipmba_testkit::{Backend, TestDb};
 use uuid::Uuid;
@@ -47,6 +48,13 @@ async fn run(backend: Backend) -> anyhow::Result<()> {
     let conn = sipmba_runtime::db::connect(&db.url, 5).await?;
     sipmba_processing::migrate(&conn).await?;
     let store = Store::new(conn);
+    let retained = |raw: u64, minutes: u64| {
+        store.clone().with_retention(Retention {
+            raw: Duration::from_secs(raw),
+            minutes: Duration::from_secs(minutes),
+            hours: Duration::from_secs(100 * 365 * 24 * 3600),
+        })
+    };
     let name = format!("{backend:?}");
     // No rules: the store alone.
     let none = sipmba_processing::rules::Snapshot::default();
@@ -87,15 +95,31 @@ async fn run(backend: Backend) -> anyhow::Result<()> {
     let range = (T0, T0 + i64::try_from(TOTAL + 1)? * 1000);
     let mut database = Vec::new();
     let mut client = Vec::new();
+    let mut from_minutes = Vec::new();
+    let mut from_hours = Vec::new();
     let mut hours = 0;
     for _ in 0..7 {
         let started = Instant::now();
         let buckets = store
-            .buckets(thing, "temperature", range, 3_600_000, None, 1_000)
+            .buckets(thing, "temperature", range, 3_600_000, None, 1_000, range.1)
             .await?;
         database.push(started.elapsed());
         hours = buckets.len();
         assert_eq!(buckets.iter().map(|b| b.count).sum::<u64>(), TOTAL);
+        // The same from rollups: raw values kept a minute, read two minutes past the end, the
+        // minutes answer; minutes kept a minute too, read two hours past it, the hours do.
+        for (rolled, at, times) in [
+            (retained(60, 100 * 365 * 24 * 3600), range.1 + 120_000, &mut from_minutes),
+            (retained(60, 60), range.1 + 7_200_000, &mut from_hours),
+        ] {
+            let started = Instant::now();
+            let same = rolled
+                .buckets(thing, "temperature", range, 3_600_000, None, 1_000, at)
+                .await?;
+            times.push(started.elapsed());
+            assert_eq!(same.len(), hours);
+            assert_eq!(same.iter().map(|b| b.count).sum::<u64>(), TOTAL);
+        }
 
         // Baseline: fetch the raw points in pages and aggregate here.
         let started = Instant::now();
@@ -117,8 +141,10 @@ async fn run(backend: Backend) -> anyhow::Result<()> {
         assert_eq!(sums.len(), hours);
     }
     println!(
-        "{name}: {hours} hourly buckets (avg/min/max/sum/count) over {TOTAL} readings: median {:.0} ms in the database (baseline, raw points aggregated by the client: {:.0} ms)",
+        "{name}: {hours} hourly buckets (avg/min/max/sum/count) over {TOTAL} readings: median {:.0} ms in the database from raw values, {:.1} ms from minute rollups, {:.1} ms from hour rollups (baseline, raw points aggregated by the client: {:.0} ms)",
         median(database).as_secs_f64() * 1000.0,
+        median(from_minutes).as_secs_f64() * 1000.0,
+        median(from_hours).as_secs_f64() * 1000.0,
         median(client).as_secs_f64() * 1000.0
     );
     Ok(())

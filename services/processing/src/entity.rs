@@ -1,5 +1,5 @@
 //! Processing's tables (sea-orm entities): readings, their metrics (by thing, metric and device
-//! time, for history queries), the latest value of each metric, presence, the consumer offsets,
+//! time, for history queries), their minute and hour rollups, the latest value of each metric, presence, the consumer offsets,
 //! and the rules with their states per thing and their firings.
 
 /// The `processing_readings` table.
@@ -60,6 +60,46 @@ pub mod metrics {
         pub text: Option<String>,
         /// Unit.
         pub unit: String,
+    }
+
+    /// No declared relations.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `processing_rollups` table: per-minute and per-hour aggregates of each metric, kept after
+/// the raw values are pruned (see `rollup`).
+pub mod rollups {
+    use sea_orm::entity::prelude::*;
+
+    /// One metric's aggregates over one bucket.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "processing_rollups")]
+    pub struct Model {
+        /// The thing.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub thing_id: Uuid,
+        /// The metric name.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The bucket's width (ms): a minute or an hour.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub width_ms: i64,
+        /// The bucket's start (device ms, a multiple of the width).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub start_ms: i64,
+        /// Values.
+        pub count: i64,
+        /// Numeric values (flags as 0/1).
+        pub numbers: i64,
+        /// Their sum.
+        pub sum: Option<f64>,
+        /// The smallest.
+        pub min: Option<f64>,
+        /// The largest.
+        pub max: Option<f64>,
     }
 
     /// No declared relations.

@@ -350,6 +350,7 @@ impl Queries {
                 width,
                 cursor.map(|c| c.0),
                 page.fetch_limit(),
+                now_ms(),
             )
             .await?;
         let next_page_token = page.finish(&mut buckets, |b| key(b.start_ms, 0));

@@ -7,6 +7,7 @@ pub mod entity;
 pub mod grpc;
 pub mod migration;
 pub mod record;
+pub mod rollup;
 pub mod rules;
 pub mod rules_api;
 pub mod settings;
@@ -23,15 +24,21 @@ use sipmba_queue::{Queue, QueueError, topics};
 use sipmba_runtime::Shutdown;
 use store::Store;
 
-/// The rows Processing prunes: rule firings older than `retention` (the telemetry topic's: the
-/// readings that made them have left the log).
-pub fn prune_rules(retention: std::time::Duration) -> Vec<sipmba_runtime::prune::Rule> {
-    vec![sipmba_runtime::prune::Rule::older_than(
+/// The rows Processing prunes: rule firings older than `log_retention` (the telemetry topic's:
+/// the readings that made them have left the log), and the telemetry past `telemetry`'s times
+/// ([`rollup::prune_rules`]).
+pub fn prune_rules(
+    log_retention: std::time::Duration,
+    telemetry: &rollup::Retention,
+) -> Vec<sipmba_runtime::prune::Rule> {
+    let mut rules = vec![sipmba_runtime::prune::Rule::older_than(
         "processing_firings",
         "id",
         "fired_ms",
-        retention,
-    )]
+        log_retention,
+    )];
+    rules.extend(rollup::prune_rules(telemetry));
+    rules
 }
 
 /// Which partitions a replica consumes: those whose number modulo `replicas` is `replica`.

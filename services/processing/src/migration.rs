@@ -1,9 +1,14 @@
-//! The Processing migrations: the telemetry tables, then the rules'.
+//! The Processing migrations: the telemetry tables, the rules', then the rollups (filled from the
+//! values stored before them) and the indexes pruning by device time uses.
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{async_trait, prelude::*};
 
-use crate::entity::{definitions, firings, latest, metrics, offsets, presence, readings, states};
+use crate::{
+    entity::{definitions, firings, latest, metrics, offsets, presence, readings, rollups, states},
+    rollup::{HOUR, MINUTE},
+    store::bucket_sql,
+};
 
 /// The Processing migrator.
 #[derive(Debug)]
@@ -12,7 +17,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(Rules)]
+        vec![Box::new(Init), Box::new(Rules), Box::new(Rollups)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -148,5 +153,84 @@ impl MigrationTrait for Rules {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The migration adding minute and hour rollups, filled from the stored values, and the indexes
+/// that pruning by device time reads.
+struct Rollups;
+
+impl MigrationName for Rollups {
+    fn name(&self) -> &str {
+        "m20261207_000003_processing_rollups"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Rollups {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let schema = sea_orm::Schema::new(manager.get_database_backend());
+        manager
+            .create_table(schema.create_table_from_entity(rollups::Entity))
+            .await?;
+        for (name, index) in [
+            (
+                "processing_rollups_due",
+                Index::create()
+                    .table(rollups::Entity)
+                    .col(rollups::Column::WidthMs)
+                    .col(rollups::Column::StartMs)
+                    .to_owned(),
+            ),
+            (
+                "processing_metrics_device_ms",
+                Index::create()
+                    .table(metrics::Entity)
+                    .col(metrics::Column::DeviceMs)
+                    .to_owned(),
+            ),
+            (
+                "processing_readings_device_ms",
+                Index::create()
+                    .table(readings::Entity)
+                    .col(readings::Column::DeviceMs)
+                    .to_owned(),
+            ),
+        ] {
+            manager.create_index(index.name(name).to_owned()).await?;
+        }
+        // The values stored before rollups existed are rolled up once, so that pruning them
+        // loses nothing.
+        let db = manager.get_connection();
+        for width in [MINUTE, HOUR] {
+            let bucket = bucket_sql("device_ms", width);
+            db.execute_unprepared(&format!(
+                "INSERT INTO processing_rollups \
+                 (thing_id, name, width_ms, start_ms, \"count\", numbers, \"sum\", \"min\", \"max\") \
+                 SELECT thing_id, name, {width}, {bucket}, COUNT(*), COUNT(number), SUM(number), \
+                 MIN(number), MAX(number) FROM processing_metrics GROUP BY thing_id, name, {bucket}"
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for (index, table) in [
+            ("processing_readings_device_ms", "processing_readings"),
+            ("processing_metrics_device_ms", "processing_metrics"),
+        ] {
+            manager
+                .drop_index(Index::drop().name(index).table(table).to_owned())
+                .await?;
+        }
+        manager
+            .drop_table(
+                Table::drop()
+                    .table("processing_rollups")
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
     }
 }

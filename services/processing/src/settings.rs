@@ -9,7 +9,7 @@ use sipmba_runtime::{
     config::{ConfigError, http_url, within},
 };
 
-use crate::Ownership;
+use crate::{Ownership, rollup::Retention};
 
 /// The flag and variable of `processing.replica`.
 const REPLICA_SOURCES: (&str, &str) = ("processing-replica", "SIPMBA_PROCESSING_REPLICA");
@@ -45,6 +45,12 @@ pub struct Settings {
     pub selector_refresh_secs: u64,
     /// Most rules one user may own.
     pub max_rules_per_owner: u64,
+    /// Raw readings and their values are kept this many seconds (by device time).
+    pub raw_retention_secs: u64,
+    /// Minute rollups are kept this many seconds (at least as long as raw values).
+    pub minute_rollup_retention_secs: u64,
+    /// Hour rollups are kept this many seconds (at least as long as minute rollups).
+    pub hour_rollup_retention_secs: u64,
 }
 
 impl Default for Settings {
@@ -60,6 +66,9 @@ impl Default for Settings {
             control_url: None,
             selector_refresh_secs: 10,
             max_rules_per_owner: 1000,
+            raw_retention_secs: Retention::default().raw.as_secs(),
+            minute_rollup_retention_secs: Retention::default().minutes.as_secs(),
+            hour_rollup_retention_secs: Retention::default().hours.as_secs(),
         }
     }
 }
@@ -99,6 +108,15 @@ impl Settings {
         Duration::from_secs(self.selector_refresh_secs)
     }
 
+    /// How long telemetry is kept.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            raw: Duration::from_secs(self.raw_retention_secs),
+            minutes: Duration::from_secs(self.minute_rollup_retention_secs),
+            hours: Duration::from_secs(self.hour_rollup_retention_secs),
+        }
+    }
+
     /// How Processing reaches Objects.
     pub fn identity(&self) -> ServiceIdentity {
         ServiceIdentity {
@@ -128,6 +146,33 @@ impl Settings {
             1_000_000,
         )?;
         within("processing.replicas", self.replicas.into(), 1, 1024)?;
+        const CENTURY: u64 = 100 * 365 * 24 * 3600;
+        within("processing.raw_retention_secs", self.raw_retention_secs, 60, CENTURY)?;
+        for (setting, secs, finer, finer_secs) in [
+            (
+                "processing.minute_rollup_retention_secs",
+                self.minute_rollup_retention_secs,
+                "processing.raw_retention_secs",
+                self.raw_retention_secs,
+            ),
+            (
+                "processing.hour_rollup_retention_secs",
+                self.hour_rollup_retention_secs,
+                "processing.minute_rollup_retention_secs",
+                self.minute_rollup_retention_secs,
+            ),
+        ] {
+            within(setting, secs, 60, CENTURY)?;
+            if secs < finer_secs {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "{secs} is shorter than {finer} ({finer_secs}): coarser data must be kept \
+                         at least as long as finer"
+                    ),
+                ));
+            }
+        }
         if self.replica >= self.replicas {
             return Err(ConfigError::flagged(
                 "processing.replica",

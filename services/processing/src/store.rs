@@ -8,7 +8,10 @@ use sea_orm_migration::prelude::*;
 use sipmba_runtime::ServiceResult;
 use uuid::Uuid;
 
-use crate::entity::{latest, metrics, offsets, presence, readings};
+use crate::{
+    entity::{latest, metrics, offsets, presence, readings, rollups},
+    rollup::{Retention, Source, plan},
+};
 
 /// Aggregates of one history bucket (over numbers and flags; `count` over every value).
 #[derive(Debug, Clone, PartialEq)]
@@ -34,25 +37,35 @@ pub fn bucket_start(ms: i64, width: i64) -> i64 {
     ms.saturating_sub(ms.rem_euclid(Ord::max(width, 1)))
 }
 
-/// [`bucket_start`] of `device_ms` in SQL: PostgreSQL and SQLite both truncate `/` and `%`
+/// [`bucket_start`] of `column` (ms) in SQL: PostgreSQL and SQLite both truncate `/` and `%`
 /// toward zero, so the remainder is made non-negative first. The width is an integer literal
 /// (not a bind parameter), so that PostgreSQL sees the grouped expression and the selected one as
 /// the same.
-fn bucket_sql(width: i64) -> String {
+pub(crate) fn bucket_sql(column: &str, width: i64) -> String {
     let width = Ord::max(width, 1);
-    format!("(device_ms - ((device_ms % {width}) + {width}) % {width})")
+    format!("({column} - (({column} % {width}) + {width}) % {width})")
 }
 
 /// Reads and writes stored telemetry.
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) db: DatabaseConnection,
+    retention: Retention,
 }
 
 impl Store {
-    /// A store on a migrated database.
+    /// A store on a migrated database, with the default [`Retention`].
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            db,
+            retention: Retention::default(),
+        }
+    }
+
+    /// The same with `retention`: which data history queries read for which times.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The connection.
@@ -117,8 +130,99 @@ impl Store {
     }
 
     /// Aggregates of one metric per bucket of `width` ms in `[start, end)`, oldest first, for
-    /// buckets starting after `after`.
+    /// buckets starting after `after`, at most `limit`: each part of the range read from the
+    /// finest data kept for it at `now` ([`plan`]). Where rollups answer, the range is taken in
+    /// their whole minutes or hours.
+    #[allow(clippy::too_many_arguments)]
     pub async fn buckets(
+        &self,
+        thing: Uuid,
+        name: &str,
+        range: (i64, i64),
+        width: i64,
+        after: Option<i64>,
+        limit: u64,
+        now: i64,
+    ) -> ServiceResult<Vec<Bucket>> {
+        let mut buckets = Vec::new();
+        for (source, part) in plan(range, width, now, &self.retention) {
+            let left = limit.saturating_sub(buckets.len() as u64);
+            if left == 0 {
+                break;
+            }
+            let found = match source {
+                Source::Raw => self.raw_buckets(thing, name, part, width, after, left).await?,
+                Source::Rollup(grid) => {
+                    self.rollup_buckets(thing, name, grid, part, width, after, left)
+                        .await?
+                }
+            };
+            buckets.extend(found);
+        }
+        Ok(buckets)
+    }
+
+    /// [`Store::buckets`] from the rollups of width `grid` (which divides `width`).
+    #[allow(clippy::too_many_arguments)]
+    async fn rollup_buckets(
+        &self,
+        thing: Uuid,
+        name: &str,
+        grid: i64,
+        (start, end): (i64, i64),
+        width: i64,
+        after: Option<i64>,
+        limit: u64,
+    ) -> ServiceResult<Vec<Bucket>> {
+        use sea_orm::{FromQueryResult, QueryOrder, QuerySelect};
+        let bucket = Expr::cust(bucket_sql("start_ms", width));
+        let mut query = rollups::Entity::find()
+            .select_only()
+            .column_as(bucket.clone(), "start_ms")
+            .column_as(Expr::cust("CAST(SUM(\"count\") AS BIGINT)"), "count")
+            .column_as(Expr::cust("CAST(SUM(numbers) AS BIGINT)"), "numbers")
+            .column_as(Expr::col(rollups::Column::Sum).sum(), "sum")
+            .column_as(Expr::col(rollups::Column::Min).min(), "min")
+            .column_as(Expr::col(rollups::Column::Max).max(), "max")
+            .filter(rollups::Column::ThingId.eq(thing))
+            .filter(rollups::Column::Name.eq(name))
+            .filter(rollups::Column::WidthMs.eq(grid))
+            .filter(rollups::Column::StartMs.gte(start))
+            .filter(rollups::Column::StartMs.lt(end));
+        if let Some(after) = after {
+            query = query.filter(rollups::Column::StartMs.gte(after.saturating_add(width)));
+        }
+        #[derive(FromQueryResult)]
+        struct Row {
+            start_ms: i64,
+            count: i64,
+            numbers: i64,
+            sum: Option<f64>,
+            min: Option<f64>,
+            max: Option<f64>,
+        }
+        let rows = query
+            .group_by(bucket.clone())
+            .order_by(bucket, sea_orm::Order::Asc)
+            .limit(limit)
+            .into_model::<Row>()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Bucket {
+                start_ms: r.start_ms,
+                avg: r.sum.filter(|_| r.numbers > 0).map(|s| s / r.numbers as f64),
+                min: r.min,
+                max: r.max,
+                sum: r.sum,
+                count: r.count.try_into().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// [`Store::buckets`] from the raw values.
+    async fn raw_buckets(
         &self,
         thing: Uuid,
         name: &str,
@@ -128,7 +232,7 @@ impl Store {
         limit: u64,
     ) -> ServiceResult<Vec<Bucket>> {
         use sea_orm::{FromQueryResult, QueryOrder, QuerySelect};
-        let bucket = Expr::cust(bucket_sql(width));
+        let bucket = Expr::cust(bucket_sql("device_ms", width));
         let mut query = metrics::Entity::find()
             .select_only()
             .column_as(bucket.clone(), "start_ms")

@@ -79,7 +79,7 @@ async fn buckets_agree_with_the_floor_model(backend: Backend) {
                     .await
                     .unwrap();
                 store
-                    .buckets(thing, "m", (-60_000, 60_000), width, None, 1000)
+                    .buckets(thing, "m", (-60_000, 60_000), width, None, 1000, 0)
                     .await
                     .unwrap()
             })

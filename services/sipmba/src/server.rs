@@ -398,7 +398,8 @@ impl Platform {
             )
             .await
             .context("creating the telemetry topic")?;
-        let store = sipmba_processing::store::Store::new(self.db.clone());
+        let retention = settings.retention();
+        let store = sipmba_processing::store::Store::new(self.db.clone()).with_retention(retention);
         let ownership = settings.ownership();
         let control_url = settings
             .control_url
@@ -448,6 +449,7 @@ impl Platform {
             .metrics(move |registry| consumer.register_metrics(registry));
         self.prune.extend(sipmba_processing::prune_rules(
             self.plan.config.queue.telemetry_retention,
+            &retention,
         ));
         Ok(())
     }
