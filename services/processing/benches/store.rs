@@ -109,7 +109,11 @@ async fn run(backend: Backend) -> anyhow::Result<()> {
         // The same from rollups: raw values kept a minute, read two minutes past the end, the
         // minutes answer; minutes kept a minute too, read two hours past it, the hours do.
         for (rolled, at, times) in [
-            (retained(60, 100 * 365 * 24 * 3600), range.1 + 120_000, &mut from_minutes),
+            (
+                retained(60, 100 * 365 * 24 * 3600),
+                range.1 + 120_000,
+                &mut from_minutes,
+            ),
             (retained(60, 60), range.1 + 7_200_000, &mut from_hours),
         ] {
             let started = Instant::now();

@@ -113,10 +113,7 @@ async fn store_batch(db: &impl ConnectionTrait, batch: &[Incoming]) -> ServiceRe
         QueryTrait::query(&mut insert).returning(
             Query::returning().columns([readings::Column::ThingId, readings::Column::Seq]),
         );
-        for row in db
-            .query_all(insert.build(db.get_database_backend()))
-            .await?
-        {
+        for row in db.query_all(&insert.into_query()).await? {
             stored.insert((row.try_get("", "thing_id")?, row.try_get("", "seq")?));
         }
     }

@@ -173,7 +173,7 @@ impl MigrationTrait for Rollups {
         manager
             .create_table(schema.create_table_from_entity(rollups::Entity))
             .await?;
-        for (name, index) in [
+        for (name, mut index) in [
             (
                 "processing_rollups_due",
                 Index::create()

@@ -43,7 +43,7 @@ impl Default for Retention {
 
 /// Milliseconds of `d`, saturating.
 fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    <i64 as TryFrom<u128>>::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Where one part of a history query is read from.
@@ -204,7 +204,9 @@ impl Deltas {
             ),
         ];
         while !rows.is_empty() {
-            let chunk: Vec<_> = rows.drain(..rows.len().min(crate::consume::CHUNK)).collect();
+            let chunk: Vec<_> = rows
+                .drain(..rows.len().min(crate::consume::CHUNK))
+                .collect();
             rollups::Entity::insert_many(chunk)
                 .on_conflict(
                     OnConflict::columns([

@@ -147,7 +147,12 @@ impl Settings {
         )?;
         within("processing.replicas", self.replicas.into(), 1, 1024)?;
         const CENTURY: u64 = 100 * 365 * 24 * 3600;
-        within("processing.raw_retention_secs", self.raw_retention_secs, 60, CENTURY)?;
+        within(
+            "processing.raw_retention_secs",
+            self.raw_retention_secs,
+            60,
+            CENTURY,
+        )?;
         for (setting, secs, finer, finer_secs) in [
             (
                 "processing.minute_rollup_retention_secs",

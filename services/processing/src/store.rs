@@ -151,7 +151,10 @@ impl Store {
                 break;
             }
             let found = match source {
-                Source::Raw => self.raw_buckets(thing, name, part, width, after, left).await?,
+                Source::Raw => {
+                    self.raw_buckets(thing, name, part, width, after, left)
+                        .await?
+                }
                 Source::Rollup(grid) => {
                     self.rollup_buckets(thing, name, grid, part, width, after, left)
                         .await?
@@ -212,7 +215,10 @@ impl Store {
             .into_iter()
             .map(|r| Bucket {
                 start_ms: r.start_ms,
-                avg: r.sum.filter(|_| r.numbers > 0).map(|s| s / r.numbers as f64),
+                avg: r
+                    .sum
+                    .filter(|_| r.numbers > 0)
+                    .map(|s| s / r.numbers as f64),
                 min: r.min,
                 max: r.max,
                 sum: r.sum,

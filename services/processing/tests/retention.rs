@@ -167,7 +167,10 @@ async fn history_outlives_the_raw_values(backend: Backend) {
         .buckets(thing, "note", range, HOUR, None, 100, now)
         .await
         .unwrap();
-    assert_eq!(notes.iter().map(|b| b.count).collect::<Vec<_>>(), [60, 60, 60]);
+    assert_eq!(
+        notes.iter().map(|b| b.count).collect::<Vec<_>>(),
+        [60, 60, 60]
+    );
     assert!(notes.iter().all(|b| b.sum.is_none() && b.avg.is_none()));
 
     let clock = Clock::manual(now);
@@ -222,7 +225,12 @@ async fn history_outlives_the_raw_values(backend: Backend) {
         .apply(
             "telemetry",
             0,
-            &[reading(thing, 5000, T0 + 5 * MINUTE, vec![number("temperature", 9.0)])],
+            &[reading(
+                thing,
+                5000,
+                T0 + 5 * MINUTE,
+                vec![number("temperature", 9.0)],
+            )],
             100,
             &rules,
         )
@@ -286,7 +294,11 @@ async fn values_stored_before_rollups_are_rolled_up_by_the_migration(backend: Ba
             .buckets(thing, "temperature", range, width, None, 10_000, now)
             .await
             .unwrap();
-        assert_agrees(&got, &model.buckets(width, range), &format!("width {width}"));
+        assert_agrees(
+            &got,
+            &model.buckets(width, range),
+            &format!("width {width}"),
+        );
     }
 }
 
