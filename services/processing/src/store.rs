@@ -190,7 +190,8 @@ impl Store {
             .filter(rollups::Column::ThingId.eq(thing))
             .filter(rollups::Column::Name.eq(name))
             .filter(rollups::Column::WidthMs.eq(grid))
-            .filter(rollups::Column::StartMs.gte(start))
+            // The rollup holding `start` counts whole: a range is taken in whole minutes or hours.
+            .filter(rollups::Column::StartMs.gte(bucket_start(start, grid)))
             .filter(rollups::Column::StartMs.lt(end));
         if let Some(after) = after {
             query = query.filter(rollups::Column::StartMs.gte(after.saturating_add(width)));
