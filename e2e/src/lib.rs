@@ -219,6 +219,11 @@ impl DevPlatform {
         })
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.dev.pid()
+    }
+
     /// The platform's working directory (and a place for the agent's files).
     pub fn dir(&self) -> &Path {
         &self.dev.dir

@@ -167,8 +167,8 @@ pub struct ServiceSpec {
     /// them, requests measured for each service and a memory limit (no CPU limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// The service's own settings: any key of its section of `sipmba.toml` (`[sso]`,
-    /// `[collect]`, `[control]`, `[processing]`; Objects has none), with the same names and
+    /// The service's own settings: any key of its section of `sipmba.toml` (`[objects]`,
+    /// `[sso]`, `[collect]`, `[control]`, `[processing]`), with the same names and
     /// defaults, checked by the service's own validation (an unknown key or a bad value makes
     /// `Ready` False with `InvalidSpec`, naming it). The operator sets the addresses, client ids
     /// and secrets and the replica count itself.

@@ -477,11 +477,42 @@ fn a_services_settings_in_the_spec_reach_its_file_and_bad_ones_are_named() {
     assert!(problem.contains("unknown field `max_comands`"), "{problem}");
     p.spec.services.collect.settings = None;
     p.spec.services.objects.settings = settings(serde_json::json!({"x": 1}));
+    let problem = desired::check_settings(&p, Component::Objects).unwrap_err();
+    assert!(problem.contains("unknown field `x`"), "{problem}");
+    p.spec.services.objects.settings = settings(serde_json::json!({"event_retention_secs": 59}));
+    let problem = desired::check_settings(&p, Component::Objects).unwrap_err();
     assert!(
-        desired::check_settings(&p, Component::Objects)
-            .unwrap_err()
-            .contains("no settings")
+        problem.contains("services.objects.settings")
+            && problem.contains("objects.event_retention_secs"),
+        "{problem}"
     );
+    p.spec.services.objects.settings =
+        settings(serde_json::json!({"event_retention_secs": 86_400}));
+    desired::check_settings(&p, Component::Objects).unwrap();
+    // Not shorter than the longest token and the leeway, which sso's file sets.
+    p.spec.tokens.thing_seconds = Some(2 * 86_400);
+    let problem = desired::check_settings(&p, Component::Objects).unwrap_err();
+    assert!(
+        problem.contains("objects.event_retention_secs") && problem.contains("(172800 s)"),
+        "{problem}"
+    );
+    // Shorter than the default lifetimes once every token is short: the binary, reading the
+    // lifetimes in Objects' file, accepts what the operator accepted.
+    p.spec.tokens.thing_seconds = Some(600);
+    p.spec.tokens.user_seconds = Some(600);
+    p.spec.services.sso.settings =
+        settings(serde_json::json!({"service_token_lifetime_secs": 600}));
+    p.spec.services.objects.settings = settings(serde_json::json!({"event_retention_secs": 900}));
+    desired::check_settings(&p, Component::Objects).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(&p, Component::Objects, dir.path(), None).unwrap();
+    assert_eq!(loaded.services.objects.event_retention_secs, 900);
+    p.spec.tokens = Default::default();
+    p.spec.services.sso.settings = None;
+    p.spec.services.objects.settings =
+        settings(serde_json::json!({"event_retention_secs": 86_400}));
+    let file = desired::config_file(&p, Component::Objects).unwrap();
+    assert_eq!(file.objects.event_retention_secs, 86_400);
 }
 
 /// Found by the `operator_spec` fuzz target: a spec whose log settings every service refuses at

@@ -119,9 +119,13 @@ pub fn config_file(platform: &SipMba, component: Component) -> Result<ConfigFile
             file.processing = processing;
         }
         Component::Objects => {
-            if platform.spec.services.objects.settings.is_some() {
-                return Err("services.objects.settings: Objects has no settings of its own".into());
-            }
+            file.objects = section(platform, component)?;
+            // The access-token lifetimes, so that Objects checks its event retention against
+            // them (they change nothing else in Objects).
+            let sso = sso_settings(platform)?;
+            file.sso.user_token_lifetime_secs = sso.user_token_lifetime_secs;
+            file.sso.thing_token_lifetime_secs = sso.thing_token_lifetime_secs;
+            file.sso.service_token_lifetime_secs = sso.service_token_lifetime_secs;
         }
     }
     Ok(file)
@@ -187,7 +191,26 @@ pub fn check_settings(platform: &SipMba, component: Component) -> Result<(), Str
         Component::Processing => {
             section::<sipmba_processing::settings::Settings>(platform, component)?.validate()
         }
-        Component::Objects => return config_file(platform, component).map(|_| ()),
+        Component::Objects => {
+            let objects = section::<sipmba_objects::Settings>(platform, component)?;
+            // What the binary checks when one file holds both sections; here they are two.
+            let longest = sso_settings(platform)?.longest_access_lifetime();
+            objects.validate().and_then(|()| {
+                let leeway = std::time::Duration::from_secs(sipmba_auth::GRACE_SECS.unsigned_abs());
+                if objects.event_retention() < longest + leeway {
+                    return Err(sipmba_runtime::config::ConfigError::new(
+                        "objects.event_retention_secs",
+                        format!(
+                            "{} s is shorter than the longest access-token lifetime ({} s) plus the verifiers' leeway ({} s)",
+                            objects.event_retention_secs,
+                            longest.as_secs(),
+                            leeway.as_secs()
+                        ),
+                    ));
+                }
+                Ok(())
+            })
+        }
     };
     checked.map_err(|e| format!("services.{}.settings: {e}", component.name()))
 }

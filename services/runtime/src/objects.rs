@@ -312,7 +312,8 @@ impl ObjectsClient {
         }
     }
 
-    /// The Objects change feed after `after`.
+    /// The Objects change feed after `after` (`FailedPrecondition` when Objects no longer holds
+    /// that position).
     pub async fn watch_events(
         &self,
         after: u64,
@@ -326,7 +327,7 @@ impl ObjectsClient {
             pb::event_service_client::EventServiceClient::new(self.channel.clone())
                 .watch_events(request)
                 .await
-                .map_err(|s| answer("the change feed", &s, &[]))?
+                .map_err(|s| answer("the change feed", &s, &[Code::FailedPrecondition]))?
                 .into_inner(),
         )
     }

@@ -26,6 +26,7 @@ pub struct Rule {
     table: &'static str,
     key: &'static str,
     due: Arc<Due>,
+    order: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Rule {
@@ -54,7 +55,15 @@ impl Rule {
             table,
             key,
             due: Arc::new(due),
+            order: None,
         }
+    }
+
+    /// The same, each batch the due rows first in `order` (an `ORDER BY` list): what is deleted
+    /// is then always a prefix in that order, even between the batches of one pass.
+    pub fn ordered_by(mut self, order: &'static str) -> Self {
+        self.order = Some(order);
+        self
     }
 
     /// Rows whose `column` (ms since the epoch) is more than `keep` before now.
@@ -78,8 +87,12 @@ impl Rule {
     /// One batch: the statement deleting at most `limit` due rows at `now`.
     fn statement(&self, now: i64, limit: u64) -> String {
         let (table, key) = (self.table, self.key);
+        let order = self
+            .order
+            .map(|order| format!(" ORDER BY {order}"))
+            .unwrap_or_default();
         format!(
-            "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {} LIMIT {limit})",
+            "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {}{order} LIMIT {limit})",
             (self.due)(now)
         )
     }
@@ -213,6 +226,10 @@ mod tests {
         assert_eq!(
             rule.statement(60_000, 5),
             "DELETE FROM t WHERE (a, b) IN (SELECT a, b FROM t WHERE at_ms < 50000 LIMIT 5)"
+        );
+        assert_eq!(
+            rule.ordered_by("a").statement(60_000, 5),
+            "DELETE FROM t WHERE (a, b) IN (SELECT a, b FROM t WHERE at_ms < 50000 ORDER BY a LIMIT 5)"
         );
     }
 }

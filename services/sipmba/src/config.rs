@@ -3,7 +3,7 @@
 //! own section (its crate's `Settings`), composed. The binary reads it; the operator writes it
 //! from the same types.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use sipmba_runtime::{
@@ -30,6 +30,9 @@ pub struct ConfigFile {
     /// `[queue]`.
     #[serde(default)]
     pub queue: QueueSection,
+    /// `[objects]`.
+    #[serde(default)]
+    pub objects: sipmba_objects::Settings,
     /// `[sso]`.
     #[serde(default)]
     pub sso: sipmba_sso::settings::Settings,
@@ -62,6 +65,8 @@ pub struct Args {
 /// Each service's validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Services {
+    /// Objects'.
+    pub objects: sipmba_objects::Settings,
     /// sso's.
     pub sso: sipmba_sso::settings::Settings,
     /// Collect's (its telemetry partitions filled in).
@@ -93,6 +98,7 @@ impl ConfigFile {
             ("auth", toml::Value::try_from(&self.auth)?),
             ("log", toml::Value::try_from(&self.log)?),
             ("queue", toml::Value::try_from(&self.queue)?),
+            ("objects", changed(&self.objects)?),
             ("sso", changed(&self.sso)?),
             ("collect", changed(&self.collect)?),
             ("control", changed(&self.control)?),
@@ -158,6 +164,7 @@ fn resolve(file: ConfigFile, args: &Args, defaults: &Defaults) -> Result<Loaded,
         &args.shared,
         defaults,
     )?;
+    let objects = file.objects;
     let mut sso = file.sso;
     sso.apply(&args.sso);
     let mut collect = file.collect;
@@ -167,6 +174,7 @@ fn resolve(file: ConfigFile, args: &Args, defaults: &Defaults) -> Result<Loaded,
     let control = file.control;
     let mut processing = file.processing;
     processing.apply(&args.processing);
+    objects.validate()?;
     sso.validate()?;
     collect.validate()?;
     control.validate()?;
@@ -195,6 +203,18 @@ fn resolve(file: ConfigFile, args: &Args, defaults: &Defaults) -> Result<Loaded,
             ),
         ));
     }
+    let leeway = Duration::from_secs(sipmba_auth::GRACE_SECS.unsigned_abs());
+    if objects.event_retention() < longest_token + leeway {
+        return Err(ConfigError::new(
+            "objects.event_retention_secs",
+            format!(
+                "{} s is shorter than the longest access-token lifetime ({} s) plus the verifiers' leeway ({} s): a token of a principal disabled while sso was not following could outlive the event that revokes it",
+                objects.event_retention_secs,
+                longest_token.as_secs(),
+                leeway.as_secs()
+            ),
+        ));
+    }
     if config.peer_ca.is_none() {
         for (setting, url) in [
             ("control.objects_url", &control.objects_url),
@@ -219,6 +239,7 @@ fn resolve(file: ConfigFile, args: &Args, defaults: &Defaults) -> Result<Loaded,
     Ok(Loaded {
         config,
         services: Services {
+            objects,
             sso,
             collect,
             control,
@@ -290,6 +311,22 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.setting, "control.objects_url");
         assert!(err.to_string().contains("peer_ca_file"), "{err}");
+
+        // The change feed outlives every access token and the leeway (an hour and 5 minutes).
+        let err = load(&format!(
+            "{MINIMAL}\n[objects]\nevent_retention_secs = 3600\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.setting, "objects.event_retention_secs");
+        assert!(err.to_string().contains("(3600 s)"), "{err}");
+        let loaded = load(&format!(
+            "{MINIMAL}\n[objects]\nevent_retention_secs = 3900\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            loaded.services.objects.event_retention(),
+            Duration::from_secs(3900)
+        );
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Platform {
     }
 
     /// Objects: its schema migrated in the background (NOT_SERVING until it is), its service
-    /// registered.
+    /// registered, its change feed pruned past `objects.event_retention_secs`.
     pub fn start_objects(&mut self) {
         let migrated = Arc::new(AtomicBool::new(false));
         tokio::spawn(migrate_objects(
@@ -277,6 +277,9 @@ impl Platform {
         let store = sipmba_objects::Store::new(self.db.clone());
         sipmba_objects::ObjectsService::new(store, self.shutdown.clone())
             .register(&mut self.server);
+        self.prune.extend(sipmba_objects::prune_rules(
+            self.services().objects.event_retention(),
+        ));
     }
 
     /// sso: its schema and keys (retrying while the database does not answer), its HTTP and

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use sipmba_auth::Kind;
 use sipmba_proto::v1 as pb;
-use sipmba_runtime::{ServiceResult, Shutdown, ids::timestamp_to_ms};
+use sipmba_runtime::{ServiceError, ServiceResult, Shutdown, ids::timestamp_to_ms};
 use uuid::Uuid;
 
 use crate::{
@@ -44,14 +44,35 @@ impl Sso {
         })
     }
 
+    /// Follows from the kept position until the stream ends. A position Objects no longer
+    /// holds (its events were pruned before this sso read them) is dropped, so that the next
+    /// try starts from the oldest kept event: the events it missed can only have revoked tokens
+    /// that expired since, while `objects.event_retention_secs` exceeds the longest access-token
+    /// lifetime (the configuration refuses less).
     async fn follow_once(&self) -> ServiceResult<()> {
+        match self.follow_from_cursor().await {
+            Err(ServiceError::FailedPrecondition(reason)) => {
+                tracing::warn!(
+                    %reason,
+                    "objects pruned change events this sso had not read; following again from the oldest kept event"
+                );
+                self.set_cursor(FEED, 0).await
+            }
+            other => other,
+        }
+    }
+
+    async fn follow_from_cursor(&self) -> ServiceResult<()> {
         let after = u64::try_from(self.cursor(FEED).await?).unwrap_or(0);
         let mut stream = self.inner.objects.watch_events(after).await?;
-        while let Some(event) = stream
-            .message()
-            .await
-            .map_err(|e| sipmba_runtime::ServiceError::Unavailable(e.message().to_owned()))?
-        {
+        while let Some(event) = stream.message().await.map_err(|e| {
+            let message = e.message().to_owned();
+            if e.code() == tonic::Code::FailedPrecondition {
+                ServiceError::FailedPrecondition(message)
+            } else {
+                ServiceError::Unavailable(message)
+            }
+        })? {
             self.apply(&event).await?;
             self.set_cursor(FEED, i64::try_from(event.sequence).unwrap_or(i64::MAX))
                 .await?;

@@ -32,19 +32,29 @@ impl Store {
         Ok(u64::try_from(seq).unwrap_or(0))
     }
 
-    /// Events after `after`, oldest first, at most `limit`.
+    /// Events after `after`, oldest first, at most `limit`. A position older than the events
+    /// kept (pruned past `objects.event_retention_secs`) is refused with `FailedPrecondition`:
+    /// the follower may have missed events and starts again from 0, the oldest kept.
     pub async fn events_after(
         &self,
         after: u64,
         limit: u64,
     ) -> ServiceResult<Vec<pb::ObjectEvent>> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = object_events::Entity::find()
-            .filter(object_events::Column::Seq.gt(after))
+        // The event at the position itself comes too: while it is kept, nothing after it was
+        // pruned (pruning takes the oldest first).
+        let mut rows = object_events::Entity::find()
+            .filter(object_events::Column::Seq.gte(after))
             .order_by_asc(object_events::Column::Seq)
-            .limit(limit)
+            .limit(limit.saturating_add(1))
             .all(&self.db)
             .await?;
+        if rows.first().is_some_and(|e| e.seq == after) {
+            rows.remove(0);
+        } else if after > 0 {
+            self.position_kept(after).await?;
+        }
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let decode = |text: &str| -> Vec<String> { serde_json::from_str(text).unwrap_or_default() };
         Ok(rows
             .into_iter()
@@ -64,6 +74,23 @@ impl Store {
                 actor: e.actor,
             })
             .collect())
+    }
+
+    /// Refuses `after` when it is older than the oldest kept event (the newest is never pruned,
+    /// so an empty feed has never had one).
+    async fn position_kept(&self, after: i64) -> ServiceResult<()> {
+        let oldest = object_events::Entity::find()
+            .order_by_asc(object_events::Column::Seq)
+            .one(&self.db)
+            .await?;
+        match oldest {
+            Some(oldest) if after < oldest.seq => Err(ServiceError::FailedPrecondition(format!(
+                "the change feed no longer holds position {after}: events before {} were pruned \
+                 (objects.event_retention_secs); follow from 0 to start at the oldest kept event",
+                oldest.seq
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Notified when this process commits an event (other replicas are seen by polling).

@@ -7,6 +7,7 @@ sipmba_testkit::on_both_databases!(
     disabling_cascades_through_four_levels_and_effective_state_follows_ancestors,
     moves_stay_inside_the_subtree_and_never_make_cycles,
     events_report_disabled_subtrees_with_their_things,
+    the_change_feed_is_pruned_oldest_first_and_a_follower_behind_it_is_told,
 );
 
 async fn disabling_cascades_through_four_levels_and_effective_state_follows_ancestors(
@@ -335,4 +336,131 @@ async fn events_report_disabled_subtrees_with_their_things(backend: Backend) {
         Code::PermissionDenied,
         "objects:events",
     );
+}
+
+/// Events past the retention go, oldest first, the newest always kept; a follower whose position
+/// was pruned is refused with FAILED_PRECONDITION naming the setting, one from 0 gets the oldest
+/// kept, one at the newest gets what comes next, and numbers are never handed out again.
+async fn the_change_feed_is_pruned_oldest_first_and_a_follower_behind_it_is_told(backend: Backend) {
+    use sipmba_runtime::{clock::Clock, prune::Pruner};
+
+    let h = Harness::start(backend).await;
+    let (root, root_token) = h.root("feed").await;
+    let (a, _) = h.child(&root_token, root, "feed.a").await;
+    let toggle = |enable: bool| {
+        let mut users = h.users();
+        let token = root_token.clone();
+        async move {
+            let id = Some(user_id(a));
+            if enable {
+                users
+                    .enable_user(req(
+                        &token,
+                        pb::EnableUserRequest {
+                            id,
+                            recursive: false,
+                        },
+                    ))
+                    .await
+                    .unwrap();
+            } else {
+                users
+                    .disable_user(req(&token, pb::DisableUserRequest { id }))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    for enable in [false, true, false, true] {
+        toggle(enable).await;
+    }
+    let all = h.store.events_after(0, 100).await.unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+    let now = sipmba_runtime::ids::now_ms();
+    let hour = 3_600_000;
+    let clock = Clock::manual(now + hour / 2);
+    let pruner = Pruner::new(
+        h.store.db().clone(),
+        sipmba_objects::prune_rules(Duration::from_secs(3600)),
+    )
+    .with_clock(clock.clone())
+    .with_batch(2);
+    // Within the retention nothing goes.
+    assert_eq!(pruner.run_once().await.unwrap(), vec![("object_events", 0)]);
+    // Past it, all but the newest, in batches of two.
+    clock.set(now + 2 * hour);
+    assert_eq!(pruner.run_once().await.unwrap(), vec![("object_events", 3)]);
+    let newest = all[3].sequence;
+    let kept: Vec<u64> = h
+        .store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(kept, vec![newest]);
+    // Nothing more to prune: the newest stays however old.
+    clock.set(now + 100 * hour);
+    assert_eq!(pruner.run_once().await.unwrap(), vec![("object_events", 0)]);
+
+    // A follower at a pruned position is told, over the wire.
+    let mut behind = h
+        .events()
+        .watch_events(req(
+            &h.admin,
+            pb::WatchEventsRequest {
+                after_sequence: all[1].sequence,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = tokio::time::timeout(Duration::from_secs(10), behind.next())
+        .await
+        .expect("an answer within 10 s")
+        .expect("stream open")
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("objects.event_retention_secs")
+            && refused
+                .message()
+                .contains(&format!("position {}", all[1].sequence)),
+        "{}",
+        refused.message()
+    );
+    // From 0: the oldest kept.
+    let mut fresh = h
+        .events()
+        .watch_events(req(&h.admin, pb::WatchEventsRequest { after_sequence: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), fresh.next())
+        .await
+        .expect("event within 10 s")
+        .expect("stream open")
+        .expect("event");
+    assert_eq!(first.sequence, newest);
+    // At the newest: the next event, numbered after it (SQLite does not reuse a pruned number).
+    let mut current = h
+        .events()
+        .watch_events(req(
+            &h.admin,
+            pb::WatchEventsRequest {
+                after_sequence: newest,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    toggle(false).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), current.next())
+        .await
+        .expect("event within 10 s")
+        .expect("stream open")
+        .expect("event");
+    assert!(next.sequence > newest);
+    assert_eq!(next.kind, pb::ObjectEventKind::UserDisabled as i32);
 }

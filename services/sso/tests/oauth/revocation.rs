@@ -6,6 +6,7 @@ use super::*;
 sipmba_testkit::on_both_databases!(
     disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second,
     revocations_reach_other_services_through_the_log_within_a_second,
+    an_sso_behind_the_pruned_change_feed_replays_what_is_kept,
 );
 
 async fn disabling_a_parent_revokes_its_subtree_and_their_things_within_a_second(backend: Backend) {
@@ -240,4 +241,111 @@ async fn revocations_reach_other_services_through_the_log_within_a_second(backen
         late.verify(second.access_token().secret()).await,
         Err(AuthError::Revoked)
     ));
+}
+
+/// An sso whose position in Objects' change feed was pruned (it was down longer than
+/// `objects.event_retention_secs`) is told so, drops its position and replays the events kept:
+/// the disabled user of the kept event has its tokens revoked by that sso too.
+async fn an_sso_behind_the_pruned_change_feed_replays_what_is_kept(backend: Backend) {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+    use sipmba_objects::entity::object_events;
+    use sipmba_sso::entity::{cursors, revocations};
+
+    let p = start(backend).await;
+    let conn = sipmba_runtime::db::connect(&p._db.url, 5).await.unwrap();
+    let now = sipmba_runtime::ids::now_ms();
+    let hour = 3_600_000;
+    let (old_user, disabled) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut sequences = Vec::new();
+    for (user, created_ms) in [
+        (old_user, now - 3 * hour),
+        (old_user, now - 3 * hour),
+        (disabled, now),
+    ] {
+        let event = object_events::ActiveModel {
+            kind: Set(pb::ObjectEventKind::UserDisabled as i32),
+            subject: Set(user.to_string()),
+            users: Set(format!("[\"{user}\"]")),
+            things: Set("[]".into()),
+            actor: Set("service:test".into()),
+            created_ms: Set(created_ms),
+            ..Default::default()
+        };
+        sequences.push(
+            object_events::Entity::insert(event)
+                .exec(&conn)
+                .await
+                .unwrap()
+                .last_insert_id,
+        );
+    }
+    let newest = sequences[2];
+    let cursor = || async {
+        cursors::Entity::find_by_id("objects".to_owned())
+            .one(&conn)
+            .await
+            .unwrap()
+            .map(|c| c.position)
+    };
+    let revoked = || async {
+        revocations::Entity::find()
+            .filter(revocations::Column::Subject.eq(disabled))
+            .count(&conn)
+            .await
+            .unwrap()
+    };
+    // The running sso reads all three (Objects' signal wakes it at once for its own commits;
+    // these rows were written behind its back, so its half-second poll finds them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cursor().await != Some(newest) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running sso never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(revoked().await, 1);
+
+    // An hour's retention prunes the two old events; the newest stays.
+    let pruner = sipmba_runtime::prune::Pruner::new(
+        conn.clone(),
+        sipmba_objects::prune_rules(Duration::from_secs(3600)),
+    );
+    assert_eq!(pruner.run_once().await.unwrap(), vec![("object_events", 2)]);
+
+    // A second sso on the same database, its position set back to the first event (as after a
+    // long outage): Objects refuses the position, and the sso starts again from the oldest kept.
+    cursors::Entity::delete_by_id("objects".to_owned())
+        .exec(&conn)
+        .await
+        .unwrap();
+    cursors::Entity::insert(cursors::ActiveModel {
+        feed: Set("objects".into()),
+        position: Set(sequences[0]),
+    })
+    .exec_without_returning(&conn)
+    .await
+    .unwrap();
+    let mut config = SsoConfig::new(&p.base, AUDIENCE, &p.base);
+    config.password_cost = sipmba_sso::secrets::PasswordCost {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let later = Revocations::default();
+    let second = Sso::start(conn.clone(), config, later.clone())
+        .await
+        .unwrap();
+    second.follow_objects(p.shutdown.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(revoked().await == 2 && cursor().await == Some(newest)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second sso did not replay the kept event: cursor {:?}, revocations {}",
+            cursor().await,
+            revoked().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(later.is_revoked("any", disabled, now / 1000 - 1));
 }
