@@ -19,6 +19,33 @@ use tokio::{
 };
 use tonic::transport::Channel;
 
+/// A device's reading now, numbered `seq`: `temperature`, `humidity` and `pressure` as numbers.
+pub fn reading(seq: u64, [temperature, humidity, pressure]: [f64; 3]) -> pb::Reading {
+    let at = sipmba_runtime::ids::now_ms();
+    pb::Reading {
+        seq,
+        device_time: Some(sipmba_runtime::ids::timestamp_from_ms(at)),
+        metrics: [
+            ("temperature", temperature),
+            ("humidity", humidity),
+            ("pressure", pressure),
+        ]
+        .into_iter()
+        .map(|(name, value)| pb::Metric {
+            name: name.into(),
+            value: Some(pb::metric::Value::Number(value)),
+            unit: String::new(),
+        })
+        .collect(),
+        payload: vec![],
+    }
+}
+
+/// A session frame.
+pub fn frame(frame: pb::session_request::Frame) -> pb::SessionRequest {
+    pb::SessionRequest { frame: Some(frame) }
+}
+
 /// A TCP proxy that counts the bytes passing in both directions.
 pub struct CountingProxy {
     /// Where it listens.

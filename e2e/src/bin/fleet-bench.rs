@@ -35,7 +35,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
 use prost::Message;
-use sipmba_e2e::{Mosquitto, ProcStats};
+use sipmba_e2e::{Mosquitto, ProcStats, frame, reading};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
@@ -152,30 +152,6 @@ impl Busy {
     }
 }
 
-fn reading(seq: u64) -> pb::Reading {
-    let at = sipmba_runtime::ids::now_ms();
-    pb::Reading {
-        seq,
-        device_time: Some(prost_types::Timestamp {
-            seconds: at / 1000,
-            nanos: i32::try_from((at % 1000) * 1_000_000).unwrap_or(0),
-        }),
-        metrics: ["temperature", "humidity", "pressure"]
-            .iter()
-            .zip([21.5, 48.0, 1013.2])
-            .map(|(name, value)| pb::Metric {
-                name: (*name).into(),
-                value: Some(pb::metric::Value::Number(value)),
-                unit: String::new(),
-            })
-            .collect(),
-        payload: vec![],
-    }
-}
-
-fn frame(frame: session_request::Frame) -> pb::SessionRequest {
-    pb::SessionRequest { frame: Some(frame) }
-}
 
 /// Collect in a process of its own, on `database` and `broker`, verifying tokens of `issuer`.
 struct CollectProcess {
@@ -503,7 +479,7 @@ async fn device_busy(
                 }
                 seq += 1;
                 pending.push_back((seq, Instant::now()));
-                let batch = session_request::TelemetryBatch { readings: vec![reading(seq)] };
+                let batch = session_request::TelemetryBatch { readings: vec![reading(seq, [21.5, 48.0, 1013.2])] };
                 device.tx.send(frame(session_request::Frame::Telemetry(batch))).await?;
             }
             message = device.inbound.message() => {
@@ -689,7 +665,7 @@ async fn mqtt_busy(
                 sent += 1;
                 pending.push_back(Instant::now());
                 client
-                    .try_publish(&topic, rumqttc::QoS::AtLeastOnce, false, reading(sent).encode_to_vec())
+                    .try_publish(&topic, rumqttc::QoS::AtLeastOnce, false, reading(sent, [21.5, 48.0, 1013.2]).encode_to_vec())
                     .context("the MQTT client's queue is full")?;
             }
             event = events.poll() => {

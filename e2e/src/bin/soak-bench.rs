@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sipmba_e2e::{DevPlatform, ProcStats, token};
+use sipmba_e2e::{DevPlatform, ProcStats, frame, reading, token};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
@@ -85,32 +85,12 @@ struct Sample {
     log_bytes: u64,
 }
 
-fn reading(seq: u64) -> pb::Reading {
-    let at = sipmba_runtime::ids::now_ms();
-    // Hot one reading in fifty: each thing's rule has something to fire on.
+/// A reading hot one time in fifty: each thing's rule has something to fire on.
+fn hot_now_and_then(seq: u64) -> pb::Reading {
     let temperature = if seq.is_multiple_of(50) { 35.0 } else { 21.5 };
-    pb::Reading {
-        seq,
-        device_time: Some(prost_types::Timestamp {
-            seconds: at / 1000,
-            nanos: i32::try_from((at % 1000) * 1_000_000).unwrap_or(0),
-        }),
-        metrics: ["temperature", "humidity", "pressure"]
-            .iter()
-            .zip([temperature, 48.0, 1013.2])
-            .map(|(name, value)| pb::Metric {
-                name: (*name).into(),
-                value: Some(pb::metric::Value::Number(value)),
-                unit: String::new(),
-            })
-            .collect(),
-        payload: vec![],
-    }
+    reading(seq, [temperature, 48.0, 1013.2])
 }
 
-fn frame(frame: session_request::Frame) -> pb::SessionRequest {
-    pb::SessionRequest { frame: Some(frame) }
-}
 
 /// The configuration of a platform: short retention, or none (the defaults).
 fn config(dir: &Path, name: &str, raw_retention: Option<u64>) -> anyhow::Result<PathBuf> {
@@ -127,8 +107,26 @@ fn config(dir: &Path, name: &str, raw_retention: Option<u64>) -> anyhow::Result<
     Ok(path)
 }
 
+/// The platform user's access token with `scope`.
+async fn login(channel: &Channel, scope: &str) -> anyhow::Result<String> {
+    Ok(token(
+        channel,
+        pb::token_request::Grant::Password(pb::PasswordGrant {
+            username: "edge-e2e".into(),
+            password: "edge-e2e-password".into(),
+            scope: scope.into(),
+        }),
+    )
+    .await?
+    .access_token)
+}
+
 /// A thing of the platform's user with its rule; its token.
-async fn thing(platform: &DevPlatform, index: usize) -> anyhow::Result<(pb::ThingId, String)> {
+async fn thing(
+    platform: &DevPlatform,
+    rules: &str,
+    index: usize,
+) -> anyhow::Result<(pb::ThingId, String)> {
     let channel = &platform.channel;
     let thing = pb::thing_service_client::ThingServiceClient::new(channel.clone())
         .create_thing(with_token(
@@ -163,7 +161,7 @@ async fn thing(platform: &DevPlatform, index: usize) -> anyhow::Result<(pb::Thin
     .access_token;
     pb::rule_service_client::RuleServiceClient::new(channel.clone())
         .create_rule(with_token(
-            &platform.user,
+            rules,
             pb::CreateRuleRequest {
                 rule: Some(pb::Rule {
                     name: format!("soak-{index}-hot"),
@@ -231,7 +229,7 @@ async fn device(
                     break;
                 }
                 seq += 1;
-                let batch = session_request::TelemetryBatch { readings: vec![reading(seq)] };
+                let batch = session_request::TelemetryBatch { readings: vec![hot_now_and_then(seq)] };
                 tx.send(frame(session_request::Frame::Telemetry(batch))).await?;
                 counts.sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -272,16 +270,7 @@ async fn subscriber(
     counts: Arc<Counts>,
 ) -> anyhow::Result<()> {
     while Instant::now() < stop {
-        let user = token(
-            &channel,
-            pb::token_request::Grant::Password(pb::PasswordGrant {
-                username: "edge-e2e".into(),
-                password: "edge-e2e-password".into(),
-                scope: "telemetry:read".into(),
-            }),
-        )
-        .await?
-        .access_token;
+        let user = login(&channel, "telemetry:read").await?;
         let mut stream = pb::telemetry_service_client::TelemetryServiceClient::new(channel.clone())
             .subscribe(with_token(
                 &user,
@@ -401,8 +390,9 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for soak in &soaks {
         let mut ids = Vec::new();
+        let rules = login(&soak.platform.channel, "rules:write").await?;
         for index in 0..args.things {
-            let (id, access) = thing(&soak.platform, index).await?;
+            let (id, access) = thing(&soak.platform, &rules, index).await?;
             ids.push(id);
             tasks.spawn(device(
                 soak.platform.listen.clone(),

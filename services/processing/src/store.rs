@@ -37,6 +37,49 @@ pub fn bucket_start(ms: i64, width: i64) -> i64 {
     ms.saturating_sub(ms.rem_euclid(Ord::max(width, 1)))
 }
 
+/// A bucket as both the raw and the rollup query select it.
+#[derive(sea_orm::FromQueryResult)]
+struct BucketRow {
+    start_ms: i64,
+    count: i64,
+    numbers: i64,
+    sum: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+/// The first `limit` buckets of `query` (selecting [`BucketRow`]'s columns) grouped by `bucket`,
+/// in order; the average is the sum over the numbers.
+async fn grouped<E: EntityTrait>(
+    db: &DatabaseConnection,
+    query: sea_orm::Select<E>,
+    bucket: Expr,
+    limit: u64,
+) -> ServiceResult<Vec<Bucket>> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let rows = query
+        .group_by(bucket.clone())
+        .order_by(bucket, sea_orm::Order::Asc)
+        .limit(limit)
+        .into_model::<BucketRow>()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Bucket {
+            start_ms: r.start_ms,
+            avg: r
+                .sum
+                .filter(|_| r.numbers > 0)
+                .map(|s| s / r.numbers as f64),
+            min: r.min,
+            max: r.max,
+            sum: r.sum,
+            count: r.count.try_into().unwrap_or(0),
+        })
+        .collect())
+}
+
 /// [`bucket_start`] of `column` (ms) in SQL: PostgreSQL and SQLite both truncate `/` and `%`
 /// toward zero, so the remainder is made non-negative first. The width is an integer literal
 /// (not a bind parameter), so that PostgreSQL sees the grouped expression and the selected one as
@@ -177,7 +220,7 @@ impl Store {
         after: Option<i64>,
         limit: u64,
     ) -> ServiceResult<Vec<Bucket>> {
-        use sea_orm::{FromQueryResult, QueryOrder, QuerySelect};
+        use sea_orm::QuerySelect;
         let bucket = Expr::cust(bucket_sql("start_ms", width));
         let mut query = rollups::Entity::find()
             .select_only()
@@ -196,36 +239,7 @@ impl Store {
         if let Some(after) = after {
             query = query.filter(rollups::Column::StartMs.gte(after.saturating_add(width)));
         }
-        #[derive(FromQueryResult)]
-        struct Row {
-            start_ms: i64,
-            count: i64,
-            numbers: i64,
-            sum: Option<f64>,
-            min: Option<f64>,
-            max: Option<f64>,
-        }
-        let rows = query
-            .group_by(bucket.clone())
-            .order_by(bucket, sea_orm::Order::Asc)
-            .limit(limit)
-            .into_model::<Row>()
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Bucket {
-                start_ms: r.start_ms,
-                avg: r
-                    .sum
-                    .filter(|_| r.numbers > 0)
-                    .map(|s| s / r.numbers as f64),
-                min: r.min,
-                max: r.max,
-                sum: r.sum,
-                count: r.count.try_into().unwrap_or(0),
-            })
-            .collect())
+        grouped(&self.db, query, bucket, limit).await
     }
 
     /// [`Store::buckets`] from the raw values.
@@ -238,16 +252,16 @@ impl Store {
         after: Option<i64>,
         limit: u64,
     ) -> ServiceResult<Vec<Bucket>> {
-        use sea_orm::{FromQueryResult, QueryOrder, QuerySelect};
+        use sea_orm::QuerySelect;
         let bucket = Expr::cust(bucket_sql("device_ms", width));
         let mut query = metrics::Entity::find()
             .select_only()
             .column_as(bucket.clone(), "start_ms")
-            .column_as(Expr::col(metrics::Column::Number).avg(), "avg")
+            .column_as(Expr::col(metrics::Column::Seq).count(), "count")
+            .column_as(Expr::col(metrics::Column::Number).count(), "numbers")
+            .column_as(Expr::col(metrics::Column::Number).sum(), "sum")
             .column_as(Expr::col(metrics::Column::Number).min(), "min")
             .column_as(Expr::col(metrics::Column::Number).max(), "max")
-            .column_as(Expr::col(metrics::Column::Number).sum(), "sum")
-            .column_as(Expr::col(metrics::Column::Seq).count(), "count")
             .filter(metrics::Column::ThingId.eq(thing))
             .filter(metrics::Column::Name.eq(name))
             .filter(metrics::Column::DeviceMs.gte(start))
@@ -256,33 +270,7 @@ impl Store {
             // The bucket after `after` starts at `after + width`.
             query = query.filter(metrics::Column::DeviceMs.gte(after.saturating_add(width)));
         }
-        #[derive(FromQueryResult)]
-        struct Row {
-            start_ms: i64,
-            avg: Option<f64>,
-            min: Option<f64>,
-            max: Option<f64>,
-            sum: Option<f64>,
-            count: i64,
-        }
-        let rows = query
-            .group_by(bucket.clone())
-            .order_by(bucket, sea_orm::Order::Asc)
-            .limit(limit)
-            .into_model::<Row>()
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Bucket {
-                start_ms: r.start_ms,
-                avg: r.avg,
-                min: r.min,
-                max: r.max,
-                sum: r.sum,
-                count: r.count.try_into().unwrap_or(0),
-            })
-            .collect())
+        grouped(&self.db, query, bucket, limit).await
     }
 
     /// When each of `things` was last heard from (ms), for those ever heard from.

@@ -4,8 +4,6 @@
 //! widths proptest chooses, the database groups every value into the bucket `bucket_start` names,
 //! with the same count, min, max and sum.
 
-use std::collections::BTreeMap;
-
 use proptest::{
     prelude::*,
     test_runner::{Config, TestRunner},
@@ -13,30 +11,15 @@ use proptest::{
 use sea_orm::{EntityTrait, Set};
 use sipmba_processing::{
     entity::metrics,
-    store::{Store, bucket_start},
+    store::Store,
 };
 use sipmba_testkit::{Backend, TestDb};
 use uuid::Uuid;
 
-/// (count, min, max, sum) of one bucket.
-type Model = BTreeMap<i64, (u64, f64, f64, f64)>;
+#[path = "common/model.rs"]
+mod model;
 
-fn model(points: &[(i64, f64)], width: i64) -> Model {
-    let mut buckets = Model::new();
-    for &(ms, value) in points {
-        let b = buckets.entry(bucket_start(ms, width)).or_insert((
-            0,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            0.0,
-        ));
-        b.0 += 1;
-        b.1 = b.1.min(value);
-        b.2 = b.2.max(value);
-        b.3 += value;
-    }
-    buckets
-}
+use model::Buckets as Model;
 
 async fn buckets_agree_with_the_floor_model(backend: Backend) {
     let db = TestDb::new(backend).await.unwrap();
@@ -84,7 +67,7 @@ async fn buckets_agree_with_the_floor_model(backend: Backend) {
                     .unwrap()
             })
         });
-        let want = model(&points, width);
+        let want = model::buckets(&points, width);
         prop_assert_eq!(
             got.iter().map(|b| b.start_ms).collect::<Vec<_>>(),
             want.keys().copied().collect::<Vec<_>>(),

@@ -6,7 +6,7 @@
 //! are gone, for a reading delivered twice, and for a reading that arrives late. The rollups of
 //! values stored before rollups existed are filled by the migration.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use sea_orm::{EntityTrait, PaginatorTrait, Set};
 use sea_orm_migration::MigratorTrait;
@@ -15,7 +15,7 @@ use sipmba_processing::{
     entity::{metrics, readings, rollups},
     rollup::{HOUR, MINUTE, Retention},
     rules::Snapshot,
-    store::{Bucket, Store, bucket_start},
+    store::{Bucket, Store},
 };
 use sipmba_proto::v1 as pb;
 use sipmba_runtime::{clock::Clock, prune::Pruner};
@@ -59,30 +59,23 @@ fn text(name: &str, t: &str) -> pb::Metric {
     }
 }
 
-/// (count, min, max, sum) per bucket start; quarters, so sums are exact in f64.
+#[path = "common/model.rs"]
+mod model;
+
+/// Every value stored (device time in ms, value); quarters, so sums are exact in f64.
 #[derive(Default)]
 struct Model(Vec<(i64, f64)>);
 
 impl Model {
-    fn buckets(&self, width: i64, (start, end): (i64, i64)) -> BTreeMap<i64, (u64, f64, f64, f64)> {
-        let mut out = BTreeMap::new();
-        for &(ms, v) in self.0.iter().filter(|(ms, _)| (start..end).contains(ms)) {
-            let b = out.entry(bucket_start(ms, width)).or_insert((
-                0,
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-                0.0,
-            ));
-            b.0 += 1;
-            b.1 = b.1.min(v);
-            b.2 = b.2.max(v);
-            b.3 += v;
-        }
-        out
+    fn buckets(&self, width: i64, (start, end): (i64, i64)) -> model::Buckets {
+        model::buckets(
+            self.0.iter().filter(|(ms, _)| (start..end).contains(ms)),
+            width,
+        )
     }
 }
 
-fn assert_agrees(got: &[Bucket], want: &BTreeMap<i64, (u64, f64, f64, f64)>, what: &str) {
+fn assert_agrees(got: &[Bucket], want: &model::Buckets, what: &str) {
     assert_eq!(
         got.iter().map(|b| b.start_ms).collect::<Vec<_>>(),
         want.keys().copied().collect::<Vec<_>>(),
