@@ -152,7 +152,6 @@ impl Busy {
     }
 }
 
-
 /// Collect in a process of its own, on `database` and `broker`, verifying tokens of `issuer`.
 struct CollectProcess {
     addr: String,

@@ -91,7 +91,6 @@ fn hot_now_and_then(seq: u64) -> pb::Reading {
     reading(seq, [temperature, 48.0, 1013.2])
 }
 
-
 /// The configuration of a platform: short retention, or none (the defaults).
 fn config(dir: &Path, name: &str, raw_retention: Option<u64>) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("soak-{name}.toml"));

@@ -9,17 +9,12 @@ use proptest::{
     test_runner::{Config, TestRunner},
 };
 use sea_orm::{EntityTrait, Set};
-use sipmba_processing::{
-    entity::metrics,
-    store::Store,
-};
+use sipmba_processing::{entity::metrics, store::Store};
 use sipmba_testkit::{Backend, TestDb};
 use uuid::Uuid;
 
 #[path = "common/model.rs"]
 mod model;
-
-use model::Buckets as Model;
 
 async fn buckets_agree_with_the_floor_model(backend: Backend) {
     let db = TestDb::new(backend).await.unwrap();
