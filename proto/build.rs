@@ -1,6 +1,6 @@
 //! Compiles `sipmba/v1/*.proto` with protox (pure Rust, no system `protoc`) and generates the
 //! tonic/prost code into `OUT_DIR`, together with the encoded file descriptor set that the
-//! servers hand to gRPC reflection.
+//! servers hand to gRPC reflection. Every method uses the codec of `src/codec.rs`.
 
 use std::{env, fs, path::PathBuf};
 
@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Smaller stream buffers than tonic's default (src/codec.rs).
+        .codec_path("crate::codec::SmallBuffers")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -275,6 +275,8 @@ pub struct ProcStats {
     pub rss_kib: u64,
     /// Peak resident memory (KiB).
     pub peak_kib: u64,
+    /// Threads of the process now.
+    pub threads: u64,
 }
 
 impl ProcStats {
@@ -288,7 +290,7 @@ impl ProcStats {
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         let hz = rustix::param::clock_ticks_per_second();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib = |key: &str| -> u64 {
+        let field = |key: &str| -> u64 {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix(key))
@@ -298,10 +300,23 @@ impl ProcStats {
         };
         Ok(Self {
             cpu: Duration::from_millis(ticks * 1000 / hz),
-            rss_kib: kib("VmRSS:"),
-            peak_kib: kib("VmHWM:"),
+            rss_kib: field("VmRSS:"),
+            peak_kib: field("VmHWM:"),
+            threads: field("Threads:"),
         })
     }
+}
+
+/// How many files process `pid` holds open whose path `pick` selects (its `/proc/<pid>/fd`).
+pub fn open_files(pid: u32, pick: &dyn Fn(&std::path::Path) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| pick(target))
+        .count()
 }
 
 /// Raises this process's open-file limit (soft and hard, as root may) to at least `files`; the

@@ -3,6 +3,7 @@
 //! The generated code lives in `OUT_DIR`; [`FILE_DESCRIPTOR_SET`] carries the encoded descriptors
 //! for gRPC reflection.
 
+pub mod codec;
 pub mod enrollment;
 
 /// Package `sipmba.v1`.

@@ -7,7 +7,7 @@
 //! the temperature (a command the device acknowledges, at most one per thing every 10 s) and a
 //! live subscriber of every thing (`TelemetryService.Subscribe`). Every minute it prints, per
 //! platform: readings acknowledged, events the subscriber received, commands acknowledged,
-//! the server's resident memory, the database's size (`sipmba.db` with its write-ahead log) and
+//! the server's resident memory and threads, the SQLite connections it holds open, the database's size (`sipmba.db` with its write-ahead log) and
 //! the rest of the data directory (the log's files). With short retention (raw values 60 s,
 //! minute rollups 120 s, hour rollups an hour) the database levels off once pruning has caught
 //! up; with the defaults (30 days of raw values) it grows with every reading.
@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sipmba_e2e::{DevPlatform, ProcStats, frame, reading, token};
+use sipmba_e2e::{DevPlatform, ProcStats, frame, open_files, reading, token};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
@@ -81,6 +81,9 @@ struct Sample {
     events: u64,
     commands: u64,
     rss_kib: u64,
+    threads: u64,
+    /// SQLite connections open on the database: the server's descriptors on `sipmba.db`.
+    connections: usize,
     db_bytes: u64,
     log_bytes: u64,
 }
@@ -320,6 +323,11 @@ fn is_database(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with("sipmba.db"))
 }
 
+/// The database file itself, which every connection holds open once (not its `-wal`, `-shm`).
+fn is_database_file(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()) == Some("sipmba.db")
+}
+
 fn sample(soak: &Soak, minute: u64) -> anyhow::Result<Sample> {
     let stats = ProcStats::of(soak.platform.pid())?;
     let dir = soak.platform.dir();
@@ -329,6 +337,8 @@ fn sample(soak: &Soak, minute: u64) -> anyhow::Result<Sample> {
         events: soak.counts.events.load(Ordering::Relaxed),
         commands: soak.counts.commands.load(Ordering::Relaxed),
         rss_kib: stats.rss_kib,
+        threads: stats.threads,
+        connections: open_files(soak.platform.pid(), &is_database_file),
         db_bytes: bytes_under(dir, &is_database),
         log_bytes: bytes_under(dir, &|p| !is_database(p)),
     })
@@ -340,12 +350,14 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_row(name: &str, s: &Sample) {
     println!(
-        "| {name} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
         s.minute,
         s.acked,
         s.events,
         s.commands,
         s.rss_kib / 1024,
+        s.threads,
+        s.connections,
         mib(s.db_bytes),
         mib(s.log_bytes)
     );
@@ -413,9 +425,9 @@ async fn main() -> anyhow::Result<()> {
         args.minutes, args.things, args.rate, args.raw_retention
     );
     println!(
-        "| platform | minute | readings acked | subscriber events | commands acked | RSS MiB | database MiB | log MiB |"
+        "| platform | minute | readings acked | subscriber events | commands acked | RSS MiB | threads | database connections | database MiB | log MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); soaks.len()];
     for (i, soak) in soaks.iter().enumerate() {
         let s = sample(soak, 0)?;
@@ -443,16 +455,16 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| platform | sent | acked | database MiB at minute 5 / 10 / end | growth per minute, last 5 minutes | RSS MiB at minute 5 / end |"
+        "| platform | sent | acked | database MiB at minute 5 / 10 / end | database growth per minute, last 5 minutes | RSS MiB at minute 5 / 10 / end | RSS growth per minute, last 5 minutes |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (soak, rows) in soaks.iter().zip(&samples) {
         let at = |m: u64| rows.iter().find(|s| s.minute == m).or(rows.last()).unwrap();
         let end = rows.last().unwrap();
         let before = at(end.minute.saturating_sub(5));
         let minutes = (end.minute - before.minute).max(1);
         println!(
-            "| {} | {} | {} | {:.1} / {:.1} / {:.1} | {:.2} MiB | {} / {} |",
+            "| {} | {} | {} | {:.1} / {:.1} / {:.1} | {:.2} MiB | {} / {} / {} | {:.2} MiB |",
             soak.name,
             soak.counts.sent.load(Ordering::Relaxed),
             end.acked,
@@ -461,7 +473,9 @@ async fn main() -> anyhow::Result<()> {
             mib(end.db_bytes),
             (mib(end.db_bytes) - mib(before.db_bytes)) / minutes as f64,
             at(5).rss_kib / 1024,
+            at(10).rss_kib / 1024,
             end.rss_kib / 1024,
+            (end.rss_kib as f64 - before.rss_kib as f64) / 1024.0 / minutes as f64,
         );
     }
     for soak in soaks {

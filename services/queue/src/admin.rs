@@ -417,6 +417,90 @@ pub async fn probe<'a>(broker: impl Into<Target<'a>>, timeout: Duration) -> bool
         .is_ok()
 }
 
+/// A connection to one broker kept open for repeated requests — the log watcher's probes, every
+/// second — so that they cost one TCP connect, TLS handshake and SASL exchange for as long as the
+/// broker answers, not one each, and open no connection while it does ([`crate::sockets`] looks
+/// for the brokers' sockets only after a new one was opened). A request that fails or times out
+/// drops the connection; the next one connects again.
+pub struct Kept {
+    addr: String,
+    stream: Option<Box<dyn Stream>>,
+    correlation: i32,
+}
+
+impl Kept {
+    /// No connection yet to `addr` (`host:port`): the first request opens it.
+    pub fn new(addr: &str) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            stream: None,
+            correlation: 0,
+        }
+    }
+
+    /// The broker, `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the broker answers (ApiVersions) within `timeout`, connecting first if needed.
+    pub async fn probe(&mut self, security: &Security, timeout: Duration) -> bool {
+        self.call_within(security, API_VERSIONS, 0, &[], timeout)
+            .await
+            .is_ok()
+    }
+
+    /// As [`metadata_within`], on this connection.
+    pub async fn metadata_within(
+        &mut self,
+        security: &Security,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Result<ClusterMetadata, QueueError> {
+        let body = metadata_body(topics)?;
+        let response = self
+            .call_within(security, METADATA, 4, &body.0, timeout)
+            .await?;
+        parse_metadata(&response)
+    }
+
+    async fn call_within(
+        &mut self,
+        security: &Security,
+        api_key: i16,
+        version: i16,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, QueueError> {
+        let addr = self.addr.clone();
+        self.correlation = self.correlation.wrapping_add(1);
+        let correlation = self.correlation;
+        let stream = &mut self.stream;
+        let exchange = async {
+            if stream.is_none() {
+                *stream = Some(connect(security, &addr).await?);
+            }
+            match stream.as_mut() {
+                Some(open) => exchange(open, &addr, api_key, version, body, correlation).await,
+                None => Err(admin_error(format!("{addr}: not connected"))),
+            }
+        };
+        let answer = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(admin_error(format!(
+                    "{addr} did not answer an admin request in {} s",
+                    timeout.as_secs()
+                )))
+            });
+        if answer.is_err() {
+            // Half a request may be on the wire, or the broker hangs: never reuse it.
+            self.stream = None;
+        }
+        answer
+    }
+}
+
 /// Connects to `broker` as configured (TLS, SASL) and asks for its API versions: what went
 /// wrong, if anything (a refused password, an untrusted certificate, no answer).
 pub async fn probe_error<'a>(broker: impl Into<Target<'a>>) -> Result<(), QueueError> {
@@ -491,13 +575,18 @@ pub async fn metadata_within<'a>(
     topics: &[&str],
     timeout: Duration,
 ) -> Result<ClusterMetadata, QueueError> {
+    metadata_request(broker, metadata_body(topics)?, timeout).await
+}
+
+/// The body of a Metadata v4 request for `topics`.
+fn metadata_body(topics: &[&str]) -> Result<Writer, QueueError> {
     let mut w = Writer(Vec::new());
     w.len(topics.len())?;
     for topic in topics {
         w.string(topic)?;
     }
     w.i8(0); // allow auto topic creation: no
-    metadata_request(broker, w, timeout).await
+    Ok(w)
 }
 
 /// The brokers, the controller and every topic's partitions as `broker` sees them now.
@@ -516,7 +605,12 @@ async fn metadata_request<'a>(
     timeout: Duration,
 ) -> Result<ClusterMetadata, QueueError> {
     let response = call_within(broker.into(), METADATA, 4, &w.0, timeout).await?;
-    let mut r = Reader(&response);
+    parse_metadata(&response)
+}
+
+/// A Metadata v4 response.
+fn parse_metadata(response: &[u8]) -> Result<ClusterMetadata, QueueError> {
+    let mut r = Reader(response);
     let _throttle = r.i32()?;
     let mut brokers = Vec::new();
     for _ in 0..r.count()? {

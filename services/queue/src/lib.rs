@@ -81,7 +81,7 @@ pub struct Queue {
     client: Arc<Client>,
     prefix: String,
     /// Broker addresses whose connections get `TCP_NODELAY` (see [`sockets`]).
-    nodelay_peers: Option<Arc<Vec<std::net::SocketAddr>>>,
+    nodelay: Option<Arc<sockets::Nodelay>>,
     /// The bootstrap brokers (admin requests go to the first that answers).
     brokers: Arc<Vec<String>>,
     /// Retention of the topics this process creates, by name (without the prefix).
@@ -187,7 +187,7 @@ impl Queue {
         let queue = Self {
             client: Arc::new(client),
             prefix: prefix.to_owned(),
-            nodelay_peers: nodelay.then(|| Arc::new(sockets::resolve(brokers))),
+            nodelay: nodelay.then(|| Arc::new(sockets::Nodelay::new(sockets::resolve(brokers)))),
             brokers: Arc::new(brokers.to_vec()),
             retention: Arc::default(),
             replicas: None,
@@ -201,7 +201,7 @@ impl Queue {
             Arc::downgrade(&queue.client),
             queue.brokers.clone(),
             queue.security.clone(),
-            queue.nodelay_peers.clone(),
+            queue.nodelay.clone(),
             queue.answering.clone(),
         ));
         Ok(queue)
@@ -216,8 +216,8 @@ impl Queue {
     }
 
     fn apply_nodelay(&self) {
-        if let Some(peers) = &self.nodelay_peers {
-            sockets::force(peers);
+        if let Some(nodelay) = &self.nodelay {
+            nodelay.apply();
         }
     }
 
@@ -454,46 +454,40 @@ impl Queue {
 
 /// While the queue's client lives: keeps `TCP_NODELAY` on the brokers' connections (rskafka
 /// reconnects and learns other brokers on its own), and checks every broker of the cluster for an
-/// answer (ApiVersions) each [`PROBE_EVERY`]; the connections to one that does not answer within
-/// [`PROBE_TIMEOUT`] are cut, so that rskafka's requests to it fail and are retried where the
-/// cluster now leads the partitions.
+/// answer (ApiVersions) each [`PROBE_EVERY`], on a connection kept to each ([`admin::Kept`]); the
+/// connections to one that does not answer within [`PROBE_TIMEOUT`] are cut, so that rskafka's
+/// requests to it fail and are retried where the cluster now leads the partitions.
 async fn watch_brokers(
     client: std::sync::Weak<Client>,
     bootstrap: Arc<Vec<String>>,
     security: Arc<Security>,
-    nodelay: Option<Arc<Vec<std::net::SocketAddr>>>,
+    nodelay: Option<Arc<sockets::Nodelay>>,
     answering: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut known: Vec<String> = bootstrap.to_vec();
+    let mut known: Vec<admin::Kept> = bootstrap.iter().map(|b| admin::Kept::new(b)).collect();
     let mut hung: std::collections::HashSet<String> = std::collections::HashSet::new();
     while client.upgrade().is_some() {
         // The brokers of the cluster, as a broker that answers tells them.
-        for broker in known.clone() {
-            if hung.contains(&broker) {
+        let mut learned = Vec::new();
+        for broker in &mut known {
+            if hung.contains(broker.addr()) {
                 continue;
             }
-            let target = admin::Target {
-                addr: &broker,
-                security: &security,
-            };
-            let metadata = admin::metadata_within(target, &[], PROBE_TIMEOUT).await;
+            let metadata = broker.metadata_within(&security, &[], PROBE_TIMEOUT).await;
             if let Ok(m) = metadata {
-                for (_, addr) in m.brokers {
-                    if !known.contains(&addr) {
-                        known.push(addr);
-                    }
-                }
+                learned = m.brokers.into_iter().map(|(_, addr)| addr).collect();
                 break;
             }
         }
+        for addr in learned {
+            if !known.iter().any(|k| k.addr() == addr) {
+                known.push(admin::Kept::new(&addr));
+            }
+        }
         let security = &security;
-        let probes = known.iter().map(|broker| async move {
-            let target = admin::Target {
-                addr: broker,
-                security,
-            };
-            let answered = admin::probe(target, PROBE_TIMEOUT).await;
-            (broker.clone(), answered)
+        let probes = known.iter_mut().map(|broker| async move {
+            let answered = broker.probe(security, PROBE_TIMEOUT).await;
+            (broker.addr().to_owned(), answered)
         });
         let answers = futures::future::join_all(probes).await;
         let any = answers.iter().any(|(_, answered)| *answered);
@@ -501,7 +495,8 @@ async fn watch_brokers(
             if any {
                 tracing::info!("the log answers again");
             } else {
-                tracing::warn!(brokers = ?known, "no broker of the log answers");
+                let brokers: Vec<&str> = known.iter().map(admin::Kept::addr).collect();
+                tracing::warn!(?brokers, "no broker of the log answers");
             }
         }
         for (broker, answered) in answers {
@@ -522,10 +517,10 @@ async fn watch_brokers(
                 );
             }
         }
-        if let Some(peers) = &nodelay {
-            let mut all = peers.to_vec();
-            all.extend(sockets::resolve(&known));
-            sockets::force(&all);
+        if let Some(nodelay) = &nodelay {
+            let addrs: Vec<String> = known.iter().map(|k| k.addr().to_owned()).collect();
+            nodelay.learn(sockets::resolve(&addrs));
+            nodelay.apply();
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }

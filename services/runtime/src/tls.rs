@@ -175,6 +175,9 @@ pub fn incoming(
                 () = tx.closed() => return,
             };
             let _ = stream.set_nodelay(true);
+            if let Err(e) = crate::server::keep_alive(&stream) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP keep-alive");
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
