@@ -2,8 +2,8 @@
 //! SHA-256). Comparisons are constant-time; nothing here logs a secret.
 
 use argon2::{
-    Algorithm, Argon2, Params, Version,
-    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng},
+    Algorithm, Argon2, Block, Params, Version,
+    password_hash::{Output, ParamsString, PasswordHash, SaltString, rand_core::OsRng},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::RngCore;
@@ -52,22 +52,105 @@ impl PasswordCost {
 
     /// Hashes a password (CPU-heavy: call from a blocking thread).
     pub fn hash(&self, password: &str) -> Result<String, String> {
+        let argon2 = self.argon2()?;
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2()?
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| format!("argon2: {e}"))
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| format!("salt: {e}"))?;
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        with_memory(argon2.params().block_count(), |blocks| {
+            argon2.hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, blocks)
+        })
+        .map_err(|e| format!("argon2: {e}"))?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(argon2.params()).map_err(|e| format!("argon2: {e}"))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&out).map_err(|e| format!("argon2: {e}"))?),
+        };
+        Ok(phc.to_string())
     }
 }
 
 /// Checks a password against a PHC string; the parameters come from the string itself.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
-    }
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(version), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        parsed
+            .version
+            .map_or(Ok(Version::default()), Version::try_from),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let hashed = with_memory(argon2.params().block_count(), |blocks| {
+        argon2.hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, blocks)
+    });
+    hashed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
+/// argon2's working memory (19 MiB at the default cost), kept between hashes. Allocated afresh
+/// for each, it was freed into glibc's allocator, which keeps a chunk that large in the arena of
+/// the thread that freed it once its dynamic mmap threshold has risen: every blocking thread that
+/// hashed held another 19 MiB (sso's resident memory rose 19 MiB at a time with logins, up to
+/// one chunk per arena). Here at most [`MEMORY_SLOTS`] hashes run at once, each in a buffer of
+/// the pool, which is never freed: the memory passwords cost stays at most that many buffers.
+static MEMORY: std::sync::Mutex<Pool> = std::sync::Mutex::new(Pool {
+    free: Vec::new(),
+    in_use: 0,
+});
+static MEMORY_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// The buffers not in use, and how many are.
+struct Pool {
+    free: Vec<Vec<Block>>,
+    in_use: usize,
+}
+
+/// Hashes that may run at once (each holds one buffer); more wait for one to be free.
+pub const MEMORY_SLOTS: usize = 2;
+
+/// Runs `f` with `blocks` argon2 blocks from the pool, waiting while every buffer is in use.
+fn with_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+    let mut buffer = {
+        let mut pool = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+        while pool.free.is_empty() && pool.in_use >= MEMORY_SLOTS {
+            pool = MEMORY_FREED.wait(pool).unwrap_or_else(|e| e.into_inner());
+        }
+        pool.in_use += 1;
+        pool.free.pop().unwrap_or_default()
+    };
+    // A cost other than the last one's resizes the buffer (old stored hashes, a changed
+    // setting); the usual cost reuses it as it is.
+    buffer.resize(blocks, Block::default());
+    let result = f(&mut buffer);
+    let mut pool = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    pool.free.push(buffer);
+    pool.in_use -= 1;
+    drop(pool);
+    MEMORY_FREED.notify_one();
+    result
+}
+
+/// Buffers the pool holds, in use or free.
+#[cfg(test)]
+fn pooled() -> usize {
+    let pool = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    pool.free.len() + pool.in_use
 }
 
 /// A new 256-bit secret, base64url without padding.
@@ -95,6 +178,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn concurrent_hashes_share_a_bounded_pool_of_memory() {
+        let cost = PasswordCost {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let phc = cost.hash("correct horse").unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let phc = phc.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..4 {
+                        assert!(verify_password("correct horse", &phc));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let held = pooled();
+        assert!(
+            (1..=MEMORY_SLOTS).contains(&held),
+            "{held} buffers for 32 hashes on 8 threads"
+        );
+    }
+
+    #[test]
     fn passwords_and_secrets_round_trip() {
         let cost = PasswordCost {
             memory_kib: 1024,
@@ -106,6 +217,24 @@ mod tests {
         assert!(verify_password("correct horse", &phc));
         assert!(!verify_password("wrong horse", &phc));
         assert!(!verify_password("x", "not a hash"));
+        // Interchangeable with the argon2 crate's own PHC hashing and verifying, both ways.
+        {
+            use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+            let theirs = cost
+                .argon2()
+                .unwrap()
+                .hash_password(b"correct horse", &SaltString::generate(&mut OsRng))
+                .unwrap()
+                .to_string();
+            assert!(verify_password("correct horse", &theirs));
+            assert!(!verify_password("wrong horse", &theirs));
+            let ours = PasswordHash::new(&phc).unwrap();
+            assert!(
+                Argon2::default()
+                    .verify_password(b"correct horse", &ours)
+                    .is_ok()
+            );
+        }
         let secret = random_secret();
         assert_eq!(secret.len(), 43);
         assert!(digest_matches(&secret, &digest(&secret)));

@@ -277,11 +277,7 @@ async fn events_report_disabled_subtrees_with_their_things(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("event within 10 s")
-        .expect("stream open")
-        .expect("event");
+    let event = next_event(&mut stream).await;
     assert_eq!(event.sequence, disabled.event_sequence);
     assert_eq!(event.kind, pb::ObjectEventKind::UserDisabled as i32);
     assert_eq!(event.subject, a.to_string());
@@ -318,11 +314,7 @@ async fn events_report_disabled_subtrees_with_their_things(backend: Backend) {
         ))
         .await
         .unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), resumed.next())
-        .await
-        .expect("event within 10 s")
-        .expect("stream open")
-        .expect("event");
+    let next = next_event(&mut resumed).await;
     assert_eq!(next.kind, pb::ObjectEventKind::ThingDeleted as i32);
     assert!(next.sequence > event.sequence);
     // User tokens cannot read the feed.
@@ -437,11 +429,7 @@ async fn the_change_feed_is_pruned_oldest_first_and_a_follower_behind_it_is_told
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), fresh.next())
-        .await
-        .expect("event within 10 s")
-        .expect("stream open")
-        .expect("event");
+    let first = next_event(&mut fresh).await;
     assert_eq!(first.sequence, newest);
     // At the newest: the next event, numbered after it (SQLite does not reuse a pruned number).
     let mut current = h
@@ -456,11 +444,16 @@ async fn the_change_feed_is_pruned_oldest_first_and_a_follower_behind_it_is_told
         .unwrap()
         .into_inner();
     toggle(false).await;
-    let next = tokio::time::timeout(Duration::from_secs(10), current.next())
+    let next = next_event(&mut current).await;
+    assert!(next.sequence > newest);
+    assert_eq!(next.kind, pb::ObjectEventKind::UserDisabled as i32);
+}
+
+/// The next event of a `WatchEvents` stream, within 10 s.
+async fn next_event(stream: &mut tonic::Streaming<pb::ObjectEvent>) -> pb::ObjectEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("event within 10 s")
         .expect("stream open")
-        .expect("event");
-    assert!(next.sequence > newest);
-    assert_eq!(next.kind, pb::ObjectEventKind::UserDisabled as i32);
+        .expect("event")
 }
