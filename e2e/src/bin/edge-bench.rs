@@ -179,6 +179,7 @@ async fn agent_row(args: &Args) -> anyhow::Result<Row> {
         cpu,
         rss_kib,
         peak_kib,
+        ..
     } = sipmba_e2e::ProcStats::of(pid)?;
     let bytes = proxy.bytes();
     sigterm(child, "the agent").await?;
@@ -225,6 +226,7 @@ async fn mqtt_row(args: &Args) -> anyhow::Result<Row> {
         cpu,
         rss_kib,
         peak_kib,
+        ..
     } = sipmba_e2e::ProcStats::of(pid)?;
     let bytes = proxy.bytes();
     drop(child.stdin.take());

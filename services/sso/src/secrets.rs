@@ -107,7 +107,7 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 /// for each, it was freed into glibc's allocator, which keeps a chunk that large in the arena of
 /// the thread that freed it once its dynamic mmap threshold has risen: every blocking thread that
 /// hashed held another 19 MiB (sso's resident memory rose 19 MiB at a time with logins, up to
-/// one chunk per arena). Here at most [`MEMORY_SLOTS`] hashes run at once, each in a buffer of
+/// one chunk per arena). Here at most [`memory_slots`] hashes run at once, each in a buffer of
 /// the pool, which is never freed: the memory passwords cost stays at most that many buffers.
 static MEMORY: std::sync::Mutex<Pool> = std::sync::Mutex::new(Pool {
     free: Vec::new(),
@@ -121,14 +121,18 @@ struct Pool {
     in_use: usize,
 }
 
-/// Hashes that may run at once (each holds one buffer); more wait for one to be free.
-pub const MEMORY_SLOTS: usize = 2;
+/// Hashes that may run at once (each holds one buffer), one per core the process may use (its
+/// CPU quota in a container); more wait for a buffer to be free.
+pub fn memory_slots() -> usize {
+    static SLOTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get().max(1)))
+}
 
 /// Runs `f` with `blocks` argon2 blocks from the pool, waiting while every buffer is in use.
 fn with_memory<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
     let mut buffer = {
         let mut pool = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
-        while pool.free.is_empty() && pool.in_use >= MEMORY_SLOTS {
+        while pool.free.is_empty() && pool.in_use >= memory_slots() {
             pool = MEMORY_FREED.wait(pool).unwrap_or_else(|e| e.into_inner());
         }
         pool.in_use += 1;
@@ -200,7 +204,7 @@ mod tests {
         }
         let held = pooled();
         assert!(
-            (1..=MEMORY_SLOTS).contains(&held),
+            (1..=memory_slots()).contains(&held),
             "{held} buffers for 32 hashes on 8 threads"
         );
     }
