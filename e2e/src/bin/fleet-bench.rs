@@ -783,9 +783,13 @@ async fn main() -> anyhow::Result<()> {
             open_all(&collect.addr, &tokens[from..from + n])
         })
         .await?;
+        let peak = ProcStats::of(collect.pid())?.rss_kib;
         drop(held);
+        // What the allocator gives back, soon and once its decay times (10 s) have passed.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let closed = ProcStats::of(collect.pid())?.rss_kib;
+        let soon = ProcStats::of(collect.pid())?.rss_kib;
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let closed = [peak, soon, ProcStats::of(collect.pid())?.rss_kib];
         eprintln!("busy run:");
         let busy_things: Vec<Uuid> = (0..args.busy_things).map(|_| Uuid::new_v4()).collect();
         let busy_tokens = thing_tokens(&issuer, &busy_things);
@@ -827,10 +831,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some((base, idle, _)) = &mqtt {
         print_idle("Mosquitto (MQTT, QoS 1 subscription)", idle, *base);
     }
-    if let Some((_, _, closed, _)) = &sipmba {
+    if let Some((base, _, [peak, soon, later], _)) = &sipmba {
+        let mib = |kib: &u64| *kib as f64 / 1024.0;
         println!(
-            "\nCollect's RSS 5 s after every idle session closed: {:.1} MiB",
-            *closed as f64 / 1024.0
+            "\nCollect's RSS: {:.1} MiB before the sessions, {:.1} MiB with all open; after they all closed, {:.1} MiB at 5 s and {:.1} MiB at 30 s",
+            mib(base),
+            mib(peak),
+            mib(soon),
+            mib(later)
         );
     }
     println!();

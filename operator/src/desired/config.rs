@@ -196,19 +196,13 @@ pub fn check_settings(platform: &SipMba, component: Component) -> Result<(), Str
             // What the binary checks when one file holds both sections; here they are two.
             let longest = sso_settings(platform)?.longest_access_lifetime();
             objects.validate().and_then(|()| {
-                let leeway = std::time::Duration::from_secs(sipmba_auth::GRACE_SECS.unsigned_abs());
-                if objects.event_retention() < longest + leeway {
-                    return Err(sipmba_runtime::config::ConfigError::new(
-                        "objects.event_retention_secs",
-                        format!(
-                            "{} s is shorter than the longest access-token lifetime ({} s) plus the verifiers' leeway ({} s)",
-                            objects.event_retention_secs,
-                            longest.as_secs(),
-                            leeway.as_secs()
-                        ),
-                    ));
-                }
-                Ok(())
+                sipmba_runtime::config::outlives_tokens(
+                    "objects.event_retention_secs",
+                    objects.event_retention(),
+                    &format!("{} s", objects.event_retention_secs),
+                    longest,
+                    "a token of a principal disabled while sso was not following could outlive the event that revokes it",
+                )
             })
         }
     };

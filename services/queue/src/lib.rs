@@ -187,7 +187,7 @@ impl Queue {
         let queue = Self {
             client: Arc::new(client),
             prefix: prefix.to_owned(),
-            nodelay: nodelay.then(|| Arc::new(sockets::Nodelay::new(sockets::resolve(brokers)))),
+            nodelay: nodelay.then(|| Arc::new(sockets::Nodelay::new(brokers.to_vec()))),
             brokers: Arc::new(brokers.to_vec()),
             retention: Arc::default(),
             replicas: None,
@@ -518,8 +518,7 @@ async fn watch_brokers(
             }
         }
         if let Some(nodelay) = &nodelay {
-            let addrs: Vec<String> = known.iter().map(|k| k.addr().to_owned()).collect();
-            nodelay.learn(sockets::resolve(&addrs));
+            nodelay.learn(known.iter().map(|k| k.addr().to_owned()).collect());
             nodelay.apply();
         }
         tokio::time::sleep(PROBE_EVERY).await;

@@ -113,7 +113,9 @@ pub fn active_opens() -> Option<u64> {
 /// descriptor of the process (a Collect holding 10,000 device sessions spent 7 % of a core doing
 /// it each second), so [`Nodelay::apply`] makes one only when a connection to them may have been
 /// opened since the last: the namespace's count of opened TCP connections moved, the brokers
-/// changed, or the last pass met a socket still connecting.
+/// changed, or the last pass met a socket still connecting. The brokers' names are resolved only
+/// for a pass (a broker that moved to another address is reached over a new connection, which
+/// moves the count), not each time it is asked.
 #[derive(Debug)]
 pub struct Nodelay {
     state: std::sync::Mutex<State>,
@@ -121,8 +123,8 @@ pub struct Nodelay {
 
 #[derive(Debug)]
 struct State {
-    /// The brokers' addresses, sorted.
-    peers: Vec<SocketAddr>,
+    /// The brokers (`host:port`), sorted.
+    brokers: Vec<String>,
     /// What the last pass saw, if it can tell what changed since.
     last: Option<Seen>,
 }
@@ -131,28 +133,25 @@ struct State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     opens: u64,
-    peers: Vec<SocketAddr>,
+    brokers: Vec<String>,
     connecting: bool,
 }
 
 impl Nodelay {
-    /// For the connections to `peers`.
-    pub fn new(peers: Vec<SocketAddr>) -> Self {
-        let mut peers = peers;
-        peers.sort_unstable();
-        peers.dedup();
+    /// For the connections to `brokers` (`host:port`).
+    pub fn new(brokers: Vec<String>) -> Self {
         Self {
-            state: std::sync::Mutex::new(State { peers, last: None }),
+            state: std::sync::Mutex::new(State {
+                brokers: sorted(brokers),
+                last: None,
+            }),
         }
     }
 
-    /// The brokers are now `peers` (as the cluster told); the next [`Nodelay::apply`] makes a
+    /// The brokers are now `brokers` (as the cluster told); the next [`Nodelay::apply`] makes a
     /// pass if they changed.
-    pub fn learn(&self, peers: Vec<SocketAddr>) {
-        let mut peers = peers;
-        peers.sort_unstable();
-        peers.dedup();
-        self.state().peers = peers;
+    pub fn learn(&self, brokers: Vec<String>) {
+        self.state().brokers = sorted(brokers);
     }
 
     /// Sets `TCP_NODELAY` on the connections to the brokers opened since the last pass: `None`
@@ -161,13 +160,13 @@ impl Nodelay {
         let mut state = self.state();
         // Read before the pass: a connection opened during it moves the count again.
         let opens = active_opens();
-        if !needs_pass(state.last.as_ref(), opens, &state.peers) {
+        if !needs_pass(state.last.as_ref(), opens, &state.brokers) {
             return None;
         }
-        let pass = force(&state.peers);
+        let pass = force(&resolve(&state.brokers));
         state.last = opens.map(|opens| Seen {
             opens,
-            peers: state.peers.clone(),
+            brokers: state.brokers.clone(),
             connecting: pass.connecting,
         });
         Some(pass)
@@ -178,10 +177,18 @@ impl Nodelay {
     }
 }
 
-/// Whether a pass may find a connection to `peers` the last one did not set.
-fn needs_pass(last: Option<&Seen>, opens: Option<u64>, peers: &[SocketAddr]) -> bool {
+fn sorted(mut brokers: Vec<String>) -> Vec<String> {
+    brokers.sort_unstable();
+    brokers.dedup();
+    brokers
+}
+
+/// Whether a pass may find a connection to `brokers` the last one did not set.
+fn needs_pass(last: Option<&Seen>, opens: Option<u64>, brokers: &[String]) -> bool {
     match (last, opens) {
-        (Some(seen), Some(opens)) => seen.opens != opens || seen.peers != peers || seen.connecting,
+        (Some(seen), Some(opens)) => {
+            seen.opens != opens || seen.brokers != brokers || seen.connecting
+        }
         // Never passed, or the count cannot be read: pass every time.
         _ => true,
     }
@@ -231,7 +238,7 @@ mod tests {
     #[test]
     fn a_connection_opened_after_a_pass_gets_nodelay_at_the_next_apply() {
         let broker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let nodelay = super::Nodelay::new(vec![broker.local_addr().unwrap()]);
+        let nodelay = super::Nodelay::new(vec![broker.local_addr().unwrap().to_string()]);
         let first = std::net::TcpStream::connect(broker.local_addr().unwrap()).unwrap();
         assert!(nodelay.apply().is_some(), "the first apply always passes");
         assert!(first.nodelay().unwrap());
@@ -244,23 +251,23 @@ mod tests {
 
     #[test]
     fn a_pass_is_made_only_when_a_connection_may_have_been_opened() {
-        let a: std::net::SocketAddr = "127.0.0.1:9092".parse().unwrap();
-        let b: std::net::SocketAddr = "127.0.0.1:9093".parse().unwrap();
+        let a = "kafka-0.kafka:9092".to_owned();
+        let b = "kafka-1.kafka:9092".to_owned();
         let seen = super::Seen {
             opens: 40,
-            peers: vec![a],
+            brokers: vec![a.clone()],
             connecting: false,
         };
         assert!(
-            !super::needs_pass(Some(&seen), Some(40), &[a]),
+            !super::needs_pass(Some(&seen), Some(40), std::slice::from_ref(&a)),
             "nothing opened"
         );
         assert!(
-            super::needs_pass(Some(&seen), Some(41), &[a]),
+            super::needs_pass(Some(&seen), Some(41), std::slice::from_ref(&a)),
             "a connection opened"
         );
         assert!(
-            super::needs_pass(Some(&seen), Some(40), &[a, b]),
+            super::needs_pass(Some(&seen), Some(40), &[a.clone(), b]),
             "a broker learned"
         );
         let connecting = super::Seen {
@@ -268,12 +275,15 @@ mod tests {
             ..seen.clone()
         };
         assert!(
-            super::needs_pass(Some(&connecting), Some(40), &[a]),
+            super::needs_pass(Some(&connecting), Some(40), std::slice::from_ref(&a)),
             "one still connecting"
         );
-        assert!(super::needs_pass(None, Some(40), &[a]), "never passed");
         assert!(
-            super::needs_pass(Some(&seen), None, &[a]),
+            super::needs_pass(None, Some(40), std::slice::from_ref(&a)),
+            "never passed"
+        );
+        assert!(
+            super::needs_pass(Some(&seen), None, std::slice::from_ref(&a)),
             "no count to compare"
         );
     }

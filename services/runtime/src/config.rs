@@ -62,6 +62,31 @@ pub fn within(setting: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigE
     }
 }
 
+/// A retention (`shown` is its value as the file writes it) long enough to keep a record that
+/// revokes a token until no verifier can accept the token any more: the longest access-token
+/// lifetime plus the largest leeway a verifier allows past `exp`. `lost` says what a shorter one
+/// would let through.
+pub fn outlives_tokens(
+    setting: &str,
+    retention: Duration,
+    shown: &str,
+    longest_token: Duration,
+    lost: &str,
+) -> Result<(), ConfigError> {
+    let leeway = sipmba_auth::MAX_LEEWAY;
+    if retention < longest_token.saturating_add(leeway) {
+        return Err(ConfigError::new(
+            setting,
+            format!(
+                "{shown} is shorter than the longest access-token lifetime ({} s) plus the verifiers' leeway ({} s): {lost}",
+                longest_token.as_secs(),
+                leeway.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `url` of `setting`, when set, an http:// or https:// URL.
 pub fn http_url(setting: &str, url: Option<&str>) -> Result<(), ConfigError> {
     match url {

@@ -10,10 +10,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     let mut url = url.to_owned();
     let mut max = max_connections;
     let mut file = false;
+    let mut memory = false;
     if let Some(rest) = url.strip_prefix("sqlite:") {
         if rest.contains(":memory:") || rest.contains("mode=memory") {
             // Every connection to an in-memory database is a different database.
             max = 1;
+            memory = true;
         } else {
             let path = rest.trim_start_matches("//");
             let path = path.split('?').next().unwrap_or(path);
@@ -43,6 +45,14 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .sqlx_logging(false)
         // The server starts (and reports NOT_SERVING) while the database is still down.
         .connect_lazy(true);
+    if memory {
+        // The database lives as long as its one connection: the pool must never close it for its
+        // age (30 minutes by default) or for idling (10), which swapped in an empty database
+        // (found by fuzzing `oauth_http` for an hour).
+        options
+            .max_lifetime(None::<Duration>)
+            .idle_timeout(None::<Duration>);
+    }
     if file {
         // Write-ahead logging: readers never block the writer nor the writer them (in the
         // default rollback journal a reader holding the file made a writer fail with "database is
@@ -106,5 +116,34 @@ pub async fn migrate<M: sea_orm_migration::MigratorTrait>(
         txn.commit().await
     } else {
         M::up(db, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnectionTrait;
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_never_closed_for_its_age_or_idling() {
+        let db = super::connect("sqlite::memory:", 8).await.unwrap();
+        db.execute_unprepared("CREATE TABLE kept (id INTEGER)")
+            .await
+            .unwrap();
+        let options = db.get_sqlite_connection_pool().options();
+        assert_eq!(options.get_max_connections(), 1);
+        // sqlx closes a connection after 30 minutes and an idle one after 10: here that would
+        // swap the table above for an empty database.
+        assert_eq!(options.get_max_lifetime(), None);
+        assert_eq!(options.get_idle_timeout(), None);
+        db.execute_unprepared("INSERT INTO kept VALUES (1)")
+            .await
+            .unwrap();
+
+        // A file is another matter: its connections are renewed as sqlx does by default.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/f.db", dir.path().display());
+        let file = super::connect(&url, 2).await.unwrap();
+        let options = file.get_sqlite_connection_pool().options();
+        assert!(options.get_max_lifetime().is_some());
     }
 }
