@@ -181,13 +181,18 @@ pub fn digest_matches(secret: &str, stored: &str) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn concurrent_hashes_share_a_bounded_pool_of_memory() {
-        let cost = PasswordCost {
+    /// The least work argon2id allows, so the tests spend no time hashing.
+    fn cheap_cost() -> PasswordCost {
+        PasswordCost {
             memory_kib: 1024,
             iterations: 1,
             parallelism: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn concurrent_hashes_share_a_bounded_pool_of_memory() {
+        let cost = cheap_cost();
         let phc = cost.hash("correct horse").unwrap();
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -211,11 +216,7 @@ mod tests {
 
     #[test]
     fn passwords_and_secrets_round_trip() {
-        let cost = PasswordCost {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        };
+        let cost = cheap_cost();
         let phc = cost.hash("correct horse").unwrap();
         assert!(phc.starts_with("$argon2id$"));
         assert!(verify_password("correct horse", &phc));
