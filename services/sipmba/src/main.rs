@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use sipmba::{cli, dev, server};
 
+/// jemalloc on x86_64 Linux, with background threads that return freed memory to the kernel
+/// (services/sipmba/Cargo.toml says why not elsewhere).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// SIP-MBA: a secure IoT platform with a brokerless device path and micro-services.
 #[derive(Debug, Parser)]
 #[command(name = "sipmba", version, about, after_help = cli::EXIT_CODES)]
