@@ -267,73 +267,68 @@ mod tests {
         assert_eq!(loaded.services.collect.partitions(), 4);
         assert_eq!(loaded.services.control.client_id, "sipmba-control");
 
-        let err = load(&format!("{MINIMAL}\n[collect]\nburst_readings = 10\n")).unwrap_err();
-        assert_eq!(err.setting, "collect.burst_readings");
-        assert!(err.to_string().contains("max_batch_readings"), "{err}");
+        // Each refused file: the extra TOML, the setting the error names, and what it tells the person.
+        let refused: &[(&str, &str, &[&str])] = &[
+            (
+                "[collect]\nburst_readings = 10",
+                "collect.burst_readings",
+                &["max_batch_readings"],
+            ),
+            ("[collect]\nburst = 10", "", &["unknown field `burst`"]),
+            // Commands outlive their longest TTL in the log.
+            (
+                "[queue]\ncommand_retention_hours = 24",
+                "queue.command_retention_hours",
+                &["control.max_ttl_secs"],
+            ),
+            (
+                "[processing]\nreplicas = 2\nreplica = 2",
+                "processing.replica",
+                &["SIPMBA_PROCESSING_REPLICA"],
+            ),
+            (
+                "[control]\nobjects_url = \"https://objects:7400\"",
+                "control.objects_url",
+                &["peer_ca_file"],
+            ),
+            // So do the log's revocations: an hour is not enough for hour-long tokens.
+            (
+                "[queue]\nrevocation_retention_hours = 1",
+                "queue.revocation_retention_hours",
+                &["1 h is shorter", "leeway (300 s)"],
+            ),
+            // The change feed outlives every access token and the leeway (an hour and 5 minutes).
+            (
+                "[objects]\nevent_retention_secs = 3600",
+                "objects.event_retention_secs",
+                &["(3600 s)"],
+            ),
+        ];
+        for (extra, setting, says) in refused {
+            let err = load(&format!("{MINIMAL}\n{extra}\n")).unwrap_err();
+            if !setting.is_empty() {
+                assert_eq!(err.setting, *setting, "{extra}");
+            }
+            for part in *says {
+                assert!(err.to_string().contains(part), "{extra}: {err}");
+            }
+        }
 
-        let err = load(&format!("{MINIMAL}\n[collect]\nburst = 10\n")).unwrap_err();
-        assert!(err.to_string().contains("unknown field `burst`"), "{err}");
-
-        let err = load(&format!(
-            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n"
-        ))
-        .unwrap_err();
-        assert_eq!(err.setting, "queue.command_retention_hours");
-        assert!(err.to_string().contains("control.max_ttl_secs"), "{err}");
+        // Their neighbours that are long enough are taken as written.
         let loaded = load(&format!(
-            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\n[control]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 60\n"
+            "{MINIMAL}\n[queue]\ncommand_retention_hours = 24\nrevocation_retention_hours = 2\n\
+             [control]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 60\n\
+             [objects]\nevent_retention_secs = 3900\n"
         ))
         .unwrap();
         assert_eq!(
             loaded.config.queue.command_retention,
             Duration::from_secs(24 * 3600)
         );
-
-        let err = load(&format!(
-            "{MINIMAL}\n[processing]\nreplicas = 2\nreplica = 2\n"
-        ))
-        .unwrap_err();
-        assert_eq!(err.setting, "processing.replica");
-        assert!(
-            err.to_string().contains("SIPMBA_PROCESSING_REPLICA"),
-            "{err}"
-        );
-
-        let err = load(&format!(
-            "{MINIMAL}\n[control]\nobjects_url = \"https://objects:7400\"\n"
-        ))
-        .unwrap_err();
-        assert_eq!(err.setting, "control.objects_url");
-        assert!(err.to_string().contains("peer_ca_file"), "{err}");
-
-        // So do the log's revocations: an hour is not enough for hour-long tokens, two are.
-        let err = load(&format!(
-            "{MINIMAL}\n[queue]\nrevocation_retention_hours = 1\n"
-        ))
-        .unwrap_err();
-        assert_eq!(err.setting, "queue.revocation_retention_hours");
-        assert!(err.to_string().contains("1 h is shorter"), "{err}");
-        assert!(err.to_string().contains("leeway (300 s)"), "{err}");
-        let loaded = load(&format!(
-            "{MINIMAL}\n[queue]\nrevocation_retention_hours = 2\n"
-        ))
-        .unwrap();
         assert_eq!(
             loaded.config.queue.revocation_retention,
             Duration::from_secs(2 * 3600)
         );
-
-        // The change feed outlives every access token and the leeway (an hour and 5 minutes).
-        let err = load(&format!(
-            "{MINIMAL}\n[objects]\nevent_retention_secs = 3600\n"
-        ))
-        .unwrap_err();
-        assert_eq!(err.setting, "objects.event_retention_secs");
-        assert!(err.to_string().contains("(3600 s)"), "{err}");
-        let loaded = load(&format!(
-            "{MINIMAL}\n[objects]\nevent_retention_secs = 3900\n"
-        ))
-        .unwrap();
         assert_eq!(
             loaded.services.objects.event_retention(),
             Duration::from_secs(3900)
