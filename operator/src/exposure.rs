@@ -21,6 +21,11 @@ use crate::{
     desired::{self, Component, PORT},
 };
 
+/// The label on the Services `spec.exposure` makes (its value the Service's type). The chart's
+/// ServiceMonitor selects the platform's Services without it, so that each pod is scraped once,
+/// through its ClusterIP Service, however it is exposed.
+pub const EXPOSURE_LABEL: &str = "sipmba.io/exposure";
+
 /// The services agents outside the cluster use.
 pub const EXPOSABLE: [Component; 2] = [Component::Collect, Component::Sso];
 
@@ -78,6 +83,9 @@ fn service(platform: &SipMba, component: Component, exposed: &ExposedService) ->
     let node_port = exposed.type_ == "NodePort";
     let mut meta = desired::meta(platform, service_name(platform, component), component);
     meta.annotations = annotations(exposed);
+    meta.labels
+        .get_or_insert_default()
+        .insert(EXPOSURE_LABEL.into(), exposed.type_.clone());
     Service {
         metadata: meta,
         spec: Some(ServiceSpec {
@@ -245,6 +253,20 @@ mod tests {
         let spec = service.spec.clone().unwrap_or_default();
         assert_eq!(spec.type_.as_deref(), Some("NodePort"));
         assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, None);
+        // Marked, so that the ServiceMonitor scrapes the pods through their ClusterIP Service only.
+        let labels = service.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get(EXPOSURE_LABEL).map(String::as_str),
+            Some("NodePort")
+        );
+        let internal = desired::service(&p, Component::Collect);
+        assert!(
+            !internal
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .contains_key(EXPOSURE_LABEL)
+        );
         assert_eq!(
             url(&p, Component::Collect, None),
             Some(Err(Pending::NodePort("demo-collect-external".into())))

@@ -24,6 +24,10 @@
 //!    and deleting the Thing revokes it. A Thing whose agent accepts connections but never
 //!    answers fails on its own, holding nothing up. The platform's and the Things' Events tell
 //!    it all (`kubectl describe`).
+//!    With the Prometheus Operator's CRDs installed first (upstream's files), the chart's
+//!    ServiceMonitor, PodMonitor and PrometheusRule pass strict validation, a broken one is
+//!    refused, and while the platform is exposed the ServiceMonitor selects each component's
+//!    Service once and the PodMonitor both operator pods.
 //! 8. `helm upgrade` with a changed setting rolls the operator alone; a change to collect's
 //!    resources rolls collect alone.
 //! 9. The operator pod killed in the middle of a new platform's first reconcile: after its
@@ -78,6 +82,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 mod killed;
+mod monitoring;
 mod outside;
 mod platform;
 mod rbac;
@@ -137,6 +142,9 @@ struct Suite {
     bench_things: Option<usize>,
     /// The release the upgrade steps start from.
     previous: Option<upgrade::Previous>,
+    /// The Prometheus Operator's CRDs (`example/prometheus-operator-crd` of its source): the
+    /// chart is installed with its monitoring, and the monitoring step runs.
+    prometheus_crds: Option<String>,
 }
 
 #[tokio::main]
@@ -205,6 +213,9 @@ async fn main() {
                 chart,
                 tag: env("SIPMBA_E2E_PREVIOUS_TAG", "previous"),
             }),
+        prometheus_crds: std::env::var("SIPMBA_E2E_PROMETHEUS_CRDS")
+            .ok()
+            .filter(|dir| !dir.is_empty()),
     };
     match suite.run().await {
         Ok(()) => println!(
@@ -342,6 +353,14 @@ impl Suite {
                 .await?;
         }
         let limit = Duration::from_secs;
+        if let Some(dir) = &self.prometheus_crds {
+            self.step(
+                "the Prometheus Operator's CRDs, as users install them before the chart's monitoring",
+                limit(90),
+                self.prometheus_crds(dir),
+            )
+            .await?;
+        }
         self.step(
             "helm install --wait: the operator runs as two pods, one leading",
             limit(360),
@@ -426,6 +445,19 @@ impl Suite {
             self.expose(&thing.ca),
         )
         .await?;
+        match &self.prometheus_crds {
+            Some(_) => {
+                self.step(
+                    "the chart's ServiceMonitor, PodMonitor and PrometheusRule: valid for the Prometheus Operator's CRDs, scraping each pod once",
+                    limit(60),
+                    self.monitoring(),
+                )
+                .await?
+            }
+            None => println!(
+                "monitoring step not run: SIPMBA_E2E_PROMETHEUS_CRDS is not set (.ci/cluster-e2e)"
+            ),
+        }
         let pi = self
             .step(
                 "the agent outside gets the external URLs and streams through them; a silent agent holds nothing up",

@@ -23,7 +23,8 @@ impl Suite {
     /// The values the suite installs and upgrades the chart with: its images, the trial
     /// database and log when there are no external ones, and the NetworkPolicies for the
     /// platform's namespace with the egress to its database and log (the bridge CNI here does not
-    /// enforce them: the API server checks them, and they are in place where a CNI plugin does).
+    /// enforce them: the API server checks them, and they are in place where a CNI plugin does);
+    /// with the Prometheus Operator's CRDs, the chart's monitoring for the platform's namespace.
     pub(super) fn chart_values(&self) -> Vec<String> {
         let mut args = vec![
             "--set".to_owned(),
@@ -45,6 +46,23 @@ impl Suite {
         };
         let egress = json!([{"ports": ports.iter()
             .map(|p| json!({"port": p, "protocol": "TCP"})).collect::<Vec<_>>()}]);
+        if self.prometheus_crds.is_some() {
+            args.extend(
+                [
+                    "--set",
+                    "monitoring.serviceMonitor.enabled=true",
+                    "--set",
+                    &format!("monitoring.serviceMonitor.namespaces={{{NS}}}"),
+                    "--set",
+                    "monitoring.serviceMonitor.labels.release=prometheus",
+                    "--set",
+                    "monitoring.rules.enabled=true",
+                    "--set",
+                    "monitoring.dashboard.enabled=true",
+                ]
+                .map(String::from),
+            );
+        }
         args.extend([
             "--set".into(),
             "networkPolicy.enabled=true".into(),
