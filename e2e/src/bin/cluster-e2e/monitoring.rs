@@ -84,7 +84,7 @@ impl Suite {
         // The check can fail: what the schemas refuse is refused.
         let monitor = &service_monitor;
         for (field, value, expected) in [
-            ("honorLabel", json!(true), "unknown field"),
+            ("honorLabel", json!(true), "endpoints[0].honorLabel"),
             (
                 "interval",
                 json!("30 seconds"),
