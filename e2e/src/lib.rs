@@ -307,6 +307,43 @@ impl ProcStats {
     }
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat` (every core).
+#[derive(Clone, Copy, Debug)]
+pub struct MachineCpu {
+    /// Ticks spent running anything: user, nice, system, irq, softirq, steal.
+    pub busy: u64,
+    /// Ticks in all, idle and waiting for I/O included.
+    pub total: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("/proc/stat is empty")?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("/proc/stat: {line}"))?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            anyhow::bail!("/proc/stat: {line}");
+        };
+        let busy = user + nice + system + irq + softirq + steal;
+        Ok(Self {
+            busy,
+            total: busy + idle + iowait,
+        })
+    }
+
+    /// The share of all the machine's cores busy since `earlier` (%).
+    pub fn busy_percent_since(&self, earlier: &Self) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        100.0 * self.busy.saturating_sub(earlier.busy) as f64 / total as f64
+    }
+}
+
 /// How many files process `pid` holds open whose path `pick` selects (its `/proc/<pid>/fd`).
 pub fn open_files(pid: u32, pick: &dyn Fn(&std::path::Path) -> bool) -> usize {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {

@@ -15,7 +15,9 @@
 //!   latency, its CPU per message, and what a subscriber received.
 //!
 //! The benchmark client shares the machine's cores with Collect, the broker and PostgreSQL;
-//! CPU figures are Collect's (or Mosquitto's) process alone.
+//! CPU per reading is Collect's (or Mosquitto's) process alone, and each busy run also prints
+//! the client's CPU and how busy all the machine's cores were (`/proc/stat`), which says whether
+//! the latencies were measured on a saturated machine.
 //!
 //! Run: `cargo build --release -p sipmba && cargo run --release -p sipmba-e2e --bin fleet-bench`
 //! (`.ci/setup postgres kafka tansu mosquitto` runs first and installs what is missing);
@@ -130,6 +132,37 @@ struct Busy {
     duplicates: Option<u64>,
     latencies_us: Vec<u64>,
     cpu: Duration,
+    /// The share of all the machine's cores busy over the run (%): the server, this client, the
+    /// log, the database and anything else.
+    machine_percent: f64,
+    /// This benchmark's own CPU over the run (the devices' side), as a share of one core (%).
+    client_percent: f64,
+}
+
+/// The CPU counters at the start of a busy run: the server's, this process's, the machine's.
+struct BusyWindow {
+    server: Sample,
+    client: Sample,
+    machine: sipmba_e2e::MachineCpu,
+}
+
+impl BusyWindow {
+    fn start(server: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            server: Sample::of(server)?,
+            client: Sample::of(std::process::id())?,
+            machine: sipmba_e2e::MachineCpu::now()?,
+        })
+    }
+
+    /// Fills `busy`'s CPU figures for the run since the start.
+    fn finish(self, server: u32, busy: &mut Busy) -> anyhow::Result<()> {
+        let after = Sample::of(server)?;
+        busy.cpu = after.stats.cpu.saturating_sub(self.server.stats.cpu);
+        busy.client_percent = Sample::of(std::process::id())?.core_percent_since(&self.client);
+        busy.machine_percent = sipmba_e2e::MachineCpu::now()?.busy_percent_since(&self.machine);
+        Ok(())
+    }
 }
 
 impl Busy {
@@ -359,7 +392,7 @@ async fn busy_collect(
     let devices = open_all(&collect.addr, tokens).await?;
     let period = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
     let run = Duration::from_secs(args.seconds);
-    let before = Sample::of(collect.pid())?;
+    let window = BusyWindow::start(collect.pid())?;
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
     let n = devices.len() as u32;
     let mut tasks = Vec::new();
@@ -377,8 +410,7 @@ async fn busy_collect(
         acked_up_to.push(acked);
         busy.latencies_us.extend(latencies);
     }
-    let after = Sample::of(collect.pid())?;
-    busy.cpu = after.stats.cpu.saturating_sub(before.stats.cpu);
+    window.finish(collect.pid(), &mut busy)?;
     busy.latencies_us.sort_unstable();
     let metrics = reqwest::get(format!("http://{}/metrics", collect.addr))
         .await?
@@ -598,7 +630,7 @@ async fn busy_mosquitto(mosquitto: &Mosquitto, args: &Args) -> anyhow::Result<Bu
 
     let period = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
     let run = Duration::from_secs(args.seconds);
-    let before = Sample::of(mosquitto.pid())?;
+    let window = BusyWindow::start(mosquitto.pid())?;
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
     let n = args.busy_things as u32;
     let mut tasks = Vec::new();
@@ -613,8 +645,7 @@ async fn busy_mosquitto(mosquitto: &Mosquitto, args: &Args) -> anyhow::Result<Bu
         busy.acked += acked;
         busy.latencies_us.extend(latencies);
     }
-    let after = Sample::of(mosquitto.pid())?;
-    busy.cpu = after.stats.cpu.saturating_sub(before.stats.cpu);
+    window.finish(mosquitto.pid(), &mut busy)?;
     busy.latencies_us.sort_unstable();
     // The subscriber's last messages.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -698,7 +729,7 @@ fn print_idle(name: &str, rows: &[IdleStep], base_rss: u64) {
 
 fn print_busy(name: &str, b: &Busy) {
     println!(
-        "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
+        "| {name} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} |",
         b.sent,
         b.acked,
         b.read_back.map_or("—".into(), |r| r.to_string()),
@@ -707,7 +738,9 @@ fn print_busy(name: &str, b: &Busy) {
         b.percentile_ms(0.50),
         b.percentile_ms(0.99),
         b.max_ms(),
-        b.cpu_us_per_reading()
+        b.cpu_us_per_reading(),
+        b.client_percent,
+        b.machine_percent
     );
 }
 
@@ -843,10 +876,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| busy, {} devices x {}/s for {} s | sent | acknowledged | read back | lost | duplicated | p50 ms | p99 ms | max ms | CPU µs per reading |",
-        args.busy_things, args.rate, args.seconds
+        "| busy, {} devices x {}/s for {} s | sent | acknowledged | read back | lost | duplicated | p50 ms | p99 ms | max ms | CPU µs per reading | client CPU % of a core | machine busy % of {} cores |",
+        args.busy_things,
+        args.rate,
+        args.seconds,
+        std::thread::available_parallelism().map_or(0, usize::from)
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     if let Some((_, _, _, busy)) = &sipmba {
         print_busy("SIP-MBA Collect (Ack after commit to the log)", busy);
     }
