@@ -87,13 +87,24 @@ pub async fn begin_locked(
     db: &DatabaseConnection,
     lock: i64,
 ) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-    use sea_orm::{ConnectionTrait, DatabaseBackend};
     let txn = begin_write(db).await?;
-    if db.get_database_backend() == DatabaseBackend::Postgres {
+    advisory_lock(&txn, lock).await?;
+    Ok(txn)
+}
+
+/// Waits for the advisory lock `lock` on PostgreSQL and holds it until `txn` ends
+/// (`pg_advisory_xact_lock`); nothing on SQLite, where [`begin_write`] serialises writers.
+///
+/// Taken right before a table's last insert, it makes the rows of an outbox read by sequence
+/// number (`seq > position`) commit in the order of their numbers: otherwise a writer that took
+/// 11 can commit before the one holding 10, and a follower that read 11 never reads 10.
+pub async fn advisory_lock(txn: &sea_orm::DatabaseTransaction, lock: i64) -> Result<(), DbErr> {
+    use sea_orm::{ConnectionTrait, DatabaseBackend};
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({lock})"))
             .await?;
     }
-    Ok(txn)
+    Ok(())
 }
 
 /// True when `db` answers a trivial query.
@@ -107,11 +118,10 @@ pub async fn migrate<M: sea_orm_migration::MigratorTrait>(
     db: &DatabaseConnection,
     lock: i64,
 ) -> Result<(), DbErr> {
-    use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
+    use sea_orm::{DatabaseBackend, TransactionTrait};
     if db.get_database_backend() == DatabaseBackend::Postgres {
         let txn = db.begin().await?;
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({lock})"))
-            .await?;
+        advisory_lock(&txn, lock).await?;
         M::up(&txn, None).await?;
         txn.commit().await
     } else {

@@ -30,7 +30,7 @@ pub use grpc::access_policy;
 pub use http::router;
 pub use oauth_error::{OAuthError, OAuthErrorCode};
 pub use objects::SSO_SERVICE_ID;
-pub use revocation::Introspection;
+pub use revocation::{Introspection, OUTBOX_LOCK};
 use sea_orm::DatabaseConnection;
 use sipmba_auth::{JwksSource, Revocations, Verifier, VerifierConfig};
 use sipmba_runtime::{Clock, ServiceError, ServiceResult, objects::ObjectsClient};

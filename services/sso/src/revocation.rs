@@ -17,6 +17,11 @@ use crate::{OAuthError, grants::kind_number};
 /// How long past its expiry a row still matters: the largest leeway a verifier accepts.
 const GRACE_MS: i64 = sipmba_auth::GRACE_SECS * 1000;
 
+/// The PostgreSQL advisory lock each insert into the revocation outbox holds until its commit
+/// (`sipmba_runtime::db::advisory_lock`), so that revocations commit in the order of their
+/// sequence numbers and the publisher, which reads past its cursor, never skips one.
+pub const OUTBOX_LOCK: i64 = 74_000_104;
+
 /// The answer of introspection (RFC 7662 §2.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Introspection {
@@ -145,8 +150,18 @@ impl Sso {
         Ok(())
     }
 
+    /// Inserts a revocation into the outbox, under [`OUTBOX_LOCK`].
+    async fn record_revocation(&self, row: revocations::ActiveModel) -> ServiceResult<()> {
+        let txn = sipmba_runtime::db::begin_locked(&self.inner.db, OUTBOX_LOCK).await?;
+        revocations::Entity::insert(row)
+            .exec_without_returning(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     pub(crate) async fn revoke_access(&self, jti: &str, exp_secs: i64) -> ServiceResult<()> {
-        revocations::Entity::insert(revocations::ActiveModel {
+        self.record_revocation(revocations::ActiveModel {
             jti: Set(Some(jti.to_owned())),
             subject: Set(None),
             not_before_ms: Set(None),
@@ -154,7 +169,6 @@ impl Sso {
             expires_ms: Set(exp_secs.saturating_mul(1000)),
             ..Default::default()
         })
-        .exec_without_returning(&self.inner.db)
         .await?;
         self.inner.revoked.notify_waiters();
         self.inner
@@ -195,7 +209,7 @@ impl Sso {
         let keep = i64::try_from(self.inner.config.longest_access_lifetime().as_millis())
             .unwrap_or(i64::MAX / 2);
         let expires_ms = at_ms.saturating_add(keep);
-        revocations::Entity::insert(revocations::ActiveModel {
+        self.record_revocation(revocations::ActiveModel {
             jti: Set(None),
             subject: Set(Some(subject)),
             not_before_ms: Set(Some(not_before * 1000)),
@@ -203,7 +217,6 @@ impl Sso {
             expires_ms: Set(expires_ms),
             ..Default::default()
         })
-        .exec_without_returning(&self.inner.db)
         .await?;
         self.inner.revoked.notify_waiters();
         self.inner

@@ -2,7 +2,15 @@
 
 use super::*;
 
+/// The PostgreSQL advisory lock every transaction that records an event holds from its insert
+/// to its commit (the tree's is `TREE_LOCK`).
+const EVENT_LOCK: i64 = 74_000_102;
+
 impl Store {
+    /// Records an event in `txn`, which must commit (or roll back) right after: it is the
+    /// transaction's last write. The insert waits for [`EVENT_LOCK`]
+    /// (`sipmba_runtime::db::advisory_lock`), so that events commit in the order of their
+    /// sequence numbers and sso, following them, never passes a disabled user's event.
     pub(super) async fn record_event(
         &self,
         txn: &DatabaseTransaction,
@@ -16,6 +24,7 @@ impl Store {
             serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
                 .unwrap_or_else(|_| "[]".into())
         };
+        sipmba_runtime::db::advisory_lock(txn, EVENT_LOCK).await?;
         let model = object_events::ActiveModel {
             kind: Set(kind as i32),
             subject: Set(subject.to_string()),
@@ -96,5 +105,101 @@ impl Store {
     /// Notified when this process commits an event (other replicas are seen by polling).
     pub fn event_signal(&self) -> std::sync::Arc<Notify> {
         self.events.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Two writers of events on PostgreSQL: the second waits for the first to commit, so a
+    /// follower never sees a later event while an earlier one may still commit.
+    #[tokio::test]
+    async fn a_follower_never_passes_an_event_that_commits_later() {
+        let db = sipmba_testkit::TestDb::postgres().await.unwrap();
+        let conn = sipmba_runtime::db::connect(&db.url, 5).await.unwrap();
+        crate::migrate(&conn).await.unwrap();
+        let store = Store::new(conn);
+        let caller = Caller::Admin {
+            actor: "service:test".into(),
+        };
+        let kind = pb::ObjectEventKind::ThingDeleted;
+        let first = store.write(false).await.unwrap();
+        let seq = store
+            .record_event(&first, kind, Uuid::new_v4(), &[], &[], &caller)
+            .await
+            .unwrap();
+
+        let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
+        let second = tokio::spawn({
+            let (store, caller) = (store.clone(), caller.clone());
+            async move {
+                let txn = store.write(false).await?;
+                let row = txn
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        DatabaseBackend::Postgres,
+                        "SELECT pg_backend_pid() AS pid",
+                    ))
+                    .await?
+                    .unwrap();
+                let _ = pid_tx.send(row.try_get::<i32>("", "pid")?);
+                let seq = store
+                    .record_event(&txn, kind, Uuid::new_v4(), &[], &[], &caller)
+                    .await?;
+                txn.commit().await?;
+                ServiceResult::Ok(seq)
+            }
+        });
+        let pid = pid_rx.await.unwrap();
+        // The second writer either waits for the lock or (without it) has committed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting = store
+                .db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    DatabaseBackend::Postgres,
+                    format!(
+                        "SELECT count(*) AS n FROM pg_locks \
+                         WHERE pid = {pid} AND locktype = 'advisory' AND NOT granted"
+                    ),
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "n")
+                .unwrap();
+            if waiting > 0 || second.is_finished() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second writer neither waited nor finished"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen: Vec<u64> = store
+            .events_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert!(
+            seen.is_empty(),
+            "a follower saw events {seen:?} while event {seq} was still to commit"
+        );
+        first.commit().await.unwrap();
+        let later = second.await.unwrap().unwrap();
+        let seen: Vec<u64> = store
+            .events_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(seen, [seq, later]);
     }
 }

@@ -93,6 +93,9 @@ pub struct Store {
     events: std::sync::Arc<Notify>,
 }
 
+/// The PostgreSQL advisory lock of changes to the tree's shape.
+const TREE_LOCK: i64 = 74_000_001;
+
 /// The path of user `$1` and the number of non-ACTIVE users among it and its ancestors.
 const EFFECTIVE_STATE_SQL: &str = "WITH RECURSIVE anc(id, parent_id, state) AS ( \
        SELECT id, parent_id, state FROM users WHERE id = $1 \
@@ -177,9 +180,8 @@ impl Store {
     /// shape also take a transaction-scoped advisory lock, so that paths never go stale.
     async fn write(&self, tree: bool) -> ServiceResult<DatabaseTransaction> {
         let txn = sipmba_runtime::db::begin_write(&self.db).await?;
-        if tree && txn.get_database_backend() == DatabaseBackend::Postgres {
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(74000001)")
-                .await?;
+        if tree {
+            sipmba_runtime::db::advisory_lock(&txn, TREE_LOCK).await?;
         }
         Ok(txn)
     }

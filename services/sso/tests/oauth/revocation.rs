@@ -349,3 +349,84 @@ async fn an_sso_behind_the_pruned_change_feed_replays_what_is_kept(backend: Back
     }
     assert!(later.is_revoked("any", disabled, now / 1000 - 1));
 }
+
+/// On PostgreSQL, a revocation waits for one recorded before it to commit: the publisher reads
+/// the outbox past its cursor, and a later row committed first would make it skip the earlier
+/// one for ever (a revoked token still accepted by every other service).
+#[tokio::test]
+async fn postgres_revocations_enter_the_outbox_in_the_order_of_their_numbers() {
+    use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryOrder};
+    use sipmba_sso::entity::revocations;
+    let p = start(Backend::Postgres).await;
+    let conn = sipmba_runtime::db::connect(&p._db.url, 2).await.unwrap();
+    // A writer that has its number and has not committed yet.
+    let first = sipmba_runtime::db::begin_locked(&conn, sipmba_sso::OUTBOX_LOCK)
+        .await
+        .unwrap();
+    revocations::Entity::insert(revocations::ActiveModel {
+        jti: Set(Some("first".into())),
+        subject: Set(None),
+        not_before_ms: Set(None),
+        kind: Set(0),
+        expires_ms: Set(i64::MAX / 2),
+        ..Default::default()
+    })
+    .exec_without_returning(&first)
+    .await
+    .unwrap();
+    let sso = p.sso.clone();
+    let subject = Uuid::new_v4();
+    let second = tokio::spawn(async move {
+        sso.revoke_subject(subject, None, sipmba_runtime::ids::now_ms())
+            .await
+    });
+    // The second either waits for the lock or (without it) has committed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                format!(
+                    "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
+                     AND objid = {} AND NOT granted",
+                    sipmba_sso::OUTBOX_LOCK
+                ),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        if waiting > 0 || second.is_finished() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation neither waited nor finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = || async {
+        revocations::Entity::find()
+            .order_by_asc(revocations::Column::Seq)
+            .all(&conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.seq, r.jti.is_some()))
+            .collect::<Vec<_>>()
+    };
+    let before = seen().await;
+    assert!(
+        before.is_empty(),
+        "the outbox showed {before:?} while an earlier revocation was still to commit"
+    );
+    first.commit().await.unwrap();
+    second.await.unwrap().unwrap();
+    let after = seen().await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after[0].0 < after[1].0 && after[0].1 && !after[1].1,
+        "{after:?}"
+    );
+}
