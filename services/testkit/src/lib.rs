@@ -107,6 +107,35 @@ pub struct TestDb {
 
 const SCHEMA_PREFIX: &str = "sipmba_t_";
 
+/// Waits until some PostgreSQL connection waits for the advisory lock `lock`
+/// (`pg_advisory_xact_lock` with a key below 2³²), or `done()` says that the work being watched
+/// finished without waiting. For the tests of writers that must wait for one another.
+pub async fn waiting_for_lock_or(
+    conn: &sea_orm::DatabaseConnection,
+    lock: i64,
+    done: impl Fn() -> bool,
+) {
+    eventually(
+        &format!("a wait for advisory lock {lock}"),
+        Duration::from_secs(10),
+        async || {
+            let row = conn
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::Postgres,
+                    format!(
+                        "SELECT count(*) AS n FROM pg_locks \
+                         WHERE locktype = 'advisory' AND objid = {lock} AND NOT granted"
+                    ),
+                ))
+                .await
+                .expect("pg_locks")
+                .expect("a count");
+            done() || row.try_get::<i64>("", "n").expect("a count") > 0
+        },
+    )
+    .await;
+}
+
 impl TestDb {
     /// A fresh database on `backend`.
     pub async fn new(backend: Backend) -> anyhow::Result<Self> {

@@ -111,8 +111,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use std::time::{Duration, Instant};
-
     use super::*;
 
     /// Two writers of events on PostgreSQL: the second waits for the first to commit, so a
@@ -127,25 +125,19 @@ mod tests {
             actor: "service:test".into(),
         };
         let kind = pb::ObjectEventKind::ThingDeleted;
+        let seen = async || -> Vec<u64> {
+            let events = store.events_after(0, 10).await.unwrap();
+            events.iter().map(|e| e.sequence).collect()
+        };
         let first = store.write(false).await.unwrap();
         let seq = store
             .record_event(&first, kind, Uuid::new_v4(), &[], &[], &caller)
             .await
             .unwrap();
-
-        let (pid_tx, pid_rx) = tokio::sync::oneshot::channel();
         let second = tokio::spawn({
             let (store, caller) = (store.clone(), caller.clone());
             async move {
                 let txn = store.write(false).await?;
-                let row = txn
-                    .query_one_raw(sea_orm::Statement::from_string(
-                        DatabaseBackend::Postgres,
-                        "SELECT pg_backend_pid() AS pid",
-                    ))
-                    .await?
-                    .unwrap();
-                let _ = pid_tx.send(row.try_get::<i32>("", "pid")?);
                 let seq = store
                     .record_event(&txn, kind, Uuid::new_v4(), &[], &[], &caller)
                     .await?;
@@ -153,53 +145,15 @@ mod tests {
                 ServiceResult::Ok(seq)
             }
         });
-        let pid = pid_rx.await.unwrap();
         // The second writer either waits for the lock or (without it) has committed.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let waiting = store
-                .db
-                .query_one_raw(sea_orm::Statement::from_string(
-                    DatabaseBackend::Postgres,
-                    format!(
-                        "SELECT count(*) AS n FROM pg_locks \
-                         WHERE pid = {pid} AND locktype = 'advisory' AND NOT granted"
-                    ),
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_get::<i64>("", "n")
-                .unwrap();
-            if waiting > 0 || second.is_finished() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the second writer neither waited nor finished"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let seen: Vec<u64> = store
-            .events_after(0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.sequence)
-            .collect();
+        sipmba_testkit::waiting_for_lock_or(&store.db, EVENT_LOCK, || second.is_finished()).await;
+        let before = seen().await;
         assert!(
-            seen.is_empty(),
-            "a follower saw events {seen:?} while event {seq} was still to commit"
+            before.is_empty(),
+            "a follower saw events {before:?} while event {seq} was still to commit"
         );
         first.commit().await.unwrap();
         let later = second.await.unwrap().unwrap();
-        let seen: Vec<u64> = store
-            .events_after(0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.sequence)
-            .collect();
-        assert_eq!(seen, [seq, later]);
+        assert_eq!(seen().await, [seq, later]);
     }
 }

@@ -355,7 +355,7 @@ async fn an_sso_behind_the_pruned_change_feed_replays_what_is_kept(backend: Back
 /// one for ever (a revoked token still accepted by every other service).
 #[tokio::test]
 async fn postgres_revocations_enter_the_outbox_in_the_order_of_their_numbers() {
-    use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QueryOrder};
+    use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
     use sipmba_sso::entity::revocations;
     let p = start(Backend::Postgres).await;
     let conn = sipmba_runtime::db::connect(&p._db.url, 2).await.unwrap();
@@ -381,31 +381,8 @@ async fn postgres_revocations_enter_the_outbox_in_the_order_of_their_numbers() {
             .await
     });
     // The second either waits for the lock or (without it) has committed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DatabaseBackend::Postgres,
-                format!(
-                    "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' \
-                     AND objid = {} AND NOT granted",
-                    sipmba_sso::OUTBOX_LOCK
-                ),
-            ))
-            .await
-            .unwrap()
-            .unwrap()
-            .try_get::<i64>("", "n")
-            .unwrap();
-        if waiting > 0 || second.is_finished() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the revocation neither waited nor finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sipmba_testkit::waiting_for_lock_or(&conn, sipmba_sso::OUTBOX_LOCK, || second.is_finished())
+        .await;
     let seen = || async {
         revocations::Entity::find()
             .order_by_asc(revocations::Column::Seq)
