@@ -1,19 +1,22 @@
-//! Storage that stays bounded: two embedded platforms (`sipmba server --dev`, SQLite and tansu)
-//! under the same steady load for 20 minutes, one with short retention, the other with the
-//! defaults as the baseline, side by side in one run.
+//! Storage that stays bounded: two platforms (`sipmba server --dev`: on SQLite and tansu, or with
+//! `--database postgres --broker kafka` on a PostgreSQL schema each and one Apache Kafka, topics
+//! prefixed per platform) under the same steady load for 20 minutes, one with short retention,
+//! the other with the defaults as the baseline, side by side in one run.
 //!
 //! Each platform has its things (10 by default) streaming readings over their own `Session`
 //! (25 readings/s each, one reading of three metrics per frame), a rule per thing that fires on
 //! the temperature (a command the device acknowledges, at most one per thing every 10 s) and a
 //! live subscriber of every thing (`TelemetryService.Subscribe`). Every minute it prints, per
 //! platform: readings acknowledged, events the subscriber received, commands acknowledged,
-//! the server's resident memory and threads, the SQLite connections it holds open, the database's size (`sipmba.db` with its write-ahead log) and
-//! the rest of the data directory (the log's files). With short retention (raw values 60 s,
+//! the server's resident memory and threads, the SQLite connections it holds open, the database's
+//! size (`sipmba.db` with its write-ahead log; on PostgreSQL its schema's tables with their indexes
+//! and TOAST) and the rest of the data directory (tansu's files; Kafka's are its own). With short retention (raw values 60 s,
 //! minute rollups 120 s, hour rollups an hour) the database levels off once pruning has caught
 //! up; with the defaults (30 days of raw values) it grows with every reading.
 //!
 //! Run: `cargo build --release -p sipmba && cargo run --release -p sipmba-e2e --bin soak-bench`
-//! (`--minutes`, `--things`, `--rate` for the sizes, `--only short` for one platform).
+//! (`--minutes`, `--things`, `--rate` for the sizes, `--only short` for one platform,
+//! `--database postgres --broker kafka` for the parts of a cluster; `.ci/setup` installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 use std::{
@@ -31,7 +34,7 @@ use sipmba_e2e::{DevPlatform, ProcStats, frame, open_files, reading, token};
 use sipmba_proto::v1::{
     self as pb, collect_service_client::CollectServiceClient, session_request, session_response,
 };
-use sipmba_testkit::with_token;
+use sipmba_testkit::{Flavour, TestBroker, TestDb, with_token};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -56,6 +59,14 @@ struct Args {
     /// `short` or `default` for one platform only.
     #[arg(long)]
     only: Option<String>,
+    /// The platforms' database: `sqlite` (a file in each data directory) or `postgres` (a schema
+    /// each).
+    #[arg(long, default_value = "sqlite")]
+    database: String,
+    /// The log: `tansu` (each platform's own, embedded) or `kafka` (one Apache Kafka node for
+    /// both, each platform's topics with a prefix of its own).
+    #[arg(long, default_value = "tansu")]
+    broker: String,
 }
 
 /// What one platform's load has done so far.
@@ -71,6 +82,8 @@ struct Soak {
     name: &'static str,
     platform: DevPlatform,
     counts: Arc<Counts>,
+    /// The platform's PostgreSQL schema and a connection to it, with `--database postgres`.
+    postgres: Option<(TestDb, sea_orm::DatabaseConnection)>,
 }
 
 /// One minute's figures of a platform.
@@ -82,10 +95,12 @@ struct Sample {
     commands: u64,
     rss_kib: u64,
     threads: u64,
-    /// SQLite connections open on the database: the server's descriptors on `sipmba.db`.
-    connections: usize,
+    /// SQLite connections open on the database: the server's descriptors on `sipmba.db`
+    /// (none on PostgreSQL).
+    connections: Option<usize>,
     db_bytes: u64,
-    log_bytes: u64,
+    /// The data directory but the database: tansu's files (none with Kafka).
+    log_bytes: Option<u64>,
 }
 
 /// A reading hot one time in fifty: each thing's rule has something to fire on.
@@ -94,10 +109,17 @@ fn hot_now_and_then(seq: u64) -> pb::Reading {
     reading(seq, [temperature, 48.0, 1013.2])
 }
 
-/// The configuration of a platform: short retention, or none (the defaults).
-fn config(dir: &Path, name: &str, raw_retention: Option<u64>) -> anyhow::Result<PathBuf> {
+/// The configuration of a platform: short retention, or none (the defaults); its database and
+/// log when they are not the embedded ones.
+fn config(
+    dir: &Path,
+    name: &str,
+    raw_retention: Option<u64>,
+    database: Option<&str>,
+    kafka: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("soak-{name}.toml"));
-    let text = match raw_retention {
+    let mut text = match raw_retention {
         Some(raw) => format!(
             "[processing]\nraw_retention_secs = {raw}\nminute_rollup_retention_secs = {}\nhour_rollup_retention_secs = {}\n",
             raw * 2,
@@ -105,8 +127,31 @@ fn config(dir: &Path, name: &str, raw_retention: Option<u64>) -> anyhow::Result<
         ),
         None => String::new(),
     };
+    if let Some(url) = database {
+        text.push_str(&format!("[database]\nurl = {url:?}\n"));
+    }
+    if let Some(addr) = kafka {
+        text.push_str(&format!(
+            "[queue]\nbrokers = [{addr:?}]\ntopic_prefix = \"soak-{name}-\"\n"
+        ));
+    }
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The size of the tables of the schema `db` connects to, with their indexes and TOAST.
+async fn postgres_bytes(db: &sea_orm::DatabaseConnection) -> anyhow::Result<u64> {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT AS bytes \
+             FROM pg_class c WHERE c.relkind = 'r' \
+             AND c.relnamespace = current_schema()::regnamespace",
+        ))
+        .await?
+        .context("no size")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "bytes")?)?)
 }
 
 /// The platform user's access token with `scope`.
@@ -328,9 +373,16 @@ fn is_database_file(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()) == Some("sipmba.db")
 }
 
-fn sample(soak: &Soak, minute: u64) -> anyhow::Result<Sample> {
+async fn sample(soak: &Soak, minute: u64, kafka: bool) -> anyhow::Result<Sample> {
     let stats = ProcStats::of(soak.platform.pid())?;
     let dir = soak.platform.dir();
+    let (connections, db_bytes) = match &soak.postgres {
+        Some((_, db)) => (None, postgres_bytes(db).await?),
+        None => (
+            Some(open_files(soak.platform.pid(), &is_database_file)),
+            bytes_under(dir, &is_database),
+        ),
+    };
     Ok(Sample {
         minute,
         acked: soak.counts.acked.load(Ordering::Relaxed),
@@ -338,9 +390,9 @@ fn sample(soak: &Soak, minute: u64) -> anyhow::Result<Sample> {
         commands: soak.counts.commands.load(Ordering::Relaxed),
         rss_kib: stats.rss_kib,
         threads: stats.threads,
-        connections: open_files(soak.platform.pid(), &is_database_file),
-        db_bytes: bytes_under(dir, &is_database),
-        log_bytes: bytes_under(dir, &|p| !is_database(p)),
+        connections,
+        db_bytes,
+        log_bytes: (!kafka).then(|| bytes_under(dir, &|p| !is_database(p))),
     })
 }
 
@@ -350,16 +402,16 @@ fn mib(bytes: u64) -> f64 {
 
 fn print_row(name: &str, s: &Sample) {
     println!(
-        "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
         s.minute,
         s.acked,
         s.events,
         s.commands,
         s.rss_kib / 1024,
         s.threads,
-        s.connections,
+        s.connections.map_or("—".into(), |c| c.to_string()),
         mib(s.db_bytes),
-        mib(s.log_bytes)
+        s.log_bytes.map_or("—".into(), |b| format!("{:.1}", mib(b)))
     );
 }
 
@@ -372,13 +424,50 @@ async fn main() -> anyhow::Result<()> {
             args.server.display()
         );
     }
+    let postgres = match args.database.as_str() {
+        "sqlite" => false,
+        "postgres" => true,
+        other => bail!("--database {other}: sqlite or postgres"),
+    };
+    let kafka = match args.broker.as_str() {
+        "tansu" => None,
+        "kafka" => Some(()),
+        other => bail!("--broker {other}: tansu or kafka"),
+    };
+    let parts: Vec<&str> = [postgres.then_some("postgres"), kafka.map(|()| "kafka")]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !parts.is_empty() {
+        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/setup");
+        let status = std::process::Command::new(&setup).args(&parts).status()?;
+        anyhow::ensure!(status.success(), "{} failed", setup.display());
+    }
+    let kafka = match kafka {
+        Some(()) => Some(TestBroker::start_own_of(Flavour::Kafka).await?),
+        None => None,
+    };
     let configs = tempfile::tempdir()?;
     let mut soaks = Vec::new();
     for (name, raw) in [("short", Some(args.raw_retention)), ("default", None)] {
         if args.only.as_deref().is_some_and(|only| only != name) {
             continue;
         }
-        let path = config(configs.path(), name, raw)?;
+        let postgres = match postgres {
+            true => {
+                let db = TestDb::postgres().await?;
+                let conn = sipmba_runtime::db::connect(&db.url, 1).await?;
+                Some((db, conn))
+            }
+            false => None,
+        };
+        let path = config(
+            configs.path(),
+            name,
+            raw,
+            postgres.as_ref().map(|(db, _)| db.url.as_str()),
+            kafka.as_ref().map(|k| k.addr.as_str()),
+        )?;
         let deadline = Instant::now() + Duration::from_secs(120);
         let platform = DevPlatform::start_with(
             &args.server,
@@ -391,6 +480,7 @@ async fn main() -> anyhow::Result<()> {
             name,
             platform,
             counts: Arc::default(),
+            postgres,
         });
     }
     if soaks.is_empty() {
@@ -421,8 +511,8 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     println!(
-        "soak: {} minutes, {} things × {}/s per platform; raw retention {} s (short) and 30 days (default)",
-        args.minutes, args.things, args.rate, args.raw_retention
+        "soak: {} minutes, {} things × {}/s per platform on {} and {}; raw retention {} s (short) and 30 days (default)",
+        args.minutes, args.things, args.rate, args.database, args.broker, args.raw_retention
     );
     println!(
         "| platform | minute | readings acked | subscriber events | commands acked | RSS MiB | threads | database connections | database MiB | log MiB |"
@@ -430,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); soaks.len()];
     for (i, soak) in soaks.iter().enumerate() {
-        let s = sample(soak, 0)?;
+        let s = sample(soak, 0, kafka.is_some()).await?;
         print_row(soak.name, &s);
         samples[i].push(s);
     }
@@ -445,7 +535,7 @@ async fn main() -> anyhow::Result<()> {
         }
         minute += 1;
         for (i, soak) in soaks.iter().enumerate() {
-            let s = sample(soak, minute)?;
+            let s = sample(soak, minute, kafka.is_some()).await?;
             print_row(soak.name, &s);
             samples[i].push(s);
         }
