@@ -430,11 +430,11 @@ async fn main() -> anyhow::Result<()> {
         other => bail!("--database {other}: sqlite or postgres"),
     };
     let kafka = match args.broker.as_str() {
-        "tansu" => None,
-        "kafka" => Some(()),
+        "tansu" => false,
+        "kafka" => true,
         other => bail!("--broker {other}: tansu or kafka"),
     };
-    let parts: Vec<&str> = [postgres.then_some("postgres"), kafka.map(|()| "kafka")]
+    let parts: Vec<&str> = [postgres.then_some("postgres"), kafka.then_some("kafka")]
         .into_iter()
         .flatten()
         .collect();
@@ -444,8 +444,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "{} failed", setup.display());
     }
     let kafka = match kafka {
-        Some(()) => Some(TestBroker::start_own_of(Flavour::Kafka).await?),
-        None => None,
+        true => Some(TestBroker::start_own_of(Flavour::Kafka).await?),
+        false => None,
     };
     let configs = tempfile::tempdir()?;
     let mut soaks = Vec::new();

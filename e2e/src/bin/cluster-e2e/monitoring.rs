@@ -74,7 +74,8 @@ impl Suite {
         // Each as rendered, applied again with strict field validation: an unknown field (which
         // the API server would otherwise drop without a word) or a wrong type is an error.
         for object in &objects {
-            strict_dry_run(&self.client, &self.operator_ns, object)
+            let api = dynamic_for(&self.client, &self.operator_ns, object).await?;
+            strict_dry_run(&api, object)
                 .await
                 .with_context(|| format!("the chart's {}", object["kind"]))?;
         }
@@ -82,7 +83,7 @@ impl Suite {
             "  the chart's ServiceMonitor, PodMonitor and PrometheusRule pass strict validation"
         );
         // The check can fail: what the schemas refuse is refused.
-        let monitor = &service_monitor;
+        let monitors = dynamic_for(&self.client, &self.operator_ns, &service_monitor).await?;
         for (field, value, expected) in [
             ("honorLabel", json!(true), "endpoints[0].honorLabel"),
             (
@@ -91,9 +92,9 @@ impl Suite {
                 "spec.endpoints[0].interval",
             ),
         ] {
-            let mut broken = monitor.clone();
+            let mut broken = service_monitor.clone();
             broken["spec"]["endpoints"][0][field] = value;
-            match strict_dry_run(&self.client, &self.operator_ns, &broken).await {
+            match strict_dry_run(&monitors, &broken).await {
                 Ok(()) => bail!("a ServiceMonitor with endpoints[0].{field} was admitted"),
                 Err(kube::Error::Api(e)) if e.message.contains(expected) => {
                     println!("  endpoints[0].{field} refused ({}): {}", e.code, e.message);
@@ -104,19 +105,12 @@ impl Suite {
 
         // What Prometheus will scrape: the stored ServiceMonitor's selector, evaluated by the API
         // server, in the namespaces it names.
-        let stored = |kind: &str, object: &serde_json::Value| {
-            let name = object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let kind = kind.to_owned();
-            let ns = self.operator_ns.clone();
-            async move {
-                let api = dynamic(&self.client, &ns, GROUP, "v1", &kind).await?;
-                anyhow::Ok(api.get(&name).await?.data)
-            }
+        let stored = async |object: &serde_json::Value| {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let api = dynamic_for(&self.client, &self.operator_ns, object).await?;
+            anyhow::Ok(api.get(name).await?.data)
         };
-        let monitor = stored("ServiceMonitor", &service_monitor).await?;
+        let monitor = stored(&service_monitor).await?;
         let namespaces = &monitor["spec"]["namespaceSelector"]["matchNames"];
         if !namespaces
             .as_array()
@@ -179,7 +173,7 @@ impl Suite {
             "  the ServiceMonitor ({selector}) selects one Service per component, port {port}; left out: {left_out:?}"
         );
 
-        let pod_monitor = stored("PodMonitor", &pod_monitor).await?;
+        let pod_monitor = stored(&pod_monitor).await?;
         let selector = label_selector(&pod_monitor["spec"]["selector"])?;
         let port = pod_monitor["spec"]["podMetricsEndpoints"][0]["port"]
             .as_str()
@@ -209,7 +203,7 @@ impl Suite {
         println!("  the PodMonitor selects both operator pods, port {port}");
 
         // The PrometheusRule holds every alert of the rule file promtool checks.
-        let rule = stored("PrometheusRule", &rule).await?;
+        let rule = stored(&rule).await?;
         let alerts = |groups: &serde_json::Value| -> Vec<String> {
             let mut names: Vec<String> = groups
                 .as_array()
@@ -238,31 +232,22 @@ impl Suite {
     }
 }
 
-/// A server-side apply of `object` that stores nothing, with strict field validation.
+/// A server-side apply of `object` through `api` (its kind's) that stores nothing, with strict
+/// field validation.
 async fn strict_dry_run(
-    client: &Client,
-    ns: &str,
+    api: &Api<DynamicObject>,
     object: &serde_json::Value,
 ) -> Result<(), kube::Error> {
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(
-        group,
-        version,
-        object["kind"].as_str().unwrap_or_default(),
-    );
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
-        .patch(
-            name,
-            &PatchParams::apply(MANAGER)
-                .force()
-                .dry_run()
-                .validation_strict(),
-            &Patch::Apply(object),
-        )
-        .await?;
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER)
+            .force()
+            .dry_run()
+            .validation_strict(),
+        &Patch::Apply(object),
+    )
+    .await?;
     Ok(())
 }
 
